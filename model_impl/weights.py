@@ -18,6 +18,8 @@ from .config import Config
 
 LINEAR_NAMES = ("wq", "wk", "wv", "wo", "w_gate", "w_up", "w_down")
 QUANT_MODES = ("fp32", "int4")
+DEFAULT_GROUP_SIZE = 64
+DEFAULT_BITS = 4
 
 
 @jax.tree_util.register_dataclass
@@ -95,7 +97,9 @@ def map_linears(weights: Weights, fn) -> Weights:
     return dataclasses.replace(weights, layers=layers)
 
 
-def quantize_weights(weights: Weights, group_size: int = 64, bits: int = 4) -> Weights:
+def quantize_weights(
+    weights: Weights, group_size: int = DEFAULT_GROUP_SIZE, bits: int = DEFAULT_BITS
+) -> Weights:
     """Quantize the 7 linears of every layer with :func:`quant.quantize`."""
 
     def q(w):
@@ -112,12 +116,6 @@ def dequantize_weights(weights: Weights) -> Weights:
     return map_linears(
         weights, lambda w: w.dequantize() if isinstance(w, QuantizedLinear) else w
     )
-
-
-def with_quant(weights: Weights, mode: str) -> Weights:
-    if mode not in QUANT_MODES:
-        raise ValueError(f"quant mode must be one of {QUANT_MODES}, got {mode!r}")
-    return quantize_weights(weights) if mode == "int4" else weights
 
 
 def nbytes(weights: Weights) -> int:

@@ -1,0 +1,89 @@
+"""Command line: ``python -m model_impl generate|characterize``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def _token_ids(text: str) -> list[int]:
+    try:
+        return [int(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise SystemExit(f"--token-ids must be comma-separated integers, got {text!r}") from None
+
+
+def cmd_generate(args) -> int:
+    import numpy as np
+
+    from . import checkpoint, generate
+
+    try:
+        cfg, weights = checkpoint.load(args.model, args.quant)
+        tokenizer = None
+        if args.token_ids is not None:
+            prompt = _token_ids(args.token_ids)
+        else:
+            tokenizer = checkpoint.load_tokenizer(args.model)
+            prompt = tokenizer(args.prompt).input_ids
+        runner = generate.make_runner(cfg, weights, args.backend)
+        result = generate.generate(
+            runner,
+            prompt,
+            args.max_new_tokens,
+            stop_at_eos=not args.ignore_eos,
+            keep_logits=args.logits_out is not None,
+        )
+    except (checkpoint.CheckpointError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if args.logits_out:
+        np.save(args.logits_out, result.logits.astype(np.float32))
+    text = "" if tokenizer is None else tokenizer.decode(result.tokens)
+    if args.json:
+        print(json.dumps({"prompt_tokens": result.prompt_tokens, "tokens": result.tokens, "text": text}))
+    else:
+        print(text if tokenizer is not None else " ".join(map(str, result.tokens)))
+    return 0
+
+
+def cmd_characterize(args) -> int:
+    from . import report
+
+    return report.main(out_dir=args.out, model=args.model)
+
+
+def main(argv=None) -> int:
+    from .generate import BACKENDS
+
+    parser = argparse.ArgumentParser(prog="python -m model_impl")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    g = sub.add_parser("generate", help="greedy generation with the JAX Llama")
+    g.add_argument("--model", help="a GGUF file or an HF directory (default: embedded SmolLM2-135M)")
+    g.add_argument("--quant", choices=("fp32", "int4"), default="fp32")
+    g.add_argument("--backend", choices=BACKENDS, default="xla-cpu")
+    src = g.add_mutually_exclusive_group(required=True)
+    src.add_argument("--prompt", help="prompt text (tokenized with the checkpoint's tokenizer)")
+    src.add_argument("--token-ids", help="prompt as comma-separated token ids, e.g. 1,2,3")
+    g.add_argument("--max-new-tokens", type=int, default=48)
+    g.add_argument("--ignore-eos", action="store_true", help="do not stop at an EOS token")
+    g.add_argument("--logits-out", metavar="FILE.npy", help="write float32 [len(tokens), vocab]")
+    g.add_argument("--json", action="store_true", help="print one JSON object")
+    g.set_defaults(func=cmd_generate)
+
+    c = sub.add_parser("characterize", help="run the checks and write reports/findings.{md,json}")
+    c.add_argument("--out", default="reports/")
+    c.add_argument("--model", help="a GGUF file or an HF directory (default: embedded SmolLM2-135M)")
+    c.set_defaults(func=cmd_characterize)
+
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,32 @@
+"""The real Llama-3.2-1B configuration and shrunk copies of its exact layout."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from model_impl.config import Config, load_hf_config
+
+ROOT = Path(__file__).resolve().parents[1]
+# Shipped beside the project in ../shared; a copy in tests/data keeps a fresh clone whole.
+LLAMA32_CONFIG_PATH = ROOT / "tests" / "data" / "llama-3.2-1b-config.json"
+
+
+def llama32_config() -> Config:
+    return load_hf_config(LLAMA32_CONFIG_PATH)
+
+
+def shrunk_llama32_config(layers: int = 2) -> Config:
+    """Same rope (llama3 scaling, theta 5e5), head_dim 64, GQA ratio 4, tied embeddings;
+    fewer layers, heads and columns so that a CPU test runs in seconds."""
+    return dataclasses.replace(
+        llama32_config(),
+        num_layers=layers,
+        hidden_size=256,
+        num_heads=4,
+        num_kv_heads=1,
+        intermediate_size=512,
+        vocab_size=1024,
+        bos_token_id=1,
+        eos_token_ids=(2,),
+    )
