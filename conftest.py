@@ -11,7 +11,6 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import jax  # noqa: E402
 import pytest  # noqa: E402
@@ -19,6 +18,9 @@ from hypothesis import HealthCheck, settings  # noqa: E402
 
 ROOT = Path(__file__).parent
 CACHE_DIR = Path(os.environ.get("MODEL_IMPL_CACHE", ROOT / ".cache"))
+
+# CPU tests run on the CPU even where a GPU is present; CUDA tests ask for it by name.
+jax.config.update("jax_default_device", jax.devices("cpu")[0])
 
 # Persistent XLA compilation cache: a second local run skips recompiling the real model.
 jax.config.update("jax_compilation_cache_dir", str(CACHE_DIR / "jax"))
@@ -36,6 +38,23 @@ settings.register_profile(
 )
 settings.register_profile("dev", deadline=None, max_examples=300)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+
+def cuda_unavailable_reason() -> str | None:
+    """Why CUDA tests cannot run here, or None when a CUDA device is usable."""
+    try:
+        devices = jax.devices("cuda")
+    except RuntimeError as e:
+        return f"no CUDA device usable by JAX ({str(e).splitlines()[0]})"
+    return None if devices else "no CUDA device found by JAX"
+
+
+def pytest_collection_modifyitems(config, items):
+    cuda_items = [item for item in items if "cuda" in item.keywords]
+    reason = cuda_unavailable_reason() if cuda_items else None
+    if reason:
+        for item in cuda_items:
+            item.add_marker(pytest.mark.skip(reason=f"cuda: {reason}"))
 
 
 @pytest.fixture(scope="session")
@@ -103,13 +122,15 @@ def host_dequant_run(real_model_int4, prompt_ids):
 @pytest.fixture(scope="session")
 def hf_real_model():
     """transformers' own LlamaForCausalLM from the same GGUF (torch, fp32, CPU)."""
-    import torch
-    from transformers import AutoModelForCausalLM
+    from model_impl.reference import transformers_model
 
-    from model_impl import checkpoint
+    return transformers_model()
 
-    path = checkpoint.default_model_path()
-    model = AutoModelForCausalLM.from_pretrained(
-        str(path.parent), gguf_file=path.name, dtype=torch.float32
-    )
-    return model.eval()
+
+@pytest.fixture(scope="session")
+def hf_greedy_run(hf_real_model, prompt_ids):
+    """transformers' greedy 48 tokens and the logits that chose them."""
+    from model_impl.checks import GREEDY_TOKENS
+    from model_impl.reference import greedy
+
+    return greedy(hf_real_model, prompt_ids, GREEDY_TOKENS)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import time
 
 import jax
 import jax.numpy as jnp
@@ -50,28 +51,50 @@ def greedy_decode(cfg: Config, weights: Weights, token, pos, cache):
 
 
 class XlaRunner:
-    """JAX/XLA on one device: weights put there once; the cache is donated step to step."""
+    """JAX/XLA on one device: weights put there once; the cache is donated step to step.
+
+    Each graph is compiled ahead of time, once per shape, and its compile time kept.
+    """
+
+    backend = "xla-cpu"
 
     def __init__(self, cfg: Config, weights: Weights, platform: str = "cpu"):
         self.cfg = cfg
         self.device = jax.devices(platform)[0]
         self.weights = jax.device_put(weights, self.device)
-        self._prefill = jax.jit(greedy_prefill, static_argnums=0, donate_argnums=4)
-        self._decode = jax.jit(greedy_decode, static_argnums=0, donate_argnums=4)
         self.cache = None
+        self.compile_seconds: dict[str, float] = {}
+        self._executables = {}
+
+    def lowered(self, graph: str, bucket: int, max_seq: int):
+        """The jitted ``graph`` ("prefill" or "decode") lowered for these shapes."""
+        fn, first = {
+            "prefill": (greedy_prefill, jax.ShapeDtypeStruct((bucket,), jnp.int32)),
+            "decode": (greedy_decode, jax.ShapeDtypeStruct((), jnp.int32)),
+        }[graph]
+        cache = jax.eval_shape(lambda: model.KVCache.zeros(self.cfg, max_seq))
+        scalar = jax.ShapeDtypeStruct((), jnp.int32)
+        jitted = jax.jit(fn, static_argnums=0, donate_argnums=4)
+        return jitted.lower(self.cfg, self.weights, first, scalar, cache)
+
+    def executable(self, graph: str, bucket: int, max_seq: int):
+        key = (graph, bucket if graph == "prefill" else None, max_seq)
+        if key not in self._executables:
+            start = time.perf_counter()
+            self._executables[key] = self.lowered(graph, bucket, max_seq).compile()
+            self.compile_seconds[graph] = time.perf_counter() - start
+        return self._executables[key]
 
     def prefill(self, padded_tokens: np.ndarray, length: int, max_seq: int):
+        exe = self.executable("prefill", len(padded_tokens), max_seq)
+        self._decode = self.executable("decode", 0, max_seq)
         cache = jax.device_put(model.KVCache.zeros(self.cfg, max_seq), self.device)
         tokens = jax.device_put(jnp.asarray(padded_tokens, jnp.int32), self.device)
-        token, logits, self.cache = self._prefill(
-            self.cfg, self.weights, tokens, jnp.int32(length), cache
-        )
+        token, logits, self.cache = exe(self.weights, tokens, jnp.int32(length), cache)
         return token, logits
 
     def decode(self, token, pos: int):
-        token, logits, self.cache = self._decode(
-            self.cfg, self.weights, token, jnp.int32(pos), self.cache
-        )
+        token, logits, self.cache = self._decode(self.weights, token, jnp.int32(pos), self.cache)
         return token, logits
 
 

@@ -8,11 +8,10 @@ import json
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import torch
-
 from model_impl import checkpoint, checks, model
 from model_impl.checks import TRANSFORMERS_LOGIT_ATOL
 from model_impl.config import load_hf_config, rope_inv_freq
+from model_impl.reference import prompt_logits
 from model_impl.weights import synthetic
 
 from ..shapes import shrunk_llama32_config
@@ -20,32 +19,23 @@ from ..shapes import shrunk_llama32_config
 pytestmark = pytest.mark.slow
 
 
-def _hf_logits(hf_model, ids) -> np.ndarray:
-    with torch.no_grad():
-        return hf_model(torch.tensor([ids])).logits[0].float().numpy()
-
-
 def test_real_model_prefill_logits_match_transformers(real_model, hf_real_model, prompt_ids):
     cfg, weights = real_model
     ours = np.asarray(model.all_logits(cfg, weights, jnp.asarray(prompt_ids, jnp.int32)))
-    ref = _hf_logits(hf_real_model, prompt_ids)
+    ref = prompt_logits(hf_real_model, prompt_ids)
     assert ours.shape == ref.shape == (len(prompt_ids), cfg.vocab_size)
     worst = float(np.max(np.abs(ours - ref)))
     assert worst <= TRANSFORMERS_LOGIT_ATOL, f"max |dlogit| vs transformers {worst:.3g}"
 
 
-def test_real_model_greedy_48_tokens_match_transformers(fp32_run, hf_real_model, prompt_ids):
-    with torch.no_grad():
-        out = hf_real_model.generate(
-            torch.tensor([prompt_ids]),
-            max_new_tokens=checks.GREEDY_TOKENS,
-            min_new_tokens=checks.GREEDY_TOKENS,
-            do_sample=False,
-        )
-    ref = out[0, len(prompt_ids):].tolist()
-    assert fp32_run.tokens == ref, (
-        f"first divergence at {next(i for i, (a, b) in enumerate(zip(fp32_run.tokens, ref)) if a != b)}"
-    )
+def test_real_model_greedy_48_tokens_match_transformers(fp32_run, hf_greedy_run):
+    cmp = checks.compare(fp32_run, hf_greedy_run)
+    assert cmp.agreement == f"{checks.GREEDY_TOKENS}/{checks.GREEDY_TOKENS}", cmp
+
+
+def test_real_model_decode_logits_match_transformers(fp32_run, hf_greedy_run):
+    cmp = checks.compare(fp32_run, hf_greedy_run)
+    assert cmp.max_abs_logit_diff <= TRANSFORMERS_LOGIT_ATOL, cmp.per_step_max_abs_diff
 
 
 def test_decode_steps_match_full_recompute(real_model, fp32_run):
@@ -73,14 +63,14 @@ def llama32_layout_checkpoint(tmp_path_factory):
 
 
 def test_llama32_layout_checkpoint_logits_match_transformers(llama32_layout_checkpoint):
-    from transformers import LlamaForCausalLM
+    from model_impl.reference import transformers_model
 
     cfg, weights = checkpoint.load(llama32_layout_checkpoint)
     assert cfg.rope_scaling is not None and cfg.tie_word_embeddings and weights.lm_head is None
-    hf = LlamaForCausalLM.from_pretrained(str(llama32_layout_checkpoint), dtype=torch.float32).eval()
+    hf = transformers_model(llama32_layout_checkpoint)
     ids = list(np.random.default_rng(0).integers(0, cfg.vocab_size, 40))
     ours = np.asarray(model.all_logits(cfg, weights, jnp.asarray(ids, jnp.int32)))
-    ref = _hf_logits(hf, ids)
+    ref = prompt_logits(hf, ids)
     worst = float(np.max(np.abs(ours - ref)))
     assert worst <= TRANSFORMERS_LOGIT_ATOL, worst
 
