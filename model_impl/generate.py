@@ -8,7 +8,6 @@ compiled prefill serves many prompt lengths.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import time
 
 import jax
@@ -19,7 +18,7 @@ from . import model
 from .config import Config
 from .weights import Weights
 
-BACKENDS = ("xla-cpu",)
+BACKENDS = ("xla-cpu", "iree-cpu")
 MIN_BUCKET = 16
 CACHE_ROUNDING = 128
 
@@ -50,6 +49,16 @@ def greedy_decode(cfg: Config, weights: Weights, token, pos, cache):
     return jnp.argmax(logits).astype(jnp.int32), logits, cache
 
 
+GRAPH_FUNCTIONS = {"prefill": greedy_prefill, "decode": greedy_decode}
+
+
+def graph_args(cfg: Config, specs, graph: str, bucket: int, max_seq: int):
+    """Abstract arguments of a graph after ``cfg``: (weights, tokens|token, length|pos, cache)."""
+    first = jax.ShapeDtypeStruct((bucket,) if graph == "prefill" else (), jnp.int32)
+    kv = jax.eval_shape(lambda: model.KVCache.zeros(cfg, max_seq))
+    return (specs, first, jax.ShapeDtypeStruct((), jnp.int32), kv)
+
+
 class XlaRunner:
     """JAX/XLA on one device: weights put there once; the cache is donated step to step.
 
@@ -68,14 +77,9 @@ class XlaRunner:
 
     def lowered(self, graph: str, bucket: int, max_seq: int):
         """The jitted ``graph`` ("prefill" or "decode") lowered for these shapes."""
-        fn, first = {
-            "prefill": (greedy_prefill, jax.ShapeDtypeStruct((bucket,), jnp.int32)),
-            "decode": (greedy_decode, jax.ShapeDtypeStruct((), jnp.int32)),
-        }[graph]
-        cache = jax.eval_shape(lambda: model.KVCache.zeros(self.cfg, max_seq))
-        scalar = jax.ShapeDtypeStruct((), jnp.int32)
-        jitted = jax.jit(fn, static_argnums=0, donate_argnums=4)
-        return jitted.lower(self.cfg, self.weights, first, scalar, cache)
+        _, first, pos, cache = graph_args(self.cfg, None, graph, bucket, max_seq)
+        jitted = jax.jit(GRAPH_FUNCTIONS[graph], static_argnums=0, donate_argnums=4)
+        return jitted.lower(self.cfg, self.weights, first, pos, cache)
 
     def executable(self, graph: str, bucket: int, max_seq: int):
         key = (graph, bucket if graph == "prefill" else None, max_seq)
@@ -97,16 +101,23 @@ class XlaRunner:
         token, logits, self.cache = self._decode(self.weights, token, jnp.int32(pos), self.cache)
         return token, logits
 
+    @staticmethod
+    def token_id(token) -> int:
+        return int(token)
 
-@functools.lru_cache(maxsize=None)
-def _runner_class(backend: str):
-    if backend == "xla-cpu":
-        return XlaRunner
-    raise ValueError(f"unknown backend {backend!r}; available: {BACKENDS}")
+    @staticmethod
+    def logits_row(logits) -> np.ndarray:
+        return np.asarray(logits, np.float32)
 
 
 def make_runner(cfg: Config, weights: Weights, backend: str = "xla-cpu"):
-    return _runner_class(backend)(cfg, weights)
+    if backend == "xla-cpu":
+        return XlaRunner(cfg, weights)
+    if backend == "iree-cpu":
+        from .iree_backend import IreeRunner
+
+        return IreeRunner(cfg, weights, target="llvm-cpu", driver="local-task", backend=backend)
+    raise ValueError(f"unknown backend {backend!r}; available: {BACKENDS}")
 
 
 def generate(
@@ -129,10 +140,10 @@ def generate(
     token, logits = runner.prefill(padded, len(prompt), cache_length(len(prompt), max_new_tokens))
     out, rows = [], []
     for step in range(max_new_tokens):
-        tid = int(token)  # the only device -> host transfer of a step
+        tid = runner.token_id(token)  # the only device -> host transfer of a step
         out.append(tid)
         if keep_logits:
-            rows.append(np.asarray(logits, np.float32))
+            rows.append(runner.logits_row(logits))
         if (stop_at_eos and tid in cfg.eos_token_ids) or step == max_new_tokens - 1:
             break
         token, logits = runner.decode(token, len(prompt) + step)

@@ -13,7 +13,7 @@ from typing import Union
 import jax
 import numpy as np
 
-from . import quant
+from . import quant as quant_mod
 from .config import Config
 
 LINEAR_NAMES = ("wq", "wk", "wv", "wo", "w_gate", "w_up", "w_down")
@@ -33,11 +33,11 @@ class QuantizedLinear:
 
     @property
     def shape(self) -> tuple[int, int]:
-        return (self.packed.shape[0], self.packed.shape[1] * quant.codes_per_word(self.bits))
+        return (self.packed.shape[0], self.packed.shape[1] * quant_mod.codes_per_word(self.bits))
 
     def dequantize(self) -> np.ndarray:
         """Host dequant to float32 (scales upcast first, exact), as the graph computes it."""
-        return quant.dequantize(
+        return quant_mod.dequantize(
             self.packed,
             np.asarray(self.scales).astype(np.float32),
             np.asarray(self.biases).astype(np.float32),
@@ -105,7 +105,7 @@ def quantize_weights(
     def q(w):
         if isinstance(w, QuantizedLinear):
             return w
-        packed, scales, biases = quant.quantize(np.asarray(w, np.float32), group_size, bits)
+        packed, scales, biases = quant_mod.quantize(np.asarray(w, np.float32), group_size, bits)
         return QuantizedLinear(packed, scales, biases, group_size, bits)
 
     return map_linears(weights, q)
@@ -145,3 +145,46 @@ def synthetic(cfg: Config, seed: int = 0) -> Weights:
     )
     final_norm = (1.0 + normal(cfg.hidden_size, std=0.1)).astype(np.float32)
     return Weights(embed=embed, layers=tuple(layers), final_norm=final_norm, lm_head=head)
+
+
+def specs(cfg: Config, quant: str = "fp32", group_size: int = DEFAULT_GROUP_SIZE,
+          bits: int = DEFAULT_BITS) -> Weights:
+    """Shape-only weights (``jax.ShapeDtypeStruct`` leaves): export and compile need no data."""
+    if quant not in QUANT_MODES:
+        raise ValueError(f"quant mode must be one of {QUANT_MODES}, got {quant!r}")
+    f32 = np.dtype(np.float32)
+
+    def leaf(shape, dtype=f32):
+        return jax.ShapeDtypeStruct(tuple(shape), dtype)
+
+    def linear(shape):
+        out, n_in = shape
+        if quant == "fp32":
+            return leaf(shape)
+        if n_in % group_size:
+            raise quant_mod.QuantizationError(
+                f"input dimension {n_in} is not divisible by group_size {group_size}"
+            )
+        groups = (out, n_in // group_size)
+        return QuantizedLinear(leaf((out, n_in * bits // 32), np.dtype(np.uint32)),
+                               leaf(groups), leaf(groups), group_size, bits)
+
+    shapes = expected_shapes(cfg)
+    layers = tuple(
+        Layer(**{n: linear(s) if n in LINEAR_NAMES else leaf(s) for n, s in shapes.items()})
+        for _ in range(cfg.num_layers)
+    )
+    head = None if cfg.tie_word_embeddings else leaf((cfg.vocab_size, cfg.hidden_size))
+    return Weights(leaf((cfg.vocab_size, cfg.hidden_size)), layers, leaf((cfg.hidden_size,)), head)
+
+
+def linear_weight_elements(cfg: Config) -> set[int]:
+    """Element counts (out * in) of the quantized linears: the size of a rebuilt weight."""
+    shapes = expected_shapes(cfg)
+    return {shapes[n][0] * shapes[n][1] for n in LINEAR_NAMES}
+
+
+def linear_weight_bytes_f32(cfg: Config) -> int:
+    """Bytes of all quantized linears rebuilt as float32 (what full materialization writes)."""
+    shapes = expected_shapes(cfg)
+    return 4 * cfg.num_layers * sum(shapes[n][0] * shapes[n][1] for n in LINEAR_NAMES)

@@ -1,0 +1,192 @@
+"""IREE: export with ``jax.export``, compile with iree-base-compiler, run with iree-base-runtime.
+
+Weights are uploaded to the device once and passed as resident buffers on every call; the
+KV cache returned by one step is fed to the next without leaving the device; only the
+chosen token id is read back. Compiled modules are cached on disk under a key of what the
+graph is (see :mod:`model_impl.cache`).
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import re
+import time
+
+import jax
+import numpy as np
+
+from . import cache
+from .config import Config
+from .generate import GRAPH_FUNCTIONS, graph_args
+DEFAULT_CUDA_TARGET = "sm_80"  # iree-compile 3.13 has no sm_90 target; sm_80 PTX JITs on Hopper
+GRAPH_SOURCES = ("model.py", "generate.py", "config.py", "weights.py", "iree_backend.py")
+
+
+def compiler_version() -> str:
+    return importlib.metadata.version("iree-base-compiler")
+
+
+def target_flags(target: str, cuda_target: str = DEFAULT_CUDA_TARGET) -> list[str]:
+    if target == "llvm-cpu":
+        return [
+            "--iree-hal-target-device=local",
+            "--iree-hal-local-target-device-backends=llvm-cpu",
+            "--iree-llvmcpu-target-cpu=host",
+        ]
+    if target == "cuda":
+        return ["--iree-hal-target-device=cuda", f"--iree-cuda-target={cuda_target}"]
+    raise ValueError(f"unknown IREE target {target!r}; known: llvm-cpu, cuda")
+
+
+def weight_specs(weights):
+    """ShapeDtypeStructs of a weights pytree (static bits/group_size kept)."""
+    return jax.tree_util.tree_map(
+        lambda x: x if isinstance(x, jax.ShapeDtypeStruct) else jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype),
+        weights,
+    )
+
+
+def export_stablehlo(cfg: Config, specs, graph: str, bucket: int, max_seq: int) -> str:
+    """The graph's StableHLO (MLIR text) as ``jax.export`` produces it."""
+    fn = jax.jit(GRAPH_FUNCTIONS[graph], static_argnums=0)
+    exported = jax.export.export(fn)(cfg, *graph_args(cfg, specs, graph, bucket, max_seq))
+    return exported.mlir_module()
+
+
+def graph_key(cfg: Config, specs, graph: str, bucket: int, max_seq: int, flags: list[str]) -> dict:
+    leaves, tree = jax.tree_util.tree_flatten(specs)
+    return {
+        "config": repr(cfg),
+        "weights": str(tree),
+        "leaves": [(tuple(x.shape), str(x.dtype)) for x in leaves],
+        "graph": graph,
+        "bucket": bucket if graph == "prefill" else None,
+        "max_seq": max_seq,
+        "flags": flags,
+        "iree_compiler": compiler_version(),
+        "sources": cache.source_digest(*GRAPH_SOURCES),
+        "host_cpu": _host_cpu() if "--iree-llvmcpu-target-cpu=host" in flags else None,
+    }
+
+
+def _host_cpu() -> str:
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or platform.machine()
+
+
+def _compile(mlir: str, flags: list[str]) -> bytes:
+    import iree.compiler as ic
+
+    return ic.compile_str(mlir, input_type="stablehlo", extra_args=flags)
+
+
+def compiled_module(cfg, specs, graph, bucket, max_seq, target, cuda_target=DEFAULT_CUDA_TARGET,
+                    extra_flags=()):
+    """(vmfb path, compile seconds or None on a cache hit)."""
+    flags = target_flags(target, cuda_target) + list(extra_flags)
+    key = graph_key(cfg, specs, graph, bucket, max_seq, flags)
+    seconds = {}
+
+    def produce():
+        mlir = export_stablehlo(cfg, specs, graph, bucket, max_seq)
+        start = time.perf_counter()
+        data = _compile(mlir, flags)
+        seconds["compile"] = time.perf_counter() - start
+        return data
+
+    path, _ = cache.cached_file("iree", key, ".vmfb", produce)
+    return path, seconds.get("compile")
+
+
+def executable_sources(cfg, specs, graph, bucket, max_seq, target, cuda_target=DEFAULT_CUDA_TARGET,
+                       extra_flags=()) -> tuple[str, float | None]:
+    """The module after dispatch formation (``--compile-to=executable-sources``), cached."""
+    flags = target_flags(target, cuda_target) + list(extra_flags) + [
+        "--compile-to=executable-sources",
+        "--mlir-print-debuginfo=false",
+    ]
+    key = graph_key(cfg, specs, graph, bucket, max_seq, flags)
+    seconds = {}
+
+    def produce():
+        mlir = export_stablehlo(cfg, specs, graph, bucket, max_seq)
+        start = time.perf_counter()
+        data = _compile(mlir, flags)
+        seconds["compile"] = time.perf_counter() - start
+        return data
+
+    path, _ = cache.cached_file("iree-sources", key, ".mlir", produce)
+    return path.read_text(), seconds.get("compile")
+
+
+class IreeRunner:
+    """A compiled prefill/decode pair on one IREE device (``local-task`` CPU or ``cuda``)."""
+
+    def __init__(self, cfg: Config, weights, target: str = "llvm-cpu", driver: str = "local-task",
+                 cuda_target: str = DEFAULT_CUDA_TARGET, backend: str = "iree-cpu"):
+        import iree.runtime as rt
+
+        self.cfg, self.target, self.cuda_target, self.backend = cfg, target, cuda_target, backend
+        self.specs = weight_specs(weights)
+        self._rt = rt
+        self.config = rt.Config(driver)
+        self.context = rt.SystemContext(config=self.config)
+        self.device = self.config.device
+        start = time.perf_counter()
+        self.weights = [
+            rt.asdevicearray(self.device, np.ascontiguousarray(x))
+            for x in jax.tree_util.tree_leaves(weights)
+        ]
+        self.upload_seconds = time.perf_counter() - start
+        self.compile_seconds: dict[str, float | None] = {}
+        self._functions = {}
+        self.cache = None
+
+    def function(self, graph: str, bucket: int, max_seq: int):
+        key = (graph, bucket if graph == "prefill" else None, max_seq)
+        if key not in self._functions:
+            path, seconds = compiled_module(
+                self.cfg, self.specs, graph, bucket, max_seq, self.target, self.cuda_target
+            )
+            self.compile_seconds[graph] = seconds
+            module = self._rt.VmModule.mmap(self.config.vm_instance, str(path))
+            self.context.add_vm_module(module)
+            self._functions[key] = self.context.modules[module.name]["main"]
+        return self._functions[key]
+
+    def _scalar(self, value: int):
+        return self._rt.asdevicearray(self.device, np.asarray(value, np.int32))
+
+    def prefill(self, padded_tokens: np.ndarray, length: int, max_seq: int):
+        fn = self.function("prefill", len(padded_tokens), max_seq)
+        self._decode = self.function("decode", 0, max_seq)
+        zeros = np.zeros((self.cfg.num_layers, self.cfg.num_kv_heads, max_seq, self.cfg.head_dim), np.float32)
+        k = self._rt.asdevicearray(self.device, zeros)
+        v = self._rt.asdevicearray(self.device, zeros)
+        tokens = self._rt.asdevicearray(self.device, np.asarray(padded_tokens, np.int32))
+        token, logits, *self.cache = fn(*self.weights, tokens, self._scalar(length), k, v)
+        return token, logits
+
+    def decode(self, token, pos: int):
+        token, logits, *self.cache = self._decode(*self.weights, token, self._scalar(pos), *self.cache)
+        return token, logits
+
+    @staticmethod
+    def token_id(token) -> int:
+        return int(token.to_host())
+
+    @staticmethod
+    def logits_row(logits) -> np.ndarray:
+        return np.asarray(logits.to_host(), np.float32)
+
+
+def module_name(mlir: str) -> str:
+    m = re.search(r"^module @([\w.$\-]+)", mlir, re.M)
+    return m.group(1) if m else "module"
