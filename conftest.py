@@ -50,7 +50,7 @@ def cuda_unavailable_reason() -> str | None:
 
 
 def pytest_collection_modifyitems(config, items):
-    cuda_items = [item for item in items if "cuda" in item.keywords]
+    cuda_items = [item for item in items if item.get_closest_marker("cuda") is not None]
     reason = cuda_unavailable_reason() if cuda_items else None
     if reason:
         for item in cuda_items:
@@ -88,26 +88,16 @@ def prompt_ids(tokenizer):
     return tokenizer(REFERENCE_PROMPT).input_ids
 
 
-def _greedy(cfg, weights, prompt_ids):
-    from model_impl import generate
-    from model_impl.checks import GREEDY_TOKENS
-
-    runner = generate.make_runner(cfg, weights, "xla-cpu")
-    return generate.generate(
-        runner, prompt_ids, GREEDY_TOKENS, stop_at_eos=False, keep_logits=True
-    )
-
-
 @pytest.fixture(scope="session")
 def fp32_run(real_model, prompt_ids):
     """48 greedy tokens (and their logits) of the real model in fp32 on XLA-CPU."""
-    return _greedy(*real_model, prompt_ids)
+    return _greedy_on("xla-cpu", *real_model, prompt_ids)
 
 
 @pytest.fixture(scope="session")
 def int4_run(real_model_int4, prompt_ids):
     """48 greedy tokens of the real model with packed int4 weights dequantized in-graph."""
-    return _greedy(*real_model_int4, prompt_ids)
+    return _greedy_on("xla-cpu", *real_model_int4, prompt_ids)
 
 
 @pytest.fixture(scope="session")
@@ -116,7 +106,7 @@ def host_dequant_run(real_model_int4, prompt_ids):
     from model_impl.weights import dequantize_weights
 
     cfg, weights = real_model_int4
-    return _greedy(cfg, dequantize_weights(weights), prompt_ids)
+    return _greedy_on("xla-cpu", cfg, dequantize_weights(weights), prompt_ids)
 
 
 @pytest.fixture(scope="session")
@@ -134,3 +124,23 @@ def hf_greedy_run(hf_real_model, prompt_ids):
     from model_impl.reference import greedy
 
     return greedy(hf_real_model, prompt_ids, GREEDY_TOKENS)
+
+
+def _greedy_on(backend, cfg, weights, prompt_ids):
+    from model_impl import generate
+    from model_impl.checks import GREEDY_TOKENS
+
+    runner = generate.make_runner(cfg, weights, backend)
+    return generate.generate(runner, prompt_ids, GREEDY_TOKENS, stop_at_eos=False, keep_logits=True)
+
+
+@pytest.fixture(scope="session")
+def iree_fp32_run(real_model, prompt_ids):
+    """The fp32 graph compiled by IREE for llvm-cpu, run on local-task."""
+    return _greedy_on("iree-cpu", *real_model, prompt_ids)
+
+
+@pytest.fixture(scope="session")
+def iree_int4_run(real_model_int4, prompt_ids):
+    """The int4 graph (in-graph dequant) compiled by IREE for llvm-cpu."""
+    return _greedy_on("iree-cpu", *real_model_int4, prompt_ids)

@@ -49,7 +49,11 @@ def _locked(path: Path):
 
 
 def cached_file(kind: str, key: dict, suffix: str, produce: Callable[[], bytes]) -> tuple[Path, bool]:
-    """Path of the entry for ``key``, made with ``produce()`` on a miss; (path, was_hit)."""
+    """Path of the entry for ``key``, made with ``produce()`` on a miss; (path, was_hit).
+
+    ``produce`` may return ``(data, meta)``; ``meta`` (JSON-able) is kept beside the entry
+    and read back with :func:`entry_meta`.
+    """
     directory = cache_root() / kind
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"{digest(key)}{suffix}"
@@ -58,7 +62,7 @@ def cached_file(kind: str, key: dict, suffix: str, produce: Callable[[], bytes])
     with _locked(path):
         if path.exists():  # another worker made it while we waited
             return path, True
-        data = produce()
+        data, meta = _split(produce())
         fd, tmp = tempfile.mkstemp(dir=directory, prefix=path.name, suffix=".tmp")
         try:
             with os.fdopen(fd, "wb") as f:
@@ -68,5 +72,18 @@ def cached_file(kind: str, key: dict, suffix: str, produce: Callable[[], bytes])
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
             raise
-        (directory / f"{path.stem}.json").write_text(json.dumps(key, indent=1, sort_keys=True, default=str))
+        sidecar = {"key": key, "meta": meta}
+        (directory / f"{path.stem}.json").write_text(json.dumps(sidecar, indent=1, sort_keys=True, default=str))
     return path, False
+
+
+def _split(produced):
+    return produced if isinstance(produced, tuple) else (produced, {})
+
+
+def entry_meta(path: Path) -> dict:
+    """The ``meta`` stored with an entry ({} if none)."""
+    try:
+        return json.loads(path.with_suffix(".json").read_text()).get("meta", {})
+    except (OSError, json.JSONDecodeError):
+        return {}

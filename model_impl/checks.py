@@ -19,11 +19,15 @@ from .generate import Generation
 # quantization effect we measure (int4 vs fp32 moves logits by > 0.1).
 IN_GRAPH_VS_HOST_DEQUANT_ATOL = 1e-4
 
-# Our fp32 graph vs transformers (torch, fp32, CPU) on the same weights: same math, other
-# kernels (summation order, exp/cos implementations, RMSNorm and softmax formulation).
-# Measured worst on the real 30-layer model: ~2e-4 on logits of magnitude ~20; 1e-3 leaves
-# headroom for other BLAS builds while staying 100x below the int4 effect.
-TRANSFORMERS_LOGIT_ATOL = 1e-3
+# The same fp32 math through other kernels: our graph vs transformers (torch, CPU), or our
+# graph through XLA vs through IREE. Summation order, fused multiply-adds and exp/rsqrt/cos
+# implementations differ; over 30 layers that moves logits of magnitude ~30 by ~1e-4
+# (measured worst: 1.2e-4 XLA-CPU vs transformers, 1.2e-4 IREE-CPU vs XLA-CPU). 1e-3 leaves
+# headroom for other BLAS builds and CPUs while staying 100x below the int4 effect (> 0.1).
+FP32_REORDERING_ATOL = 1e-3
+# What the lowering issue asked of IREE-CPU vs XLA-CPU; reported against, not asserted,
+# because fp32 reordering alone already reaches it (see above).
+CROSS_COMPILER_TARGET_ATOL = 1e-4
 
 REFERENCE_PROMPT = "The history of the printing press begins"
 GREEDY_TOKENS = 48

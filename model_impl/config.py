@@ -10,6 +10,8 @@ from pathlib import Path
 import numpy as np
 
 ROPE_TYPES = ("default", "llama3")
+# The real Llama-3.2-1B config.json (the target model; its weights are not shipped).
+LLAMA32_CONFIG_PATH = Path(__file__).resolve().parent / "data" / "llama-3.2-1b-config.json"
 
 
 class ConfigError(ValueError):

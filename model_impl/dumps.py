@@ -19,6 +19,10 @@ from .generate import GRAPH_FUNCTIONS, graph_args
 from .iree_backend import DEFAULT_CUDA_TARGET
 
 
+# Llama-3.2-1B graphs are characterized from shapes alone: 64-token prompt bucket, 512-slot cache.
+LLAMA32_SHAPES = (64, 512)
+
+
 def stablehlo(cfg: Config, specs, graph: str, bucket: int, max_seq: int) -> str:
     return iree_backend.export_stablehlo(cfg, specs, graph, bucket, max_seq)
 

@@ -87,22 +87,25 @@ def _compile(mlir: str, flags: list[str]) -> bytes:
     return ic.compile_str(mlir, input_type="stablehlo", extra_args=flags)
 
 
-def compiled_module(cfg, specs, graph, bucket, max_seq, target, cuda_target=DEFAULT_CUDA_TARGET,
-                    extra_flags=()):
-    """(vmfb path, compile seconds or None on a cache hit)."""
-    flags = target_flags(target, cuda_target) + list(extra_flags)
+def _cached_compile(kind, suffix, cfg, specs, graph, bucket, max_seq, flags):
+    """(path, seconds the compile took when it was made) for this graph and flags."""
     key = graph_key(cfg, specs, graph, bucket, max_seq, flags)
-    seconds = {}
 
     def produce():
         mlir = export_stablehlo(cfg, specs, graph, bucket, max_seq)
         start = time.perf_counter()
         data = _compile(mlir, flags)
-        seconds["compile"] = time.perf_counter() - start
-        return data
+        return data, {"compile_seconds": time.perf_counter() - start}
 
-    path, _ = cache.cached_file("iree", key, ".vmfb", produce)
-    return path, seconds.get("compile")
+    path, _ = cache.cached_file(kind, key, suffix, produce)
+    return path, cache.entry_meta(path).get("compile_seconds")
+
+
+def compiled_module(cfg, specs, graph, bucket, max_seq, target, cuda_target=DEFAULT_CUDA_TARGET,
+                    extra_flags=()):
+    """(vmfb path, compile seconds)."""
+    flags = target_flags(target, cuda_target) + list(extra_flags)
+    return _cached_compile("iree", ".vmfb", cfg, specs, graph, bucket, max_seq, flags)
 
 
 def executable_sources(cfg, specs, graph, bucket, max_seq, target, cuda_target=DEFAULT_CUDA_TARGET,
@@ -112,18 +115,8 @@ def executable_sources(cfg, specs, graph, bucket, max_seq, target, cuda_target=D
         "--compile-to=executable-sources",
         "--mlir-print-debuginfo=false",
     ]
-    key = graph_key(cfg, specs, graph, bucket, max_seq, flags)
-    seconds = {}
-
-    def produce():
-        mlir = export_stablehlo(cfg, specs, graph, bucket, max_seq)
-        start = time.perf_counter()
-        data = _compile(mlir, flags)
-        seconds["compile"] = time.perf_counter() - start
-        return data
-
-    path, _ = cache.cached_file("iree-sources", key, ".mlir", produce)
-    return path.read_text(), seconds.get("compile")
+    path, seconds = _cached_compile("iree-sources", ".mlir", cfg, specs, graph, bucket, max_seq, flags)
+    return path.read_text(), seconds
 
 
 class IreeRunner:

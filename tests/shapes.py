@@ -5,11 +5,9 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from model_impl.config import Config, load_hf_config
+from model_impl.config import LLAMA32_CONFIG_PATH, Config, load_hf_config
 
 ROOT = Path(__file__).resolve().parents[1]
-# Shipped beside the project in ../shared; a copy in tests/data keeps a fresh clone whole.
-LLAMA32_CONFIG_PATH = ROOT / "tests" / "data" / "llama-3.2-1b-config.json"
 
 
 def llama32_config() -> Config:

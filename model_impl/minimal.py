@@ -1,0 +1,68 @@
+"""The smallest graphs that show each compiler's dequant verdict flip.
+
+One linear, ``x [1, in] @ W.T``, with W given as: packed uint32 words with per-group scale and
+bias (the project's format), native int4 with a per-group scale, and native int4 alone.
+Measured with iree-base-compiler 3.13: IREE folds a bare i4 -> f32 extension into the
+contraction's dispatch (fused) but gives the scaled forms a dispatch of their own that writes
+the f32 weight (materialized). XLA-CPU materializes all three.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from .model import dequantize
+from .weights import QuantizedLinear
+
+OUT, IN, GROUP = 256, 512, 64
+
+
+def _x():
+    return jax.ShapeDtypeStruct((1, IN), jnp.float32)
+
+
+def packed_u32_scaled(x, packed, scales, biases):
+    w = dequantize(QuantizedLinear(packed, scales, biases, GROUP, 4))
+    return jnp.einsum("ti,oi->to", x, w)
+
+
+def native_int4_scaled(x, w, scales):
+    wf = w.astype(jnp.float32).reshape(OUT, IN // GROUP, GROUP) * scales[:, :, None]
+    return jnp.einsum("ti,oi->to", x, wf.reshape(OUT, IN))
+
+
+def native_int4_bare(x, w):
+    return jnp.einsum("ti,oi->to", x, w.astype(jnp.float32))
+
+
+GRAPHS = {
+    "packed-u32-scale-bias": (packed_u32_scaled, (
+        _x(), jax.ShapeDtypeStruct((OUT, IN // 8), jnp.uint32),
+        jax.ShapeDtypeStruct((OUT, IN // GROUP), jnp.float32),
+        jax.ShapeDtypeStruct((OUT, IN // GROUP), jnp.float32))),
+    "native-int4-scale": (native_int4_scaled, (
+        _x(), jax.ShapeDtypeStruct((OUT, IN), jnp.int4),
+        jax.ShapeDtypeStruct((OUT, IN // GROUP), jnp.float32))),
+    "native-int4-bare": (native_int4_bare, (_x(), jax.ShapeDtypeStruct((OUT, IN), jnp.int4))),
+}
+WEIGHT_ELEMENTS = frozenset({OUT * IN})
+
+
+def stablehlo(name: str) -> str:
+    fn, args = GRAPHS[name]
+    return jax.export.export(jax.jit(fn))(*args).mlir_module()
+
+
+def xla_hlo(name: str) -> str:
+    fn, args = GRAPHS[name]
+    return jax.jit(fn).lower(*args).compile().as_text()
+
+
+def iree_sources(name: str, target: str) -> str:
+    import iree.compiler as ic
+
+    from .iree_backend import target_flags
+
+    flags = target_flags(target) + ["--compile-to=executable-sources", "--mlir-print-debuginfo=false"]
+    return ic.compile_str(stablehlo(name), input_type="stablehlo", extra_args=flags).decode()

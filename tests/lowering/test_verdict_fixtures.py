@@ -1,0 +1,72 @@
+"""Every verdict can give both answers: hand-written dumps, and the smallest real graphs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from model_impl import iree_backend, lowering, minimal
+
+FIXTURES = Path(__file__).parent / "fixtures"
+WEIGHT = {64 * 128}
+
+
+def test_xla_fixture_with_dequant_and_dot_in_one_fusion_is_fused():
+    v = lowering.analyze_xla_hlo((FIXTURES / "xla_fused.hlo").read_text(), WEIGHT)
+    assert v.verdict == lowering.FUSED and v.materialized_bytes == 0 and v.fused_count == 1
+
+
+def test_xla_fixture_with_a_loop_fusion_writing_the_weight_is_materialized():
+    v = lowering.analyze_xla_hlo((FIXTURES / "xla_materialized.hlo").read_text(), WEIGHT)
+    assert v.verdict == lowering.MATERIALIZED
+    assert v.materialized_bytes == 64 * 128 * 4 and v.dequants[0].output.startswith("f32[64,128]")
+
+
+def test_iree_fixture_with_unpack_and_contraction_in_one_dispatch_is_fused():
+    v = lowering.analyze_iree_executables((FIXTURES / "iree_fused.mlir").read_text(), WEIGHT)
+    assert v.verdict == lowering.FUSED and v.dispatches == 1 and v.materialized_bytes == 0
+
+
+def test_iree_fixture_with_a_dequant_only_dispatch_is_materialized():
+    v = lowering.analyze_iree_executables((FIXTURES / "iree_materialized.mlir").read_text(), WEIGHT)
+    assert v.verdict == lowering.MATERIALIZED and v.dispatches == 2
+    assert [e.kind for e in v.executables] == [lowering.DEQUANT_ONLY, lowering.MATMUL_ONLY]
+    assert v.materialized_bytes == 64 * 128 * 4
+
+
+def test_analyzers_reject_text_that_is_not_their_dump():
+    with pytest.raises(ValueError, match="ENTRY"):
+        lowering.analyze_xla_hlo("module {}", WEIGHT)
+    with pytest.raises(ValueError, match="hal.executable"):
+        lowering.analyze_iree_executables("HloModule m", WEIGHT)
+
+
+# Real compilers on one linear (model_impl.minimal): the same analyzers, both outcomes.
+
+
+@pytest.mark.parametrize("target", ["llvm-cpu", "cuda"])
+def test_iree_fuses_a_bare_int4_extension_into_the_contraction(target):
+    v = lowering.analyze_iree_executables(
+        minimal.iree_sources("native-int4-bare", target), minimal.WEIGHT_ELEMENTS
+    )
+    assert v.verdict == lowering.FUSED, (
+        f"iree-compile {iree_backend.compiler_version()} {target}: bare i4 -> f32 no longer fused: "
+        f"{[(e.exports, e.kind) for e in v.executables]}"
+    )
+
+
+@pytest.mark.parametrize("name", ["native-int4-scale", "packed-u32-scale-bias"])
+@pytest.mark.parametrize("target", ["llvm-cpu", "cuda"])
+def test_iree_gives_a_scaled_dequant_its_own_dispatch(target, name):
+    v = lowering.analyze_iree_executables(minimal.iree_sources(name, target), minimal.WEIGHT_ELEMENTS)
+    assert v.verdict == lowering.MATERIALIZED, (
+        f"iree-compile {iree_backend.compiler_version()} {target} {name}: now {v.verdict}"
+    )
+    assert v.materialized_bytes == 4 * min(minimal.WEIGHT_ELEMENTS)
+
+
+@pytest.mark.parametrize("name", list(minimal.GRAPHS))
+def test_xla_cpu_materializes_every_minimal_dequant(name):
+    v = lowering.analyze_xla_hlo(minimal.xla_hlo(name), minimal.WEIGHT_ELEMENTS)
+    assert v.verdict == lowering.MATERIALIZED and v.materialized_bytes == 4 * min(minimal.WEIGHT_ELEMENTS)
