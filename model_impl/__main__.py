@@ -30,7 +30,7 @@ def cmd_generate(args) -> int:
         else:
             tokenizer = checkpoint.load_tokenizer(args.model)
             prompt = tokenizer(args.prompt).input_ids
-        runner = generate.make_runner(cfg, weights, args.backend)
+        runner = generate.make_runner(cfg, weights, args.backend, cuda_target=args.iree_cuda_target)
         result = generate.generate(
             runner,
             prompt,
@@ -70,6 +70,7 @@ def main(argv=None) -> int:
     src = g.add_mutually_exclusive_group(required=True)
     src.add_argument("--prompt", help="prompt text (tokenized with the checkpoint's tokenizer)")
     src.add_argument("--token-ids", help="prompt as comma-separated token ids, e.g. 1,2,3")
+    g.add_argument("--iree-cuda-target", help="IREE CUDA target, e.g. sm_80 (default: chosen from the GPU)")
     g.add_argument("--max-new-tokens", type=int, default=48)
     g.add_argument("--ignore-eos", action="store_true", help="do not stop at an EOS token")
     g.add_argument("--logits-out", metavar="FILE.npy", help="write float32 [len(tokens), vocab]")

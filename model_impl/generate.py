@@ -18,7 +18,7 @@ from . import model
 from .config import Config
 from .weights import Weights
 
-BACKENDS = ("xla-cpu", "iree-cpu")
+BACKENDS = ("xla-cpu", "iree-cpu", "xla-cuda", "iree-cuda")
 MIN_BUCKET = 16
 CACHE_ROUNDING = 128
 
@@ -65,10 +65,9 @@ class XlaRunner:
     Each graph is compiled ahead of time, once per shape, and its compile time kept.
     """
 
-    backend = "xla-cpu"
-
     def __init__(self, cfg: Config, weights: Weights, platform: str = "cpu"):
         self.cfg = cfg
+        self.backend = f"xla-{platform}"
         self.device = jax.devices(platform)[0]
         self.weights = jax.device_put(weights, self.device)
         self.cache = None
@@ -110,13 +109,19 @@ class XlaRunner:
         return np.asarray(logits, np.float32)
 
 
-def make_runner(cfg: Config, weights: Weights, backend: str = "xla-cpu"):
-    if backend == "xla-cpu":
-        return XlaRunner(cfg, weights)
+def make_runner(cfg: Config, weights: Weights, backend: str = "xla-cpu", cuda_target: str | None = None):
+    """A runner for ``backend``; ``cuda_target`` overrides the IREE CUDA target choice."""
+    if backend in ("xla-cpu", "xla-cuda"):
+        return XlaRunner(cfg, weights, platform=backend.split("-")[1])
     if backend == "iree-cpu":
         from .iree_backend import IreeRunner
 
         return IreeRunner(cfg, weights, target="llvm-cpu", driver="local-task", backend=backend)
+    if backend == "iree-cuda":
+        from .iree_backend import IreeRunner, cuda_target_for_device
+
+        target = cuda_target or cuda_target_for_device()
+        return IreeRunner(cfg, weights, target="cuda", driver="cuda", cuda_target=target, backend=backend)
     raise ValueError(f"unknown backend {backend!r}; available: {BACKENDS}")
 
 

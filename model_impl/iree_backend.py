@@ -8,7 +8,9 @@ graph is (see :mod:`model_impl.cache`).
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.metadata
+import os
 import re
 import time
 
@@ -23,7 +25,18 @@ GRAPH_SOURCES = ("model.py", "generate.py", "config.py", "weights.py", "iree_bac
 
 
 def compiler_version() -> str:
-    return importlib.metadata.version("iree-base-compiler")
+    """The iree-base-compiler version; on a run-only machine (no compiler installed) the
+    version that compiled the carried modules, from ``MODEL_IMPL_IREE_COMPILER``."""
+    try:
+        return importlib.metadata.version("iree-base-compiler")
+    except importlib.metadata.PackageNotFoundError:
+        version = os.environ.get("MODEL_IMPL_IREE_COMPILER")
+        if not version:
+            raise RuntimeError(
+                "iree-base-compiler is not installed: install it, or set MODEL_IMPL_IREE_COMPILER "
+                "to the version that compiled the carried modules"
+            ) from None
+        return version
 
 
 def target_flags(target: str, cuda_target: str = DEFAULT_CUDA_TARGET) -> list[str]:
@@ -54,11 +67,9 @@ def export_stablehlo(cfg: Config, specs, graph: str, bucket: int, max_seq: int) 
 
 
 def graph_key(cfg: Config, specs, graph: str, bucket: int, max_seq: int, flags: list[str]) -> dict:
-    leaves, tree = jax.tree_util.tree_flatten(specs)
     return {
         "config": repr(cfg),
-        "weights": str(tree),
-        "leaves": [(tuple(x.shape), str(x.dtype)) for x in leaves],
+        "weights": weights_signature(specs),
         "graph": graph,
         "bucket": bucket if graph == "prefill" else None,
         "max_seq": max_seq,
@@ -67,6 +78,41 @@ def graph_key(cfg: Config, specs, graph: str, bucket: int, max_seq: int, flags: 
         "sources": cache.source_digest(*GRAPH_SOURCES),
         "host_cpu": _host_cpu() if "--iree-llvmcpu-target-cpu=host" in flags else None,
     }
+
+
+def cuda_target_for_device(capability: str | None = None) -> str:
+    """The IREE CUDA target for this machine's GPU: ``MODEL_IMPL_IREE_CUDA_TARGET`` if set,
+    else the newest target the compiler accepts (or, without a compiler, the targets listed in
+    ``MODEL_IMPL_IREE_CUDA_TARGETS``) that is not newer than the device."""
+    from . import cuda_target
+
+    override = os.environ.get("MODEL_IMPL_IREE_CUDA_TARGET")
+    if override:
+        return override
+    if capability is None:
+        capability = jax.devices("cuda")[0].compute_capability
+    listed = os.environ.get("MODEL_IMPL_IREE_CUDA_TARGETS")
+    accepted = listed.split(",") if listed else cuda_target.accepted_by_compiler()
+    return cuda_target.select(capability, accepted)
+
+
+def weights_signature(specs) -> list:
+    """(name, shape, dtype[, bits, group]) of every weight: stable across jax versions, so a
+    module compiled on one machine is found on another."""
+    from .weights import QuantizedLinear
+
+    def entry(name, x):
+        if isinstance(x, QuantizedLinear):
+            return [name, [list(np.shape(a)) for a in (x.packed, x.scales, x.biases)],
+                    [str(np.dtype(a.dtype)) for a in (x.packed, x.scales, x.biases)], x.bits, x.group_size]
+        return [name, list(np.shape(x)), str(np.dtype(x.dtype))]
+
+    out = [entry("embed", specs.embed), entry("final_norm", specs.final_norm),
+           entry("lm_head", specs.lm_head) if specs.lm_head is not None else ["lm_head", None]]
+    for i, layer in enumerate(specs.layers):
+        for field in dataclasses.fields(layer):
+            out.append(entry(f"layers.{i}.{field.name}", getattr(layer, field.name)))
+    return out
 
 
 def _host_cpu() -> str:

@@ -1,0 +1,83 @@
+"""Prepare what a GPU run of `pytest -m cuda` needs, in two carry-sized stages.
+
+Run here (the CPU machine, with the compiler installed):
+
+    .venv/bin/python scripts/gpu_bundle.py [--capability 9.0]
+
+It writes `.gpu-bundle/stage1` (first part of the model file) and `.gpu-bundle/stage2` (the
+rest, the iree-base-runtime and gguf wheels for Python 3.12, and the IREE CUDA modules
+compiled here for the device's target and for sm_80), each under the 64 MiB a device run
+carries. Then `scripts/gpu_run.sh` says how to run the two stages.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from model_impl import checkpoint, cuda_target, generate, iree_backend  # noqa: E402
+from model_impl.checks import GREEDY_TOKENS  # noqa: E402
+from model_impl.weights import specs  # noqa: E402
+
+BUNDLE = ROOT / ".gpu-bundle"
+STAGE1_BYTES = 62 * 2**20  # with the repo itself, under the 64 MiB a run carries
+WHEELS = ("iree-base-runtime==3.13.0", "gguf==0.19.0")
+REFERENCE_PROMPT_TOKENS = 7  # the parity prompt's length with the embedded tokenizer
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--capability", default="9.0", help="the GPU's compute capability (H100: 9.0)")
+    args = parser.parse_args()
+    shutil.rmtree(BUNDLE, ignore_errors=True)
+    stage1, stage2 = BUNDLE / "stage1", BUNDLE / "stage2"
+    (stage2 / "cache" / "iree").mkdir(parents=True)
+    stage1.mkdir(parents=True)
+
+    model = checkpoint.default_model_path()
+    data = model.read_bytes()
+    (stage1 / "model.part0").write_bytes(data[:STAGE1_BYTES])
+    (stage2 / "model.part1").write_bytes(data[STAGE1_BYTES:])
+
+    subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:",
+                    "--python-version", "3.12", "--implementation", "cp",
+                    "--platform", "manylinux_2_28_x86_64", "--platform", "manylinux_2_17_x86_64",
+                    "--platform", "manylinux2014_x86_64", "-d", str(stage2 / "whl"), *WHEELS], check=True)
+
+    accepted = cuda_target.accepted_by_compiler()
+    targets = sorted({cuda_target.select(args.capability, accepted), "sm_80"}, key=cuda_target.sm_number)
+    cfg, weights = checkpoint.load(model)
+    bucket = generate.prompt_bucket(REFERENCE_PROMPT_TOKENS)
+    shapes = [(bucket, generate.cache_length(REFERENCE_PROMPT_TOKENS, n)) for n in (GREEDY_TOKENS, 8)]
+    for target in targets:
+        for quant in ("fp32", "int4"):
+            for bucket_, max_seq in shapes:
+                for graph in ("prefill", "decode"):
+                    path, seconds = iree_backend.compiled_module(
+                        cfg, specs(cfg, quant), graph, bucket_, max_seq, "cuda", target)
+                    print(f"{target} {quant} {graph} max_seq={max_seq}: {path.name} ({seconds or 0:.1f} s)")
+                    for f in (path, path.with_suffix(".json")):
+                        shutil.copy(f, stage2 / "cache" / "iree" / f.name)
+    manifest = {
+        "iree_compiler": iree_backend.compiler_version(),
+        "accepted_cuda_targets": list(accepted),
+        "bundled_cuda_targets": targets,
+        "model_sha256": hashlib.sha256(data).hexdigest(),
+    }
+    (stage2 / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    for stage in (stage1, stage2):
+        size = sum(f.stat().st_size for f in stage.rglob("*") if f.is_file())
+        print(f"{stage.relative_to(ROOT)}: {size / 2**20:.1f} MiB")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

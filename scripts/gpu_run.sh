@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# The CUDA half of the suite on a GPU machine that receives a copy of this tree per run.
+#
+#   1. here:       .venv/bin/python scripts/gpu_bundle.py --capability 9.0
+#   2. device run: carry .gpu-bundle/stage1, command: bash scripts/gpu_run.sh 1
+#   3. device run: carry .gpu-bundle/stage2, command: bash scripts/gpu_run.sh 2
+#      (right after 2: /tmp on that machine survives only while it stays up)
+#   4. here:       copy what came back as cuda-results.json to results/, and `make report`.
+#
+# Stage 2 writes cuda-results.json and the pytest log into $OUT (or ./gpu-out).
+set -euo pipefail
+stage=${1:?stage 1 or 2}
+out=${OUT:-$PWD/gpu-out}
+mkdir -p "$out" /tmp/stage
+if [ "$stage" = 1 ]; then
+  cp .gpu-bundle/stage1/model.part0 /tmp/stage/
+  ls -la /tmp/stage
+  exit 0
+fi
+b=.gpu-bundle/stage2
+if [ ! -f /tmp/stage/model.part0 ]; then
+  echo "the machine was replaced since stage 1 (/tmp/stage is empty): run stage 1 again" >&2
+  exit 3
+fi
+cat /tmp/stage/model.part0 "$b/model.part1" > /tmp/stage/model.gguf
+want=$(python3 -c "import json; print(json.load(open('$b/manifest.json'))['model_sha256'])")
+echo "$want  /tmp/stage/model.gguf" | sha256sum -c -
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "$b"/whl/*.whl
+export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
+export MODEL_IMPL_DEFAULT_MODEL=/tmp/stage/model.gguf
+export MODEL_IMPL_CACHE=$PWD/$b/cache
+export MODEL_IMPL_IREE_COMPILER=$(python3 -c "import json; print(json.load(open('$b/manifest.json'))['iree_compiler'])")
+export MODEL_IMPL_IREE_CUDA_TARGETS=$(python3 -c "import json; print(','.join(json.load(open('$b/manifest.json'))['bundled_cuda_targets']))")
+export MODEL_IMPL_RESULTS_OUT=$out/cuda-results.json
+nvidia-smi --query-gpu=name,driver_version,compute_cap --format=csv | tee "$out/nvidia-smi.txt"
+set -o pipefail
+python3 -m pytest tests/cuda -m cuda -p no:cacheprovider -ra 2>&1 | tee "$out/pytest.log"

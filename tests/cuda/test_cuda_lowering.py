@@ -1,0 +1,33 @@
+"""XLA's optimized GPU HLO: is the dequant inside the gemm fusion, or its own fusion?"""
+
+from __future__ import annotations
+
+import jaxlib
+import pytest
+
+from model_impl import dumps, lowering
+from model_impl.weights import linear_weight_bytes_f32, linear_weight_elements, specs
+
+from ..shapes import llama32_config
+
+pytestmark = pytest.mark.cuda
+
+
+@pytest.mark.parametrize("graph", ["decode", "prefill"])
+def test_xla_cuda_int4_dequant_writes_the_full_f32_weight(real_model, cuda_record, graph):
+    """Pinned for jax 0.11.2 + CUDA on the H100 (DEVICE.md measured it on one linear): each
+    dequant is a loop fusion writing the full f32 weight; the gemm fusion reads it."""
+    out = {}
+    for name, cfg, shapes in (("smollm2-135m", real_model[0], (16, 128)),
+                              ("llama-3.2-1b", llama32_config(), dumps.LLAMA32_SHAPES)):
+        dump = dumps.xla_hlo(cfg, specs(cfg, "int4"), graph, *shapes, platform="cuda")
+        v = lowering.analyze_xla_hlo(dump.hlo, linear_weight_elements(cfg))
+        out[name] = {"verdict": v.verdict, "fused_dequants": v.fused_count, "dequants": len(v.dequants),
+                     "materialized_bytes": v.materialized_bytes, "temp_bytes": dump.temp_bytes,
+                     "compile_seconds": round(dump.compile_seconds, 2)}
+        cuda_record["lowering"][f"xla-cuda/int4/{graph}/{name}"] = out[name]
+    for name, o in out.items():
+        cfg = real_model[0] if name == "smollm2-135m" else llama32_config()
+        where = f"jaxlib {jaxlib.__version__} on CUDA, {name} {graph}"
+        assert o["verdict"] == lowering.MATERIALIZED, f"{where}: now {o}"
+        assert o["materialized_bytes"] == linear_weight_bytes_f32(cfg), f"{where}: {o}"
