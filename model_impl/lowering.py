@@ -125,8 +125,17 @@ def _unpack_predicate(comp: list[HloInstruction]):
     return is_unpack
 
 
+# XLA rewrites a dot with a size-1 dimension (a GEMV: decode's M=1) into multiply + reduce;
+# the reduce keeps the dot's op_name, which is how it is told apart from other reductions.
+_DOT_OP_NAME = re.compile(r'op_name="[^"]*dot_general"')
+
+
 def _is_contraction(i: HloInstruction) -> bool:
-    return i.opcode in _CONTRACTION_OPS or (i.opcode == "custom-call" and bool(_GEMM_TARGET.search(i.rest)))
+    if i.opcode in _CONTRACTION_OPS:
+        return True
+    if i.opcode == "custom-call":
+        return bool(_GEMM_TARGET.search(i.rest))
+    return i.opcode == "reduce" and bool(_DOT_OP_NAME.search(i.rest))
 
 
 @dataclasses.dataclass(frozen=True)

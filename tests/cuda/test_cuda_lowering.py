@@ -1,4 +1,4 @@
-"""XLA's optimized GPU HLO: is the dequant inside the gemm fusion, or its own fusion?"""
+"""XLA's optimized GPU HLO: is the dequant inside the matmul's fusion, or its own fusion?"""
 
 from __future__ import annotations
 
@@ -13,10 +13,15 @@ from ..shapes import llama32_config
 pytestmark = pytest.mark.cuda
 
 
+# Pinned for jax 0.11.2 + CUDA on the H100. Decode (M = 1): XLA rewrites each dot as
+# multiply + reduce and fuses the dequant into it, so no f32 weight is written. Prefill
+# (M = 16 or 64): the dot is a Triton gemm fusion and each dequant its own loop fusion that
+# writes the full f32 weight.
+EXPECTED = {"decode": lowering.FUSED, "prefill": lowering.MATERIALIZED}
+
+
 @pytest.mark.parametrize("graph", ["decode", "prefill"])
-def test_xla_cuda_int4_dequant_writes_the_full_f32_weight(real_model, cuda_record, graph):
-    """Pinned for jax 0.11.2 + CUDA on the H100 (DEVICE.md measured it on one linear): each
-    dequant is a loop fusion writing the full f32 weight; the gemm fusion reads it."""
+def test_xla_cuda_int4_fuses_decode_and_materializes_prefill(real_model, cuda_record, graph):
     out = {}
     for name, cfg, shapes in (("smollm2-135m", real_model[0], (16, 128)),
                               ("llama-3.2-1b", llama32_config(), dumps.LLAMA32_SHAPES)):
@@ -29,5 +34,6 @@ def test_xla_cuda_int4_dequant_writes_the_full_f32_weight(real_model, cuda_recor
     for name, o in out.items():
         cfg = real_model[0] if name == "smollm2-135m" else llama32_config()
         where = f"jaxlib {jaxlib.__version__} on CUDA, {name} {graph}"
-        assert o["verdict"] == lowering.MATERIALIZED, f"{where}: now {o}"
-        assert o["materialized_bytes"] == linear_weight_bytes_f32(cfg), f"{where}: {o}"
+        assert o["verdict"] == EXPECTED[graph], f"{where}: verdict now {o} (was {EXPECTED[graph]})"
+        want = linear_weight_bytes_f32(cfg) if EXPECTED[graph] == lowering.MATERIALIZED else 0
+        assert o["materialized_bytes"] == want, f"{where}: {o}"

@@ -17,6 +17,17 @@ def test_xla_fixture_with_dequant_and_dot_in_one_fusion_is_fused():
     assert v.verdict == lowering.FUSED and v.materialized_bytes == 0 and v.fused_count == 1
 
 
+def test_xla_fixture_with_dequant_in_a_strength_reduced_gemv_is_fused():
+    """XLA-GPU's decode form: the M=1 dot became multiply + reduce, the dequant inside it."""
+    v = lowering.analyze_xla_hlo((FIXTURES / "xla_fused_gemv.hlo").read_text(), WEIGHT)
+    assert v.verdict == lowering.FUSED and v.materialized_bytes == 0 and v.fused_count == 1
+
+
+def test_xla_a_plain_reduction_is_not_mistaken_for_a_contraction():
+    text = (FIXTURES / "xla_fused_gemv.hlo").read_text().replace("dot_general", "reduce_sum")
+    assert lowering.analyze_xla_hlo(text, WEIGHT).verdict == lowering.MATERIALIZED
+
+
 def test_xla_fixture_with_a_loop_fusion_writing_the_weight_is_materialized():
     v = lowering.analyze_xla_hlo((FIXTURES / "xla_materialized.hlo").read_text(), WEIGHT)
     assert v.verdict == lowering.MATERIALIZED
