@@ -23,7 +23,9 @@ from .weights import (
     LINEAR_NAMES,
     QUANT_MODES,
     Layer,
+    QuantizedLinear,
     Weights,
+    dequantize_weights,
     expected_shapes,
     quantize_weights,
 )
@@ -254,6 +256,103 @@ def load_hf_dir(directory: str | Path) -> tuple[Config, Weights]:
         handles.clear()
 
 
+# --- MLX (mlx-lm) quantized directory ----------------------------------------------------
+
+
+def is_mlx_quantized_dir(directory: Path) -> bool:
+    try:
+        return "quantization" in json.loads((directory / "config.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return False
+
+
+def _mlx_quant_params(directory: Path, config: dict):
+    """(default {group_size, bits}, per-module overrides) from an mlx-lm config.json."""
+    q = config["quantization"]
+    source = directory / "config.json"
+    if not isinstance(q, dict):
+        raise CheckpointError(f"{source}: 'quantization' must be an object, got {q!r}")
+    mode = q.get("mode", "affine")
+    if mode != "affine":
+        raise CheckpointError(f"{source}: quantization mode {mode!r} is not supported (only 'affine')")
+    default = {"group_size": q.get("group_size"), "bits": q.get("bits")}
+    overrides = {k: v for k, v in q.items() if isinstance(v, (dict, bool))}
+    for where, params in [("default", default)] + [(k, v) for k, v in overrides.items() if isinstance(v, dict)]:
+        if params.get("mode", "affine") != "affine":
+            raise CheckpointError(f"{source}: {where}: quantization mode {params['mode']!r} is not supported")
+        try:
+            quant.check_format(int(params.get("bits", default["bits"])),
+                               int(params.get("group_size", default["group_size"])))
+        except (quant.QuantizationError, TypeError, ValueError) as e:
+            raise CheckpointError(f"{source}: quantization of {where}: {e}") from None
+    return default, overrides
+
+
+def load_mlx_dir(directory: str | Path) -> tuple[Config, Weights]:
+    """An mlx-lm quantized directory: ``<name>.weight`` (uint32), ``.scales``, ``.biases``.
+
+    Quantized tensors stay packed (scales and biases in their stored dtype); float tensors
+    become float32. Group size and bits come from ``config.json``'s ``quantization``
+    (per-module entries override the default).
+    """
+    from safetensors import safe_open
+
+    directory = Path(directory)
+    try:
+        raw = json.loads((directory / "config.json").read_text())
+        cfg = config_mod.from_hf_dict(raw, source=str(directory / "config.json"))
+    except (OSError, json.JSONDecodeError, ConfigError) as e:
+        raise CheckpointError(f"{directory / 'config.json'}: {e}") from None
+    default, overrides = _mlx_quant_params(directory, raw)
+    where = _safetensors_files(directory)
+    handles = {}
+
+    def read(name):
+        file = where[name]
+        try:
+            if file not in handles:
+                handles[file] = safe_open(file, "np")
+            return file, handles[file].get_tensor(name)
+        except Exception as e:
+            raise CheckpointError(f"{file}: tensor {name!r} cannot be read ({e})") from None
+
+    def get(name, shape):
+        if name not in where:
+            raise CheckpointError(f"{directory}: tensor {name!r} is missing")
+        module = name.removesuffix(".weight")
+        file, w = read(name)
+        if f"{module}.scales" not in where:
+            if w.dtype == np.uint32:
+                raise CheckpointError(f"{file}: tensor {name!r} is packed (uint32) but "
+                                      f"{module + '.scales'!r} is missing")
+            return _checked(file, name, w, shape)
+        if f"{module}.biases" not in where:
+            raise CheckpointError(f"{file}: tensor {module + '.biases'!r} is missing (affine mode "
+                                  f"needs a bias per group beside {module + '.scales'!r})")
+        params = overrides.get(module)
+        params = {**default, **params} if isinstance(params, dict) else default
+        bits, group = int(params["bits"]), int(params["group_size"])
+        _, scales = read(f"{module}.scales")
+        _, biases = read(f"{module}.biases")
+        words = shape[1] * bits // 32
+        if w.dtype != np.uint32 or tuple(w.shape) != (shape[0], words):
+            raise CheckpointError(f"{file}: tensor {name!r} is {w.dtype}{tuple(w.shape)}, expected "
+                                  f"uint32{(shape[0], words)} for {bits}-bit codes of a {tuple(shape)} weight")
+        want = (shape[0], shape[1] // group)
+        for tname, t in ((f"{module}.scales", scales), (f"{module}.biases", biases)):
+            if tuple(t.shape) != want or t.dtype not in quant.FLOAT_DTYPES:
+                raise CheckpointError(f"{file}: tensor {tname!r} is {t.dtype}{tuple(t.shape)}, expected "
+                                      f"float32/float16/bfloat16{want} (group {group})")
+            if not np.isfinite(t.astype(np.float32)).all():
+                raise CheckpointError(f"{file}: tensor {tname!r} contains NaN or Inf")
+        return QuantizedLinear(w, scales, biases, group, bits)
+
+    try:
+        return cfg, _assemble(cfg, get, HF)
+    finally:
+        handles.clear()
+
+
 def save_hf_dir(cfg: Config, weights: Weights, directory: str | Path, dtype=np.float32) -> Path:
     """Write ``weights`` as an HF Llama checkpoint (config.json + model.safetensors)."""
     from safetensors.numpy import save_file
@@ -282,11 +381,17 @@ def load(path: str | Path | None = None, quant: str = "fp32") -> tuple[Config, W
     """Load a GGUF file or an HF directory (default: the embedded SmolLM2-135M GGUF).
 
     ``quant="int4"`` quantizes the 7 linears of every layer at load time
-    (``quant.quantize(w, 64, 4)``); embedding and norms stay float32.
+    (``quant.quantize(w, 64, 4)``); embedding and norms stay float32. An mlx-lm quantized
+    directory is already packed: ``"int4"`` keeps its codes (whatever its bits and groups,
+    embedding included), ``"fp32"`` dequantizes them on the host.
     """
     if quant not in QUANT_MODES:
         raise ValueError(f"quant mode must be one of {QUANT_MODES}, got {quant!r}")
     path = default_model_path() if path is None else Path(path)
+    if path.is_dir() and is_mlx_quantized_dir(path):
+        cfg, weights = load_mlx_dir(path)
+        # Already packed: "int4" runs the stored codes in-graph; "fp32" their host dequant.
+        return cfg, (weights if quant == "int4" else dequantize_weights(weights))
     if path.is_dir():
         cfg, weights = load_hf_dir(path)
     elif path.suffix == ".gguf":

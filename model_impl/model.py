@@ -62,6 +62,16 @@ def linear(x: jax.Array, w) -> jax.Array:
     return jnp.einsum("ti,oi->to", x, w, precision=PRECISION)
 
 
+def embed(table, tokens: jax.Array) -> jax.Array:
+    """Rows of the embedding for ``tokens [t]``; a packed table is gathered, then dequantized."""
+    if isinstance(table, QuantizedLinear):
+        take = lambda a: jnp.take(a, tokens, axis=0)  # noqa: E731
+        table = dataclasses.replace(table, packed=take(table.packed), scales=take(table.scales),
+                                    biases=take(table.biases))
+        return dequantize(table)
+    return jnp.take(table, tokens, axis=0)
+
+
 def rms_norm(x: jax.Array, weight: jax.Array, eps: float) -> jax.Array:
     var = jnp.mean(x * x, axis=-1, keepdims=True)
     return x * jax.lax.rsqrt(var + eps) * weight
@@ -95,7 +105,7 @@ def forward(cfg: Config, weights: Weights, tokens, start, cache: KVCache):
     t = tokens.shape[0]
     inv_freq = rope_inv_freq(cfg)
     positions = start + jnp.arange(t, dtype=jnp.int32)
-    x = jnp.take(weights.embed, tokens, axis=0)
+    x = embed(weights.embed, tokens)
     k_all, v_all = cache.k, cache.v
     for i, layer in enumerate(weights.layers):
         h = rms_norm(x, layer.attn_norm, cfg.rms_norm_eps)

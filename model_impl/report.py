@@ -151,6 +151,32 @@ def lowering_rows(name, cfg, quant_mode, graph, bucket, max_seq, *, xla_text=Non
     return rows
 
 
+def mlx_peer_section(model_path, prompt, n) -> list[dict]:
+    """Per mlx-lm checkpoint variant: agreement and |Δ log-prob| of our int4 graph vs mlx_lm."""
+    import tempfile
+
+    from . import mlx_peer
+
+    out = []
+    with tempfile.TemporaryDirectory() as tmp:
+        hf_dir = mlx_peer.write_hf_dir(model_path, Path(tmp) / "hf")
+        for bits, group in mlx_peer.VARIANTS:
+            path = mlx_peer.convert(hf_dir, Path(tmp) / f"q{bits}g{group}", bits, group)
+            peer = mlx_peer.greedy(path, prompt, n)
+            cfg, weights = checkpoint.load(path, "int4")
+            entry = {"variant": f"{bits}-bit, group {group}", "weight_bytes": mlx_peer.weight_bytes(path)}
+            for backend in ("xla-cpu", "iree-cpu"):
+                run = generate.generate(generate.make_runner(cfg, weights, backend), prompt, n,
+                                        stop_at_eos=False, keep_logits=True)
+                pc = mlx_peer.compare(run, peer)
+                entry[backend] = {"agreement": pc.comparison.agreement, "agrees": pc.agrees,
+                                  "first_divergence": pc.comparison.first_divergence,
+                                  "top2_gap_at_divergence": pc.top2_gap_at_divergence,
+                                  "max_abs_logprob_diff": pc.comparison.max_abs_logit_diff}
+            out.append(entry)
+    return out
+
+
 def minimal_graph_section() -> list[dict]:
     """Verdicts of each compiler on the one-linear graphs of :mod:`model_impl.minimal`."""
     from . import lowering, minimal
@@ -164,6 +190,55 @@ def minimal_graph_section() -> list[dict]:
             entry[backend] = v.verdict
         out.append(entry)
     return out
+
+
+RESULTS_DIR = Path(__file__).resolve().parents[1] / "results"
+
+
+def load_cuda_results(results_dir: Path = RESULTS_DIR) -> list[dict]:
+    """GPU runs committed under ``results/`` (written by ``scripts/gpu_run.sh``)."""
+    runs = []
+    for f in sorted(results_dir.glob("cuda-*.json")):
+        data = json.loads(f.read_text())
+        data["file"] = f"results/{f.name}"
+        runs.append(data)
+    return runs
+
+
+def merge_cuda_results(rows: list[dict], runs: list[dict], model_name: str) -> list[dict]:
+    """Fill the CUDA rows with what a GPU run measured, marked with the machine it ran on."""
+    for run in runs:
+        machine = f"{run['machine']['device']} ({run['date'][:10]}, {run['file']})"
+        for key, fig in run["figures"].items():
+            backend, quant_mode = key.split("/")
+            for graph in ("prefill", "decode"):
+                diff = fig[f"max_abs_logit_diff_{graph}"]
+                parity = {"max_abs_logit_diff": diff, "token_agreement": fig["token_agreement_vs_xla_cpu"],
+                          "first_divergence": fig["first_divergence"],
+                          "reference": f"xla-cpu {quant_mode} (same machine)"}
+                note = f"measured on {machine}" + (
+                    f"; IREE target {fig['cuda_target']}" if fig.get("cuda_target") else "")
+                existing = [r for r in rows if (r["model"], r["backend"], r["quant"], r["graph"])
+                            == (model_name, backend, quant_mode, graph)]
+                if existing:
+                    existing[0].update(parity, note=note)
+                    continue
+                low = run["lowering"].get(f"{backend}/{quant_mode}/{graph}/smollm2-135m", {})
+                seconds = (fig.get("compile_seconds") or {}).get(graph)
+                rows.append(_row(model=model_name, backend=backend, quant=quant_mode, graph=graph,
+                                 custom_call=False if backend.startswith("xla") else None,
+                                 fused=low.get("verdict", "no-dequant" if quant_mode == "fp32" else None),
+                                 materialized_bytes=low.get("materialized_bytes", 0 if quant_mode == "fp32" else None),
+                                 compile_seconds=round(seconds, 2) if seconds else None, note=note, **parity))
+        for key, low in run["lowering"].items():
+            backend, quant_mode, graph, model = key.split("/")
+            if model == "llama-3.2-1b":
+                rows.append(_row(model="llama-3.2-1b (shapes)", backend=backend, quant=quant_mode, graph=graph,
+                                 custom_call=False, fused=low["verdict"], materialized_bytes=low["materialized_bytes"],
+                                 compile_seconds=low["compile_seconds"], note=f"measured on {machine}"))
+    order = {"xla-cpu": 0, "iree-cpu": 1, "xla-cuda": 2, "iree-cuda": 3}
+    return sorted(rows, key=lambda r: (r["model"] != model_name, r["quant"], r["graph"] != "prefill",
+                                       order.get(r["backend"], 9)))
 
 
 def main(out_dir: str = "reports/", model: str | None = None) -> int:
@@ -227,7 +302,13 @@ def main(out_dir: str = "reports/", model: str | None = None) -> int:
         for graph in ("prefill", "decode"):
             log(f"llama-3.2-1b shapes {mode} {graph}: export, XLA-CPU compile")
             rows += lowering_rows("llama-3.2-1b (shapes)", llama, mode, graph, *LLAMA32_SHAPES)
-    findings["rows"] = rows
+    cuda_runs = load_cuda_results() if model is None else []
+    findings["rows"] = merge_cuda_results(rows, cuda_runs, name)
+    findings["cuda_runs"] = [{k: r[k] for k in ("file", "date", "machine", "versions", "iree_cuda_target")}
+                             | {"tests": f"{sum(t['outcome'] == 'passed' for t in r['tests'])}/{len(r['tests'])} passed"}
+                             for r in cuda_runs]
+    log("MLX peer: mlx_lm.convert variants, mlx_lm greedy vs our int4 graph")
+    findings["mlx_peer"] = mlx_peer_section(path, prompt, n)
     log("one-linear graphs through each compiler")
     findings["minimal_graphs"] = minimal_graph_section()
     int4_vs_fp32 = checks.compare(runs["xla-cpu", "int4"], runs["xla-cpu", "fp32"])
@@ -320,6 +401,14 @@ def render_markdown(f: dict) -> str:
         if r["materialized_bytes"]:
             cells["materialized_bytes"] = f"{r['materialized_bytes'] / 2**20:.1f} MiB"
         lines.append("| " + " | ".join(cells[c] for c in cols) + " |")
+    for run in f.get("cuda_runs", []):
+        v = run["versions"]
+        lines += ["", f"CUDA rows marked 'measured on' come from `{run['file']}`: {run['machine']['device']} "
+                  f"(compute capability {run['machine']['compute_capability']}, {run['machine']['nvidia_smi']}), "
+                  f"{run['date']}, jax {v.get('jax')}, iree-base-runtime {v.get('iree-base-runtime')}, modules "
+                  f"compiled by iree-base-compiler {v.get('iree-base-compiler (compiled the modules)')} for "
+                  f"{run['iree_cuda_target']}; `pytest -m cuda` there: {run['tests']}. Other iree-cuda figures "
+                  f"(dispatches, verdicts) are compile-only, from this machine."]
     cross = [r for r in f["rows"] if r["backend"] == "iree-cpu" and r["max_abs_logit_diff"] is not None]
     if cross:
         worst = max(r["max_abs_logit_diff"] for r in cross)
@@ -331,6 +420,23 @@ def render_markdown(f: dict) -> str:
               "| representation | custom_call | xla-cpu | iree-cpu | iree-cuda |", "|---|---|---|---|---|"]
     for m in f.get("minimal_graphs", []):
         lines.append(f"| {m['graph']} | {_fmt(m['custom_call'])} | {m['xla-cpu']} | {m['iree-cpu']} | {m['iree-cuda']} |")
+    if f.get("mlx_peer"):
+        lines += ["", "## MLX peer", "",
+                  "Checkpoints made by `mlx_lm.convert` (float32 scales) from the real model, run unchanged "
+                  "through our in-graph dequant and compared with mlx_lm's own greedy generation "
+                  "(log-probabilities; mlx_lm fuses its quantized matmul). Agreement counts tokens before the "
+                  "first divergence; a divergence passes only as a near-tie (our top-2 gap below "
+                  f"{2 * checks.FP32_REORDERING_ATOL:g}). At group 128 mlx_lm leaves the 576-wide inputs (q/k/v, "
+                  "gate/up, the embedding) in float: they do not divide into groups of 128.", "",
+                  "| variant | weight bytes | xla-cpu vs mlx_lm | max Δlogprob | iree-cpu vs mlx_lm | max Δlogprob |",
+                  "|---|---|---|---|---|---|"]
+        for e in f["mlx_peer"]:
+            cells = [e["variant"], f"{e['weight_bytes'] / 2**20:.1f} MiB"]
+            for b in ("xla-cpu", "iree-cpu"):
+                r = e[b]
+                tie = "" if r["first_divergence"] is None else f" (near-tie gap {_fmt(r['top2_gap_at_divergence'])})"
+                cells += [f"{r['agreement']}{tie}", _fmt(r["max_abs_logprob_diff"])]
+            lines.append("| " + " | ".join(cells) + " |")
     q = f["int4_vs_fp32"]
     lines += [
         "",

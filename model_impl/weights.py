@@ -66,10 +66,10 @@ class Layer:
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
 class Weights:
-    embed: np.ndarray  # [vocab, hidden] float32
+    embed: Linear  # [vocab, hidden]; packed in MLX checkpoints that quantize the embedding
     layers: tuple[Layer, ...]
     final_norm: np.ndarray  # [hidden]
-    lm_head: np.ndarray | None  # [vocab, hidden]; None when tied to embed
+    lm_head: Linear | None  # [vocab, hidden]; None when tied to embed
 
 
 def expected_shapes(cfg: Config) -> dict[str, tuple[int, ...]]:
@@ -112,10 +112,14 @@ def quantize_weights(
 
 
 def dequantize_weights(weights: Weights) -> Weights:
-    """Host dequant of every quantized linear to float32: the fp32-graph twin of ``weights``."""
-    return map_linears(
-        weights, lambda w: w.dequantize() if isinstance(w, QuantizedLinear) else w
-    )
+    """Host dequant of every packed tensor to float32: the fp32-graph twin of ``weights``."""
+
+    def deq(w):
+        return w.dequantize() if isinstance(w, QuantizedLinear) else w
+
+    out = map_linears(weights, deq)
+    return dataclasses.replace(out, embed=deq(out.embed),
+                               lm_head=None if out.lm_head is None else deq(out.lm_head))
 
 
 def nbytes(weights: Weights) -> int:

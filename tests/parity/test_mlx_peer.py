@@ -1,0 +1,102 @@
+"""Checkpoints made by mlx-lm's converter run through our in-graph int4 path unchanged and
+agree with mlx_lm's own greedy generation (the peer, which fuses its int4 matmul)."""
+
+from __future__ import annotations
+
+import pytest
+
+from model_impl import checkpoint, generate, mlx_peer
+from model_impl.checks import FP32_REORDERING_ATOL, GREEDY_TOKENS
+from model_impl.weights import QuantizedLinear
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="session")
+def real_hf_dir(tmp_path_factory):
+    return mlx_peer.write_hf_dir(None, tmp_path_factory.mktemp("smollm2-hf") / "hf")
+
+
+@pytest.fixture(scope="session", params=mlx_peer.VARIANTS, ids=lambda v: f"{v[0]}bit-g{v[1]}")
+def mlx_checkpoint(request, real_hf_dir, tmp_path_factory):
+    bits, group = request.param
+    path = mlx_peer.convert(real_hf_dir, tmp_path_factory.mktemp("mlx") / f"q{bits}g{group}", bits, group)
+    return path, bits, group
+
+
+@pytest.fixture(scope="session")
+def peer_runs(prompt_ids):
+    cache = {}
+
+    def run(path):
+        if path not in cache:
+            cache[path] = mlx_peer.greedy(path, prompt_ids, GREEDY_TOKENS)
+        return cache[path]
+
+    return run
+
+
+@pytest.fixture(scope="session")
+def our_runs(prompt_ids):
+    cache = {}
+
+    def run(path, backend):
+        if (path, backend) not in cache:
+            cfg, weights = checkpoint.load(path, "int4")
+            runner = generate.make_runner(cfg, weights, backend)
+            cache[path, backend] = generate.generate(runner, prompt_ids, GREEDY_TOKENS,
+                                                     stop_at_eos=False, keep_logits=True)
+        return cache[path, backend]
+
+    return run
+
+
+def test_mlx_checkpoint_loads_packed_with_its_own_bits_and_groups(mlx_checkpoint):
+    """mlx_lm quantizes what its group divides (at group 128 the 576-wide inputs stay float)."""
+    import numpy as np
+
+    from model_impl.weights import LINEAR_NAMES
+
+    path, bits, group = mlx_checkpoint
+    cfg, weights = checkpoint.load(path, "int4")
+    tensors = [weights.embed] + [getattr(l, n) for l in weights.layers for n in LINEAR_NAMES]
+    for w in tensors:
+        n_in = w.shape[1]
+        if n_in % group == 0:
+            assert isinstance(w, QuantizedLinear) and (w.bits, w.group_size) == (bits, group)
+        else:
+            assert isinstance(w, np.ndarray) and w.dtype == np.float32
+    assert any(isinstance(w, QuantizedLinear) for w in tensors)
+    assert weights.lm_head is None  # tied: the head is the (quantized) embedding
+
+
+@pytest.mark.parametrize("backend", ["xla-cpu", "iree-cpu"])
+def test_our_int4_graph_agrees_with_mlx_lm_greedy(mlx_checkpoint, backend, our_runs, peer_runs):
+    path = mlx_checkpoint[0]
+    pc = mlx_peer.compare(our_runs(path, backend), peer_runs(path))
+    assert pc.agrees, (
+        f"{backend} vs mlx_lm: {pc.comparison.agreement}, divergence at {pc.comparison.first_divergence} "
+        f"with top-2 gap {pc.top2_gap_at_divergence} (near-tie bound {mlx_peer.NEAR_TIE_GAP})"
+    )
+
+
+@pytest.mark.parametrize("backend", ["xla-cpu", "iree-cpu"])
+def test_our_log_probs_match_mlx_lm_prefill_and_decode(mlx_checkpoint, backend, our_runs, peer_runs):
+    path = mlx_checkpoint[0]
+    cmp = mlx_peer.compare(our_runs(path, backend), peer_runs(path)).comparison
+    # Row 0 is the prefill's last position; rows up to the first divergence are decode steps.
+    assert len(cmp.per_step_max_abs_diff) >= 2
+    assert max(cmp.per_step_max_abs_diff) <= FP32_REORDERING_ATOL, cmp.per_step_max_abs_diff
+
+
+def test_near_tie_rule_rejects_a_clear_divergence():
+    import numpy as np
+
+    from model_impl.generate import Generation
+
+    logits = np.zeros((2, 8), np.float32)
+    logits[:, 3] = 5.0  # token 3 wins by 5 nats: not a tie
+    ours = Generation([1], [3, 3], logits)
+    peer = Generation([1], [3, 4], mlx_peer.log_softmax(logits))
+    pc = mlx_peer.compare(ours, peer)
+    assert pc.comparison.first_divergence == 1 and not pc.agrees
