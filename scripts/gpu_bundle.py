@@ -31,11 +31,14 @@ BUNDLE = ROOT / ".gpu-bundle"
 STAGE1_BYTES = 62 * 2**20  # with the repo itself, under the 64 MiB a run carries
 WHEELS = ("iree-base-runtime==3.13.0", "gguf==0.19.0")
 REFERENCE_PROMPT_TOKENS = 7  # the parity prompt's length with the embedded tokenizer
+BENCH_MAX_SEQ = 512  # benchmarks/test_decode.py MAX_SEQ
 
 
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--capability", default="9.0", help="the GPU's compute capability (H100: 9.0)")
+    parser.add_argument("--bench", action="store_true",
+                        help="also stage 3: IREE CUDA modules for `make bench` shapes (both models)")
     args = parser.parse_args()
     shutil.rmtree(BUNDLE, ignore_errors=True)
     stage1, stage2 = BUNDLE / "stage1", BUNDLE / "stage2"
@@ -66,6 +69,20 @@ def main() -> int:
                     print(f"{target} {quant} {graph} max_seq={max_seq}: {path.name} ({seconds or 0:.1f} s)")
                     for f in (path, path.with_suffix(".json")):
                         shutil.copy(f, stage2 / "cache" / "iree" / f.name)
+    if args.bench:
+        stage3 = BUNDLE / "stage3" / "cache" / "iree"
+        stage3.mkdir(parents=True)
+        bench_target = cuda_target.select(args.capability, accepted)
+        from tests.shapes import llama32_config  # noqa: E402
+
+        for name, bench_cfg in (("smollm2-135m", cfg), ("llama-3.2-1b", llama32_config())):
+            for quant in ("fp32", "int4"):
+                for graph, bucket_ in (("prefill", 16), ("prefill", 64), ("decode", 16)):
+                    path, seconds = iree_backend.compiled_module(
+                        bench_cfg, specs(bench_cfg, quant), graph, bucket_, BENCH_MAX_SEQ, "cuda", bench_target)
+                    print(f"bench {name} {quant} {graph}/{bucket_}: {path.name} ({seconds or 0:.1f} s)")
+                    for f in (path, path.with_suffix(".json")):
+                        shutil.copy(f, stage3 / f.name)
     manifest = {
         "iree_compiler": iree_backend.compiler_version(),
         "accepted_cuda_targets": list(accepted),
@@ -73,7 +90,7 @@ def main() -> int:
         "model_sha256": hashlib.sha256(data).hexdigest(),
     }
     (stage2 / "manifest.json").write_text(json.dumps(manifest, indent=2))
-    for stage in (stage1, stage2):
+    for stage in sorted(BUNDLE.glob("stage*")):
         size = sum(f.stat().st_size for f in stage.rglob("*") if f.is_file())
         print(f"{stage.relative_to(ROOT)}: {size / 2**20:.1f} MiB")
     return 0

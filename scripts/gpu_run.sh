@@ -5,17 +5,28 @@
 #   2. device run: carry .gpu-bundle/stage1, command: bash scripts/gpu_run.sh 1
 #   3. device run: carry .gpu-bundle/stage2, command: bash scripts/gpu_run.sh 2
 #      (right after 2: /tmp on that machine survives only while it stays up)
-#   4. here:       copy what came back as cuda-results.json to results/, and `make report`.
+#   4. optional, right after 3, for `make bench` on the GPU (bundle made with --bench):
+#      device run: carry .gpu-bundle/stage3, command: bash scripts/gpu_run.sh 3
+#   5. here:       copy what came back (cuda-results.json, bench-h100.json) to results/, `make report`.
 #
 # Stage 2 writes cuda-results.json and the pytest log into $OUT (or ./gpu-out).
 set -euo pipefail
-stage=${1:?stage 1 or 2}
+stage=${1:?stage 1, 2 or 3}
 out=${OUT:-$PWD/gpu-out}
 mkdir -p "$out" /tmp/stage
 if [ "$stage" = 1 ]; then
   cp .gpu-bundle/stage1/model.part0 /tmp/stage/
   ls -la /tmp/stage
   exit 0
+fi
+if [ "$stage" = 3 ]; then
+  [ -f /tmp/stage/model.gguf ] && [ -d /tmp/site ] || { echo "run stages 1 and 2 first (machine replaced?)" >&2; exit 3; }
+  mkdir -p /tmp/stage/cache/iree && cp .gpu-bundle/stage3/cache/iree/* /tmp/stage/cache/iree/
+  source /tmp/stage/env.sh
+  export MODEL_IMPL_CACHE=/tmp/stage/cache BENCH_BACKENDS=xla-cuda,iree-cuda BENCH_RESULTS_DIR=$out BENCH_RESULTS_NAME=bench-h100
+  set -o pipefail
+  python3 -m pytest benchmarks -p no:cacheprovider --benchmark-columns=median,iqr,rounds 2>&1 | tee "$out/bench.log"
+  exit
 fi
 b=.gpu-bundle/stage2
 if [ ! -f /tmp/stage/model.part0 ]; then
@@ -31,6 +42,12 @@ export MODEL_IMPL_DEFAULT_MODEL=/tmp/stage/model.gguf
 export MODEL_IMPL_CACHE=$PWD/$b/cache
 export MODEL_IMPL_IREE_COMPILER=$(python3 -c "import json; print(json.load(open('$b/manifest.json'))['iree_compiler'])")
 export MODEL_IMPL_IREE_CUDA_TARGETS=$(python3 -c "import json; print(','.join(json.load(open('$b/manifest.json'))['bundled_cuda_targets']))")
+cat > /tmp/stage/env.sh <<ENV
+export PYTHONPATH=$PYTHONPATH PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
+export MODEL_IMPL_DEFAULT_MODEL=$MODEL_IMPL_DEFAULT_MODEL
+export MODEL_IMPL_IREE_COMPILER=$MODEL_IMPL_IREE_COMPILER
+export MODEL_IMPL_IREE_CUDA_TARGETS=$MODEL_IMPL_IREE_CUDA_TARGETS
+ENV
 export MODEL_IMPL_RESULTS_OUT=$out/cuda-results.json
 nvidia-smi --query-gpu=name,driver_version,compute_cap --format=csv | tee "$out/nvidia-smi.txt"
 set -o pipefail

@@ -1,0 +1,112 @@
+"""Benchmark set-up: which models and backends run here, and the results file they leave.
+
+``make bench`` runs them for real and writes ``results/bench-<machine>.json``; ``make test``
+runs each once with benchmarking disabled (small shapes), so they never rot.
+"""
+
+from __future__ import annotations
+
+import datetime
+import importlib.metadata
+import json
+import os
+from pathlib import Path
+
+import jax
+import pytest
+
+from model_impl import bench, checkpoint
+from model_impl.weights import quantize_weights, synthetic
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def smoke(config) -> bool:
+    return bool(config.getoption("benchmark_disable", False)) or os.environ.get("BENCH_SMOKE") == "1"
+
+
+def available_backends() -> list[str]:
+    wanted = os.environ.get("BENCH_BACKENDS")
+    found = ["xla-cpu", "iree-cpu"]
+    try:
+        if jax.devices("cuda"):
+            found += ["xla-cuda", "iree-cuda"]
+    except RuntimeError:
+        pass
+    return [b for b in found if not wanted or b in wanted.split(",")]
+
+
+def pytest_generate_tests(metafunc):
+    if "bench_case" in metafunc.fixturenames:
+        models = os.environ.get("BENCH_MODELS", "smollm2-135m,llama-3.2-1b").split(",")
+        cases = [(m, b, q) for m in models for b in available_backends() for q in ("fp32", "int4")]
+        metafunc.parametrize("bench_case", cases, ids=["-".join(c) for c in cases])
+
+
+class Models:
+    """The real model, and Llama-3.2-1B with seeded synthetic weights made here (never shipped)."""
+
+    def __init__(self, small: bool):
+        self.small, self._cache = small, {}
+
+    def get(self, name: str, quant: str):
+        key = (name, quant)
+        if key not in self._cache:
+            if len(self._cache) >= 2 and not any(k[0] == name for k in self._cache):
+                self._cache.clear()  # one model's weights in memory at a time
+            if name == "smollm2-135m":
+                cfg, weights = checkpoint.load()
+            elif name == "llama-3.2-1b":
+                from tests.shapes import llama32_config, shrunk_llama32_config
+
+                cfg = shrunk_llama32_config() if self.small else llama32_config()
+                fp32 = self._cache.get((name, "fp32"))
+                weights = fp32[1] if fp32 else synthetic(cfg, seed=0)
+            else:
+                raise ValueError(f"unknown benchmark model {name!r}")
+            self._cache[key] = (cfg, quantize_weights(weights) if quant == "int4" else weights)
+        return self._cache[key]
+
+
+@pytest.fixture(scope="session")
+def models(request):
+    return Models(small=smoke(request.config))
+
+
+@pytest.fixture(scope="session")
+def bandwidth(request):
+    """Measured copy bandwidth per platform (bytes/s), in the same run as the timings."""
+    cache = {}
+
+    def get(platform_name):
+        if platform_name not in cache:
+            size = (64 << 20) if smoke(request.config) else (1 << 30)
+            cache[platform_name] = bench.copy_bandwidth(platform_name, size, repeats=3 if smoke(request.config) else 10)
+        return cache[platform_name]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def bench_results(request):
+    results = {"cases": []}
+    yield results
+    if smoke(request.config) or not results["cases"]:
+        return
+    gpu = any(c["backend"].endswith("cuda") for c in results["cases"])
+    backend = "xla-cuda" if gpu else "xla-cpu"
+    results.update({
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "machine": bench.machine(backend),
+        "versions": {n: _version(n) for n in ("jax", "jaxlib", "iree-base-runtime", "iree-base-compiler", "numpy")},
+    })
+    name = os.environ.get("BENCH_RESULTS_NAME") or ("bench-gpu" if gpu else "bench-cpu")
+    out = Path(os.environ.get("BENCH_RESULTS_DIR", ROOT / "results")) / f"{name}.json"
+    out.write_text(json.dumps(results, indent=1, default=float) + "\n")
+
+
+def _version(name):
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return None

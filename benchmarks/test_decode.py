@@ -1,0 +1,69 @@
+"""Decode speed, prefill latency, compile time and memory per backend x {fp32, int4}, with
+each decode figure set against the roofline of this machine's measured bandwidth."""
+
+from __future__ import annotations
+
+import time
+
+from model_impl import bench, generate
+
+from .conftest import smoke
+
+PROMPT = 16
+MAX_SEQ = 512
+SMOKE_MAX_SEQ = 128  # the parity tests' cache length: a smoke run reuses their compiled modules
+PREFILL_PROMPTS = (16, 64)
+STEP_BUDGET_S = 20.0  # per case: how many decode steps we time, at most 64, at least 5
+
+
+def test_decode_and_prefill(benchmark, bench_case, models, bandwidth, bench_results, request):
+    model_name, backend, quant = bench_case
+    small = smoke(request.config)
+    max_seq = SMOKE_MAX_SEQ if small else MAX_SEQ
+    cfg, weights = models.get(model_name, quant)
+    load_start = time.perf_counter()
+    runner = generate.make_runner(cfg, weights, backend)
+    token = bench.start(runner, PROMPT, max_seq)  # compiles prefill + decode
+    setup_s = time.perf_counter() - load_start
+
+    pos = [PROMPT]
+
+    def step():
+        nonlocal token
+        token, _ = runner.decode(token, pos[0])
+        runner.token_id(token)  # the device sync: only the token id comes back
+        pos[0] += 1
+
+    # Calibrate the number of steps against the budget, after a warm-up step.
+    t0 = time.perf_counter()
+    step()
+    one = time.perf_counter() - t0
+    steps = 1 if small else max(5, min(64, int(STEP_BUDGET_S / max(one, 1e-6))))
+    benchmark.pedantic(step, rounds=steps, iterations=1, warmup_rounds=0 if small else 2)
+    if small:
+        return
+    timing = bench.time_decode(runner, PROMPT, max_seq, warmup=2, steps=steps,
+                               pipelined=backend.endswith("cuda"))
+    decode = timing.summary()
+    bw = bandwidth("cuda" if backend.endswith("cuda") else "cpu")
+    need = bench.decode_bytes_read(cfg, weights, PROMPT + steps // 2)
+    roofline = bw / need
+    prefill = {str(n): min(bench.time_prefill(runner, n, max_seq, repeats=3)) for n in PREFILL_PROMPTS}
+    case = {
+        "model": model_name, "backend": backend, "quant": quant,
+        "decode": decode,
+        "prefill_seconds": prefill,
+        "compile_seconds": runner.compile_seconds,
+        "setup_seconds": setup_s,
+        "weight_bytes_resident": bench.resident_weight_bytes(weights),
+        "decode_bytes_read": need,
+        "bandwidth_bytes_per_s": bw,
+        "roofline_tokens_per_s": roofline,
+        "fraction_of_roofline": decode["tokens_per_s"] / roofline,
+        "device_peak_bytes": bench.device_peak_bytes(backend),
+        **bench.rss_bytes(),
+    }
+    if backend == "iree-cuda":
+        case["iree_cuda_target"] = runner.cuda_target
+    benchmark.extra_info.update({k: v for k, v in case.items() if not isinstance(v, dict)})
+    bench_results["cases"].append(case)

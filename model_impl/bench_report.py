@@ -1,0 +1,121 @@
+"""The benchmark section of the report: a table per machine, a chart, and the targets."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+TARGETS = (
+    ("XLA-CUDA fp32 decode on Llama-3.2-1B at >= 85% of its roofline", "roofline"),
+    ("IREE-CUDA within 1.5x of XLA-CUDA per mode", ("iree-cuda", "xla-cuda", 1.5)),
+    ("IREE-CPU within 2x of XLA-CPU per mode", ("iree-cpu", "xla-cpu", 2.0)),
+)
+
+
+def load(results_dir: Path) -> list[dict]:
+    runs = []
+    for f in sorted(results_dir.glob("bench-*.json")):
+        data = json.loads(f.read_text())
+        data["file"] = f"results/{f.name}"
+        runs.append(data)
+    return runs
+
+
+def machine_name(run: dict) -> str:
+    m = run["machine"]
+    return m.get("gpu") or f"{m.get('cpu')} ({m.get('cores')} cores)"
+
+
+def chart(runs: list[dict], path: Path) -> Path | None:
+    """tokens/s per backend and mode, each bar with its roofline marked, one panel per model."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cases = [(run, c) for run in runs for c in run["cases"]]
+    if not cases:
+        return None
+    models = sorted({c["model"] for _, c in cases})
+    fig, axes = plt.subplots(1, len(models), figsize=(6 * len(models), 4.5), squeeze=False)
+    for ax, model in zip(axes[0], models):
+        rows = [(run, c) for run, c in cases if c["model"] == model]
+        labels = [f"{c['backend']}\n{c['quant']}" for _, c in rows]
+        tps = [c["decode"]["tokens_per_s"] for _, c in rows]
+        roof = [c["roofline_tokens_per_s"] for _, c in rows]
+        x = range(len(rows))
+        colors = ["tab:blue" if c["quant"] == "fp32" else "tab:orange" for _, c in rows]
+        ax.bar(x, tps, color=colors)
+        ax.scatter(x, roof, marker="_", s=600, color="black", label="roofline (measured bandwidth / bytes read)")
+        ax.set_xticks(list(x), labels, fontsize=8)
+        ax.set_yscale("log")
+        ax.set_ylabel("decode tokens/s (batch 1)")
+        ax.set_title(model)
+        ax.legend(fontsize=7, loc="lower right")
+    fig.suptitle("Decode speed vs roofline (blue fp32, orange int4)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _find(cases, model, backend, quant):
+    return next((c for c in cases if (c["model"], c["backend"], c["quant"]) == (model, backend, quant)), None)
+
+
+def targets(runs: list[dict]) -> list[str]:
+    cases = [c for run in runs for c in run["cases"]]
+    lines = []
+    fp32 = _find(cases, "llama-3.2-1b", "xla-cuda", "fp32")
+    if fp32:
+        frac = fp32["fraction_of_roofline"]
+        lines.append(f"- {TARGETS[0][0]}: **{'met' if frac >= 0.85 else 'not met'}** ({frac:.0%}).")
+    else:
+        lines.append(f"- {TARGETS[0][0]}: not measured (no XLA-CUDA Llama-3.2-1B result).")
+    for text, (slow, fast, bound) in (t for t in TARGETS[1:]):
+        for model in sorted({c["model"] for c in cases}):
+            for quant in ("fp32", "int4"):
+                a, b = _find(cases, model, slow, quant), _find(cases, model, fast, quant)
+                if a and b:
+                    ratio = b["decode"]["tokens_per_s"] / a["decode"]["tokens_per_s"]
+                    verdict = "met" if ratio <= bound else "not met"
+                    lines.append(f"- {text}, {model} {quant}: **{verdict}** ({slow} is {ratio:.2f}x slower).")
+    return lines
+
+
+def render(runs: list[dict], out_dir: Path) -> list[str]:
+    if not runs:
+        return ["", "## Performance", "", "No benchmark results under `results/` yet: run `make bench`."]
+    png = chart(runs, out_dir / "bench.png")
+    lines = ["", "## Performance (decode batch 1, weights resident, KV cache on the device)", ""]
+    if png:
+        lines += [f"![decode tokens/s vs roofline]({png.name})", ""]
+    for run in runs:
+        lines += [f"Machine: **{machine_name(run)}**, {run['date']} (`{run['file']}`), "
+                  + ", ".join(f"{k} {v}" for k, v in run["versions"].items() if v) + ".", "",
+                  "| model | backend | quant | tok/s | ms/token p10-p90 | roofline tok/s | of roofline | "
+                  "bytes read/step | resident weights | prefill 16 / 64 (ms) | compile prefill / decode (s) | "
+                  "harness overhead |", "|" + "---|" * 12]
+        for c in run["cases"]:
+            d = c["decode"]
+            comp = c.get("compile_seconds") or {}
+            over = d.get("harness_overhead")
+            lines.append(
+                f"| {c['model']} | {c['backend']} | {c['quant']} | {d['tokens_per_s']:.1f} | "
+                f"{d['p10_s'] * 1e3:.2f}-{d['p90_s'] * 1e3:.2f} | {c['roofline_tokens_per_s']:.1f} | "
+                f"{c['fraction_of_roofline']:.0%} | {c['decode_bytes_read'] / 2**20:.0f} MiB | "
+                f"{c['weight_bytes_resident'] / 2**20:.0f} MiB | "
+                f"{c['prefill_seconds']['16'] * 1e3:.1f} / {c['prefill_seconds']['64'] * 1e3:.1f} | "
+                f"{_s(comp.get('prefill'))} / {_s(comp.get('decode'))} | "
+                f"{'—' if over is None else f'{over:+.1%}'} |")
+        bw = {c["backend"].split("-")[1]: c["bandwidth_bytes_per_s"] for c in run["cases"]}
+        lines += ["", "Measured copy bandwidth in the same run: "
+                  + ", ".join(f"{k} {v / 1e9:.1f} GB/s" for k, v in bw.items()) + ". Harness overhead: "
+                  "per-step time with the token id read back every step, against the same steps queued "
+                  "on the device with one sync at the end (CUDA backends).", ""]
+    lines += ["Targets (benchmarks, never asserted in tests):", ""] + targets(runs)
+    return lines
+
+
+def _s(v):
+    return "—" if v is None else f"{v:.1f}"
