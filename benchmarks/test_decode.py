@@ -3,6 +3,7 @@ each decode figure set against the roofline of this machine's measured bandwidth
 
 from __future__ import annotations
 
+import gc
 import time
 
 from model_impl import bench, generate
@@ -18,6 +19,7 @@ STEP_BUDGET_S = 20.0  # per case: how many decode steps we time, at most 64, at 
 
 def test_decode_and_prefill(benchmark, bench_case, models, bandwidth, bench_results, request):
     model_name, backend, quant = bench_case
+    gc.collect()  # the previous case's runner (and its device copy of the weights) is gone
     small = smoke(request.config)
     max_seq = SMOKE_MAX_SEQ if small else MAX_SEQ
     cfg, weights = models.get(model_name, quant)

@@ -19,7 +19,7 @@ import numpy as np
 
 from . import generate
 from .config import Config
-from .weights import LINEAR_NAMES, QuantizedLinear, Weights
+from .weights import QuantizedLinear, Weights
 
 
 def machine(backend: str) -> dict:
@@ -63,12 +63,6 @@ def decode_bytes_read(cfg: Config, weights: Weights, pos: int) -> int:
     row = tensor_bytes(weights.embed) // cfg.vocab_size
     kv = 2 * cfg.num_layers * cfg.num_kv_heads * (pos + 1) * cfg.head_dim * 4
     return layers + tensor_bytes(head) + tensor_bytes(weights.final_norm) + row + kv
-
-
-def linear_fraction(weights: Weights) -> float:
-    """Share of resident bytes that are the 7 quantizable linears."""
-    lin = sum(tensor_bytes(getattr(l, n)) for l in weights.layers for n in LINEAR_NAMES)
-    return lin / resident_weight_bytes(weights)
 
 
 def copy_bandwidth(platform_name: str, nbytes: int = 1 << 30, repeats: int = 10) -> float:

@@ -13,7 +13,7 @@ import time
 
 import jax
 
-from . import iree_backend, lowering
+from . import iree_backend
 from .config import Config
 from .generate import GRAPH_FUNCTIONS, graph_args
 from .iree_backend import DEFAULT_CUDA_TARGET
@@ -53,17 +53,3 @@ def xla_hlo(cfg: Config, specs, graph: str, bucket: int, max_seq: int, platform:
 def iree_sources(cfg: Config, specs, graph: str, bucket: int, max_seq: int, target: str,
                  cuda_target: str = DEFAULT_CUDA_TARGET) -> tuple[str, float | None]:
     return iree_backend.executable_sources(cfg, specs, graph, bucket, max_seq, target, cuda_target)
-
-
-def analyze_all(cfg: Config, specs, graph: str, bucket: int, max_seq: int, weight_elements):
-    """Every analyzer on one graph: StableHLO inventory, XLA-CPU verdict, IREE verdicts."""
-    return {
-        "stablehlo": lowering.stablehlo_inventory(stablehlo(cfg, specs, graph, bucket, max_seq)),
-        "xla-cpu": lowering.analyze_xla_hlo(xla_hlo(cfg, specs, graph, bucket, max_seq).hlo, weight_elements),
-        **{
-            f"iree-{t}": lowering.analyze_iree_executables(
-                iree_sources(cfg, specs, graph, bucket, max_seq, t)[0], weight_elements
-            )
-            for t in ("llvm-cpu", "cuda")
-        },
-    }
