@@ -15,7 +15,7 @@ import jax
 
 from . import iree_backend
 from .config import Config
-from .generate import GRAPH_FUNCTIONS, graph_args
+from .graphs import GRAPH_FUNCTIONS, graph_args
 from .iree_backend import DEFAULT_CUDA_TARGET
 
 

@@ -16,6 +16,7 @@ import numpy as np
 
 from . import model
 from .config import Config
+from .graphs import GRAPH_FUNCTIONS, graph_args
 from .weights import Weights
 
 BACKENDS = ("xla-cpu", "iree-cpu", "xla-cuda", "iree-cuda")
@@ -37,26 +38,6 @@ class Generation:
     prompt_tokens: list[int]
     tokens: list[int]  # generated ids only
     logits: np.ndarray | None = None  # [len(tokens), vocab]; row k chose tokens[k]
-
-
-def greedy_prefill(cfg: Config, weights: Weights, tokens, length, cache):
-    logits, cache = model.prefill(cfg, weights, tokens, length, cache)
-    return jnp.argmax(logits).astype(jnp.int32), logits, cache
-
-
-def greedy_decode(cfg: Config, weights: Weights, token, pos, cache):
-    logits, cache = model.decode_step(cfg, weights, token, pos, cache)
-    return jnp.argmax(logits).astype(jnp.int32), logits, cache
-
-
-GRAPH_FUNCTIONS = {"prefill": greedy_prefill, "decode": greedy_decode}
-
-
-def graph_args(cfg: Config, specs, graph: str, bucket: int, max_seq: int):
-    """Abstract arguments of a graph after ``cfg``: (weights, tokens|token, length|pos, cache)."""
-    first = jax.ShapeDtypeStruct((bucket,) if graph == "prefill" else (), jnp.int32)
-    kv = jax.eval_shape(lambda: model.KVCache.zeros(cfg, max_seq))
-    return (specs, first, jax.ShapeDtypeStruct((), jnp.int32), kv)
 
 
 class XlaRunner:

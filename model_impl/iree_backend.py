@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import importlib.metadata
 import os
-import re
 import time
 
 import jax
@@ -19,9 +18,9 @@ import numpy as np
 
 from . import cache
 from .config import Config
-from .generate import GRAPH_FUNCTIONS, graph_args
+from .graphs import GRAPH_FUNCTIONS, graph_args
 DEFAULT_CUDA_TARGET = "sm_80"  # iree-compile 3.13 has no sm_90 target; sm_80 PTX JITs on Hopper
-GRAPH_SOURCES = ("model.py", "generate.py", "config.py", "weights.py", "iree_backend.py")
+GRAPH_SOURCES = ("model.py", "graphs.py", "config.py", "weights.py")
 
 
 def compiler_version() -> str:
@@ -176,7 +175,6 @@ class IreeRunner:
         self.specs = weight_specs(weights)
         self._rt = rt
         self.config = rt.Config(driver)
-        self.context = rt.SystemContext(config=self.config)
         self.device = self.config.device
         start = time.perf_counter()
         self.weights = [
@@ -196,8 +194,10 @@ class IreeRunner:
             )
             self.compile_seconds[graph] = seconds
             module = self._rt.VmModule.mmap(self.config.vm_instance, str(path))
-            self.context.add_vm_module(module)
-            self._functions[key] = self.context.modules[module.name]["main"]
+            # One context per module: every prefill bucket's module has the same name.
+            context = self._rt.SystemContext(config=self.config)
+            context.add_vm_module(module)
+            self._functions[key] = context.modules[module.name]["main"]
         return self._functions[key]
 
     def _scalar(self, value: int):
@@ -224,8 +224,3 @@ class IreeRunner:
     @staticmethod
     def logits_row(logits) -> np.ndarray:
         return np.asarray(logits.to_host(), np.float32)
-
-
-def module_name(mlir: str) -> str:
-    m = re.search(r"^module @([\w.$\-]+)", mlir, re.M)
-    return m.group(1) if m else "module"
