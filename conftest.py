@@ -88,6 +88,14 @@ def prompt_ids(tokenizer):
     return tokenizer(REFERENCE_PROMPT).input_ids
 
 
+def _greedy_on(backend, cfg, weights, prompt_ids):
+    from model_impl import generate
+    from model_impl.checks import GREEDY_TOKENS
+
+    runner = generate.make_runner(cfg, weights, backend)
+    return generate.generate(runner, prompt_ids, GREEDY_TOKENS, stop_at_eos=False, keep_logits=True)
+
+
 @pytest.fixture(scope="session")
 def fp32_run(real_model, prompt_ids):
     """48 greedy tokens (and their logits) of the real model in fp32 on XLA-CPU."""
@@ -124,14 +132,6 @@ def hf_greedy_run(hf_real_model, prompt_ids):
     from model_impl.reference import greedy
 
     return greedy(hf_real_model, prompt_ids, GREEDY_TOKENS)
-
-
-def _greedy_on(backend, cfg, weights, prompt_ids):
-    from model_impl import generate
-    from model_impl.checks import GREEDY_TOKENS
-
-    runner = generate.make_runner(cfg, weights, backend)
-    return generate.generate(runner, prompt_ids, GREEDY_TOKENS, stop_at_eos=False, keep_logits=True)
 
 
 @pytest.fixture(scope="session")

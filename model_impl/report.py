@@ -331,7 +331,7 @@ def main(out_dir: str = "reports/", model: str | None = None) -> int:
 
     findings["benchmarks"] = bench_report.load(RESULTS_DIR)
     (out / "findings.json").write_text(json.dumps(findings, indent=2, default=str) + "\n")
-    md = render_markdown(findings) + "\n".join(bench_report.render(findings["benchmarks"], out)) + "\n"
+    md = render_markdown(findings) + "\n".join(bench_report.render(findings["benchmarks"], out, findings["rows"])) + "\n"
     (out / "findings.md").write_text(md)
     print(md)
     log(f"wrote {out / 'findings.md'} and {out / 'findings.json'}")
