@@ -12,9 +12,10 @@ TARGETS = (
 )
 
 
-def load(results_dir: Path) -> list[dict]:
+def load(results_dir: Path, pattern: str = "bench-*.json") -> list[dict]:
+    """The committed result files matching ``pattern``, each marked with its path."""
     runs = []
-    for f in sorted(results_dir.glob("bench-*.json")):
+    for f in sorted(results_dir.glob(pattern)):
         data = json.loads(f.read_text())
         data["file"] = f"results/{f.name}"
         runs.append(data)

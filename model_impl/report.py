@@ -197,12 +197,9 @@ RESULTS_DIR = Path(__file__).resolve().parents[1] / "results"
 
 def load_cuda_results(results_dir: Path = RESULTS_DIR) -> list[dict]:
     """GPU runs committed under ``results/`` (written by ``scripts/gpu_run.sh``)."""
-    runs = []
-    for f in sorted(results_dir.glob("cuda-*.json")):
-        data = json.loads(f.read_text())
-        data["file"] = f"results/{f.name}"
-        runs.append(data)
-    return runs
+    from . import bench_report
+
+    return bench_report.load(results_dir, "cuda-*.json")
 
 
 def merge_cuda_results(rows: list[dict], runs: list[dict], model_name: str) -> list[dict]:
