@@ -16,6 +16,7 @@ import sys
 import time
 from pathlib import Path
 
+import jax
 import numpy as np
 
 from . import checkpoint, checks, generate, quant
@@ -62,7 +63,7 @@ def model_section(path, cfg, fp32, int4) -> dict:
         "source": str(path),
         "config": {k: v for k, v in cfg.__dict__.items() if k != "rope_scaling"}
         | {"rope_scaling": None if cfg.rope_scaling is None else cfg.rope_scaling.__dict__},
-        "parameters": int(sum(np.asarray(x).size for x in __import__("jax").tree_util.tree_leaves(fp32))),
+        "parameters": int(sum(np.asarray(x).size for x in jax.tree_util.tree_leaves(fp32))),
         "weight_bytes_fp32": nbytes(fp32),
         "weight_bytes_int4": nbytes(int4),
         "linear_bytes_fp32": int(linear_fp32),
