@@ -57,6 +57,17 @@ def cmd_characterize(args) -> int:
     return report.main(out_dir=args.out, model=args.model)
 
 
+def cmd_fusion(args) -> int:
+    from . import fusion
+
+    rows = fusion.ROWS
+    if args.rows:
+        wanted = {tuple(r.split(":", 1)) if ":" in r else (r, "default") for r in args.rows.split(",")}
+        rows = tuple(r for r in fusion.ROWS if r in wanted)
+    fusion.run(args.backends.split(","), args.out, args.parity_model, args.steps, rows)
+    return 0
+
+
 def main(argv=None) -> int:
     from .generate import BACKENDS
 
@@ -81,6 +92,15 @@ def main(argv=None) -> int:
     c.add_argument("--out", default="reports/")
     c.add_argument("--model", help="a GGUF file or an HF directory (default: embedded SmolLM2-135M)")
     c.set_defaults(func=cmd_characterize)
+
+    f = sub.add_parser("fusion", help="the fusion matrix: int4 representations x options x backends")
+    f.add_argument("--backends", default="xla-cpu,iree-cpu", help=f"comma-separated, of {BACKENDS}")
+    f.add_argument("--out", required=True, help="results JSON, e.g. results/fusion-cpu.json")
+    f.add_argument("--parity-model", default="default",
+                   help="checkpoint for the parity runs: a path, 'default' (SmolLM2) or 'synthetic'")
+    f.add_argument("--steps", type=int, default=8, help="decode steps timed per cell")
+    f.add_argument("--rows", help="only these rows: representation[:option],...")
+    f.set_defaults(func=cmd_fusion)
 
     args = parser.parse_args(argv)
     return args.func(args)

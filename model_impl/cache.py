@@ -48,15 +48,20 @@ def _locked(path: Path):
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
+def entry_path(kind: str, key: dict, suffix: str) -> Path:
+    """Where the entry for ``key`` lives (whether or not it exists yet)."""
+    return cache_root() / kind / f"{digest(key)}{suffix}"
+
+
 def cached_file(kind: str, key: dict, suffix: str, produce: Callable[[], bytes]) -> tuple[Path, bool]:
     """Path of the entry for ``key``, made with ``produce()`` on a miss; (path, was_hit).
 
     ``produce`` may return ``(data, meta)``; ``meta`` (JSON-able) is kept beside the entry
     and read back with :func:`entry_meta`.
     """
-    directory = cache_root() / kind
+    path = entry_path(kind, key, suffix)
+    directory = path.parent
     directory.mkdir(parents=True, exist_ok=True)
-    path = directory / f"{digest(key)}{suffix}"
     if path.exists():
         return path, True
     with _locked(path):

@@ -49,16 +49,21 @@ class XlaRunner:
     ``executable()`` gives the ahead-of-time compiled graph for its HLO.
     """
 
-    def __init__(self, cfg: Config, weights: Weights, platform: str = "cpu"):
+    def __init__(self, cfg: Config, weights: Weights, platform: str = "cpu", compiler_options=None):
         self.cfg = cfg
+        self.compiler_options = dict(compiler_options or {})
         self.backend = f"xla-{platform}"
         self.device = jax.devices(platform)[0]
         self.weights = jax.device_put(weights, self.device)
         self.cache = None
         self.compile_seconds: dict[str, float] = {}
         self._executables = {}
-        self._jitted = {g: jax.jit(f, static_argnums=0, donate_argnums=4) for g, f in GRAPH_FUNCTIONS.items()}
+        self._jitted = {g: self._jit(f) for g, f in GRAPH_FUNCTIONS.items()}
         self._seen = set()
+
+    def _jit(self, fn):
+        return jax.jit(fn, static_argnums=0, donate_argnums=4,
+                       compiler_options=self.compiler_options or None)
 
     def _call(self, graph: str, shape_key, *args):
         first = (graph, shape_key) not in self._seen
@@ -73,8 +78,7 @@ class XlaRunner:
     def lowered(self, graph: str, bucket: int, max_seq: int):
         """The jitted ``graph`` ("prefill" or "decode") lowered for these shapes."""
         _, first, pos, cache = graph_args(self.cfg, None, graph, bucket, max_seq)
-        jitted = jax.jit(GRAPH_FUNCTIONS[graph], static_argnums=0, donate_argnums=4)
-        return jitted.lower(self.cfg, self.weights, first, pos, cache)
+        return self._jit(GRAPH_FUNCTIONS[graph]).lower(self.cfg, self.weights, first, pos, cache)
 
     def executable(self, graph: str, bucket: int, max_seq: int):
         """The graph compiled ahead of time for these shapes (for its HLO and memory analysis)."""
@@ -91,6 +95,14 @@ class XlaRunner:
                                                jax.device_put(np.int32(length), self.device), cache)
         return token, logits
 
+    def reset(self, max_seq: int) -> None:
+        """An empty KV cache of ``max_seq`` slots, for decoding without a prefill."""
+        self._max_seq = max_seq
+        self.cache = jax.device_put(model.KVCache.zeros(self.cfg, max_seq), self.device)
+
+    def put_token(self, token_id: int):
+        return jax.device_put(np.int32(token_id), self.device)
+
     def decode(self, token, pos: int):
         token, logits, self.cache = self._call("decode", self._max_seq, token,
                                                jax.device_put(np.int32(pos), self.device), self.cache)
@@ -105,19 +117,24 @@ class XlaRunner:
         return np.asarray(logits, np.float32)
 
 
-def make_runner(cfg: Config, weights: Weights, backend: str = "xla-cpu", cuda_target: str | None = None):
-    """A runner for ``backend``; ``cuda_target`` overrides the IREE CUDA target choice."""
+def make_runner(cfg: Config, weights: Weights, backend: str = "xla-cpu", cuda_target: str | None = None,
+                xla_options: dict | None = None, iree_flags=()):
+    """A runner for ``backend``; ``cuda_target`` overrides the IREE CUDA target choice;
+    ``xla_options`` (XLA debug options) and ``iree_flags`` (iree-compile flags) go to the
+    compiler of the backend they name."""
     if backend in ("xla-cpu", "xla-cuda"):
-        return XlaRunner(cfg, weights, platform=backend.split("-")[1])
+        return XlaRunner(cfg, weights, platform=backend.split("-")[1], compiler_options=xla_options)
     if backend == "iree-cpu":
         from .iree_backend import IreeRunner
 
-        return IreeRunner(cfg, weights, target="llvm-cpu", driver="local-task", backend=backend)
+        return IreeRunner(cfg, weights, target="llvm-cpu", driver="local-task", backend=backend,
+                          extra_flags=iree_flags)
     if backend == "iree-cuda":
         from .iree_backend import IreeRunner, cuda_target_for_device
 
         target = cuda_target or cuda_target_for_device()
-        return IreeRunner(cfg, weights, target="cuda", driver="cuda", cuda_target=target, backend=backend)
+        return IreeRunner(cfg, weights, target="cuda", driver="cuda", cuda_target=target, backend=backend,
+                          extra_flags=iree_flags)
     raise ValueError(f"unknown backend {backend!r}; available: {BACKENDS}")
 
 

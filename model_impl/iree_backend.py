@@ -20,7 +20,8 @@ from . import cache
 from .config import Config
 from .graphs import GRAPH_FUNCTIONS, graph_args
 DEFAULT_CUDA_TARGET = "sm_80"  # iree-compile 3.13 has no sm_90 target; sm_80 PTX JITs on Hopper
-GRAPH_SOURCES = ("model.py", "graphs.py", "config.py", "weights.py")
+# pallas_int4.py is absent: its graphs carry a custom_call that IREE never compiles.
+GRAPH_SOURCES = ("model.py", "graphs.py", "config.py", "weights.py", "representations.py")
 
 
 def compiler_version() -> str:
@@ -104,6 +105,11 @@ def weights_signature(specs) -> list:
         if isinstance(x, QuantizedLinear):
             return [name, [list(np.shape(a)) for a in (x.packed, x.scales, x.biases)],
                     [str(np.dtype(a.dtype)) for a in (x.packed, x.scales, x.biases)], x.bits, x.group_size]
+        if dataclasses.is_dataclass(x):  # another int4 representation: its arrays and statics
+            fields = [(f.name, getattr(x, f.name)) for f in dataclasses.fields(x)]
+            return [name, type(x).__name__,
+                    [[n, list(np.shape(a)), str(np.dtype(a.dtype))] if hasattr(a, "dtype") else [n, a]
+                     for n, a in fields]]
         return [name, list(np.shape(x)), str(np.dtype(x.dtype))]
 
     out = [entry("embed", specs.embed), entry("final_norm", specs.final_norm),
@@ -153,34 +159,67 @@ def compiled_module(cfg, specs, graph, bucket, max_seq, target, cuda_target=DEFA
     return _cached_compile("iree", ".vmfb", cfg, specs, graph, bucket, max_seq, flags)
 
 
-def executable_sources(cfg, specs, graph, bucket, max_seq, target, cuda_target=DEFAULT_CUDA_TARGET,
-                       extra_flags=()) -> tuple[str, float | None]:
-    """The module after dispatch formation (``--compile-to=executable-sources``), cached."""
-    flags = target_flags(target, cuda_target) + list(extra_flags) + [
+def _sources_flags(target, cuda_target, extra_flags) -> list[str]:
+    return target_flags(target, cuda_target) + list(extra_flags) + [
         "--compile-to=executable-sources",
         "--mlir-print-debuginfo=false",
     ]
+
+
+def executable_sources(cfg, specs, graph, bucket, max_seq, target, cuda_target=DEFAULT_CUDA_TARGET,
+                       extra_flags=()) -> tuple[str, float | None]:
+    """The module after dispatch formation (``--compile-to=executable-sources``), cached."""
+    flags = _sources_flags(target, cuda_target, extra_flags)
     path, seconds = _cached_compile("iree-sources", ".mlir", cfg, specs, graph, bucket, max_seq, flags)
     return path.read_text(), seconds
+
+
+def executable_sources_path(cfg, specs, graph, bucket, max_seq, target, cuda_target=DEFAULT_CUDA_TARGET,
+                            extra_flags=()):
+    """Where :func:`executable_sources` caches this graph's sources (to carry them elsewhere)."""
+    flags = _sources_flags(target, cuda_target, extra_flags)
+    return cache.entry_path("iree-sources", graph_key(cfg, specs, graph, bucket, max_seq, flags), ".mlir")
+
+
+_FOUR_BIT = {"int4": "SINT_4", "uint4": "UINT_4"}
+
+
+def device_array(device, x):
+    """A host array on an IREE device. 4-bit arrays (``jnp.int4``/``jnp.uint4``, one byte per
+    element on the host) are packed two per byte, element 0 in the low nibble, as IREE's i4
+    buffers are laid out."""
+    import iree.runtime as rt
+
+    x = np.ascontiguousarray(x)
+    if x.dtype.name not in _FOUR_BIT:
+        return rt.asdevicearray(device, x)
+    if x.size % 2:
+        raise ValueError(f"a 4-bit array needs an even element count to pack, got shape {x.shape}")
+    nibbles = x.view(np.uint8).reshape(-1, 2) & np.uint8(15)
+    packed = nibbles[:, 0] | (nibbles[:, 1] << np.uint8(4))
+    buffer = device.allocator.allocate_buffer_copy(
+        memory_type=rt.MemoryType.DEVICE_LOCAL, allowed_usage=rt.BufferUsage.DEFAULT, device=device,
+        buffer=packed)
+    element_type = getattr(rt.HalElementType, _FOUR_BIT[x.dtype.name])
+    view = rt.HalBufferView(buffer, list(x.shape), element_type)
+    return rt.DeviceArray(device, view)
 
 
 class IreeRunner:
     """A compiled prefill/decode pair on one IREE device (``local-task`` CPU or ``cuda``)."""
 
     def __init__(self, cfg: Config, weights, target: str = "llvm-cpu", driver: str = "local-task",
-                 cuda_target: str = DEFAULT_CUDA_TARGET, backend: str = "iree-cpu"):
+                 cuda_target: str = DEFAULT_CUDA_TARGET, backend: str = "iree-cpu", extra_flags=()):
         import iree.runtime as rt
 
         self.cfg, self.target, self.cuda_target, self.backend = cfg, target, cuda_target, backend
+        self.extra_flags = tuple(extra_flags)
         self.specs = weight_specs(weights)
         self._rt = rt
         self.config = rt.Config(driver)
         self.device = self.config.device
         start = time.perf_counter()
-        self.weights = [
-            rt.asdevicearray(self.device, np.ascontiguousarray(x))
-            for x in jax.tree_util.tree_leaves(weights)
-        ]
+        self.weights = [device_array(self.device, x) for x in jax.tree_util.tree_leaves(weights)]
         self.upload_seconds = time.perf_counter() - start
         self.compile_seconds: dict[str, float | None] = {}
         self._functions = {}
@@ -190,7 +229,8 @@ class IreeRunner:
         key = (graph, bucket if graph == "prefill" else None, max_seq)
         if key not in self._functions:
             path, seconds = compiled_module(
-                self.cfg, self.specs, graph, bucket, max_seq, self.target, self.cuda_target
+                self.cfg, self.specs, graph, bucket, max_seq, self.target, self.cuda_target,
+                self.extra_flags,
             )
             self.compile_seconds[graph] = seconds
             module = self._rt.VmModule.mmap(self.config.vm_instance, str(path))
@@ -203,12 +243,21 @@ class IreeRunner:
     def _scalar(self, value: int):
         return self._rt.asdevicearray(self.device, np.asarray(value, np.int32))
 
+    put_token = _scalar
+
+    def _zero_cache(self, max_seq: int):
+        zeros = np.zeros((self.cfg.num_layers, self.cfg.num_kv_heads, max_seq, self.cfg.head_dim), np.float32)
+        return [self._rt.asdevicearray(self.device, zeros) for _ in range(2)]
+
+    def reset(self, max_seq: int) -> None:
+        """An empty KV cache of ``max_seq`` slots, for decoding without a prefill."""
+        self._decode = self.function("decode", 0, max_seq)
+        self.cache = self._zero_cache(max_seq)
+
     def prefill(self, padded_tokens: np.ndarray, length: int, max_seq: int):
         fn = self.function("prefill", len(padded_tokens), max_seq)
         self._decode = self.function("decode", 0, max_seq)
-        zeros = np.zeros((self.cfg.num_layers, self.cfg.num_kv_heads, max_seq, self.cfg.head_dim), np.float32)
-        k = self._rt.asdevicearray(self.device, zeros)
-        v = self._rt.asdevicearray(self.device, zeros)
+        k, v = self._zero_cache(max_seq)
         tokens = self._rt.asdevicearray(self.device, np.asarray(padded_tokens, np.int32))
         token, logits, *self.cache = fn(*self.weights, tokens, self._scalar(length), k, v)
         return token, logits

@@ -219,12 +219,15 @@ _LINALG_CONTRACTIONS = re.compile(
 )
 _CONTRACTION_NAME = re.compile(r"_(matmul|matvec|vecmat|contract|mmt4d)(_like)?_")
 # Unpacking sub-byte codes: a logical right shift of an integer (packed words), a conversion
-# from i4 to a wider type, or a contraction that reads an i4 operand directly (the
-# extension then happens inside the contraction's kernel).
+# from i4 to a wider type, or a named contraction that reads an i4 operand directly (the
+# extension then happens inside the contraction's kernel; seen with and without an
+# ``indexing_maps`` attribute before ``ins``). A generic that only moves i4 codes (a
+# transpose) does not unpack.
 _BIT_UNPACK = re.compile(
     r"\barith\.shrui\b"
     r"|\barith\.(?:extui|extsi|uitofp|sitofp)\b[^\n]*\bi4\b"
-    r"|\blinalg\.\w+\s+ins\([^)]*xi4>"
+    r"|\blinalg\.(?:matmul|matvec|vecmat|batch_\w+|contract|mmt4d|matmul_transpose_[ab])\b"
+    r"[^\n]*?\bins\([^\n]*?xi4\b"
 )
 
 DEQUANT_ONLY, MATMUL_ONLY, FUSED_DISPATCH, OTHER = "dequant-only", "matmul-only", "fused", "other"
@@ -233,7 +236,7 @@ DEQUANT_ONLY, MATMUL_ONLY, FUSED_DISPATCH, OTHER = "dequant-only", "matmul-only"
 _DISPATCH_SITE = re.compile(
     r"^\s*(?:stream\.cmd\.dispatch|flow\.dispatch|hal\.command_buffer\.dispatch)\s+@([\w$.\-]+)::", re.M
 )
-_STORED_TENSOR = re.compile(r"dispatch\.tensor\.store\b[^\n]*writeonly:tensor<([\dx]+)x(f32|f16|bf16)>")
+_STORED_TENSOR = re.compile(r"dispatch\.tensor\.store\b[^\n]*writeonly:tensor<([\dx]+)x(f32|f16|bf16)[,>]")
 _FLOAT_BYTES = {"f32": 4, "f16": 2, "bf16": 2}
 
 

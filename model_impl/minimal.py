@@ -1,10 +1,13 @@
 """The smallest graphs that show each compiler's dequant verdict flip.
 
 One linear, ``x [1, in] @ W.T``, with W given as: packed uint32 words with per-group scale and
-bias (the project's format), native int4 with a per-group scale, and native int4 alone.
-Measured with iree-base-compiler 3.13: IREE folds a bare i4 -> f32 extension into the
-contraction's dispatch (fused) but gives the scaled forms a dispatch of their own that writes
-the f32 weight (materialized). XLA-CPU materializes all three.
+bias (the project's format), native int4 with a per-group scale, native int4 or uint4 alone,
+and each in-graph representation of :mod:`model_impl.representations` through the model's
+own ``linear``. Measured with iree-base-compiler 3.13: IREE folds a bare 4-bit -> f32
+extension into the contraction's dispatch (fused), including the grouped representations
+whose scale and bias come after the per-group dot, but gives every form that scales the
+weight before the dot a dispatch of its own that writes the f32 weight (materialized).
+XLA-CPU materializes all of them.
 """
 
 from __future__ import annotations
@@ -36,6 +39,19 @@ def native_int4_bare(x, w):
     return jnp.einsum("ti,oi->to", x, w.astype(jnp.float32))
 
 
+def _representation_graph(representation: str):
+    """One linear through the model's own ``linear`` in ``representation`` (shapes only)."""
+    from .model import linear
+    from .representations import convert_linear
+
+    groups = jax.ShapeDtypeStruct((OUT, IN // GROUP), jnp.float32)
+    spec = convert_linear(QuantizedLinear(jax.ShapeDtypeStruct((OUT, IN // 8), jnp.uint32), groups, groups,
+                                          GROUP, 4), representation)
+    leaves, tree = jax.tree_util.tree_flatten(spec)
+    fn = lambda x, *l: linear(x, jax.tree_util.tree_unflatten(tree, l))  # noqa: E731
+    return fn, (_x(), *leaves)
+
+
 GRAPHS = {
     "packed-u32-scale-bias": (packed_u32_scaled, (
         _x(), jax.ShapeDtypeStruct((OUT, IN // 8), jnp.uint32),
@@ -45,7 +61,13 @@ GRAPHS = {
         _x(), jax.ShapeDtypeStruct((OUT, IN), jnp.int4),
         jax.ShapeDtypeStruct((OUT, IN // GROUP), jnp.float32))),
     "native-int4-bare": (native_int4_bare, (_x(), jax.ShapeDtypeStruct((OUT, IN), jnp.int4))),
+    # The same bare extension from unsigned codes: IREE fuses it too, and (3.13) reads the
+    # codes as signed (see tests/lowering/test_representations.py).
+    "native-uint4-bare": (native_int4_bare, (_x(), jax.ShapeDtypeStruct((OUT, IN), jnp.uint4))),
 }
+# Each in-graph representation of model_impl.representations, as one linear.
+REPRESENTATION_GRAPHS = ("u4-affine", "u4-affine-io", "s4-scale-gsum", "s4-grouped", "u4-grouped")
+GRAPHS.update({f"linear-{r}": _representation_graph(r) for r in REPRESENTATION_GRAPHS})
 WEIGHT_ELEMENTS = frozenset({OUT * IN})
 
 

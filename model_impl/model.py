@@ -56,9 +56,14 @@ def dequantize(w: QuantizedLinear) -> jax.Array:
 
 
 def linear(x: jax.Array, w) -> jax.Array:
-    """``x [t, in] @ w[out, in].T``; a quantized ``w`` is dequantized right before the dot."""
+    """``x [t, in] @ w[out, in].T``; a quantized ``w`` is dequantized right before the dot.
+
+    Other in-graph int4 representations (:mod:`model_impl.representations`) bring their own
+    ``matmul``."""
     if isinstance(w, QuantizedLinear):
         w = dequantize(w)
+    elif hasattr(w, "matmul"):
+        return w.matmul(x)
     return jnp.einsum("ti,oi->to", x, w, precision=PRECISION)
 
 

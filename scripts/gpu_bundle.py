@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -34,12 +35,63 @@ REFERENCE_PROMPT_TOKENS = 7  # the parity prompt's length with the embedded toke
 BENCH_MAX_SEQ = 512  # benchmarks/test_decode.py MAX_SEQ
 
 
+def download_wheels(dest: Path, wheels) -> None:
+    subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:",
+                    "--python-version", "3.12", "--implementation", "cp",
+                    "--platform", "manylinux_2_28_x86_64", "--platform", "manylinux_2_17_x86_64",
+                    "--platform", "manylinux2014_x86_64", "-d", str(dest), *wheels], check=True)
+
+
+def _keep(path: Path, dest: Path) -> None:
+    for f in (path, path.with_suffix(".json")):
+        shutil.copy(f, dest / f.name)
+
+
+def fusion_bundle(capability: str) -> int:
+    """The IREE CUDA modules and executable sources of every iree-cuda cell of the fusion
+    matrix, compiled here, plus the runtime wheel: `bash scripts/gpu_run.sh fusion` runs it."""
+    from model_impl import fusion, representations
+    from model_impl.config import LLAMA32_CONFIG_PATH, load_hf_config
+
+    root = BUNDLE / "fusion"
+    shutil.rmtree(root, ignore_errors=True)
+    for kind in ("iree", "iree-sources"):
+        (root / "cache" / kind).mkdir(parents=True)
+    download_wheels(root / "whl", WHEELS[:1])
+    accepted = cuda_target.accepted_by_compiler()
+    target = cuda_target.select(capability, accepted)
+    os.environ["MODEL_IMPL_IREE_CUDA_TARGET"] = target
+    cfg = load_hf_config(LLAMA32_CONFIG_PATH)
+    int4 = specs(cfg, "int4")
+    jobs = [(None, "default")] + [row for row in fusion.ROWS if not fusion.applicability(*row, "iree-cuda")]
+    for representation, option in jobs:
+        flags = fusion.settings(option, "iree-cuda").get("iree_flags", ())
+        weights = specs(cfg, "fp32") if representation is None else representations.convert(int4, representation)
+        path, seconds = iree_backend.compiled_module(cfg, weights, "decode", 0, fusion.MAX_SEQ, "cuda", target, flags)
+        _keep(path, root / "cache" / "iree")
+        if representation is not None:
+            src, _ = iree_backend.executable_sources(cfg, weights, "decode", 0, fusion.MAX_SEQ, "cuda", target, flags)
+            _keep(iree_backend.executable_sources_path(cfg, weights, "decode", 0, fusion.MAX_SEQ, "cuda", target,
+                                                       flags), root / "cache" / "iree-sources")
+        _keep(fusion.linear_chain_module("iree-cuda", representation, option), root / "cache" / "iree")
+        print(f"{representation or 'fp32'} {option}: decode {path.name} ({seconds or 0:.0f} s)", flush=True)
+    manifest = {"iree_compiler": iree_backend.compiler_version(), "bundled_cuda_targets": [target]}
+    (root / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    size = sum(f.stat().st_size for f in root.rglob("*") if f.is_file())
+    print(f"{root.relative_to(ROOT)}: {size / 2**20:.1f} MiB")
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--capability", default="9.0", help="the GPU's compute capability (H100: 9.0)")
     parser.add_argument("--bench", action="store_true",
                         help="also stage 3: IREE CUDA modules for `make bench` shapes (both models)")
+    parser.add_argument("--fusion", action="store_true",
+                        help="only the fusion-matrix bundle (.gpu-bundle/fusion: one run, no model file)")
     args = parser.parse_args()
+    if args.fusion:
+        return fusion_bundle(args.capability)
     shutil.rmtree(BUNDLE, ignore_errors=True)
     stage1, stage2 = BUNDLE / "stage1", BUNDLE / "stage2"
     (stage2 / "cache" / "iree").mkdir(parents=True)
@@ -50,10 +102,7 @@ def main() -> int:
     (stage1 / "model.part0").write_bytes(data[:STAGE1_BYTES])
     (stage2 / "model.part1").write_bytes(data[STAGE1_BYTES:])
 
-    subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:",
-                    "--python-version", "3.12", "--implementation", "cp",
-                    "--platform", "manylinux_2_28_x86_64", "--platform", "manylinux_2_17_x86_64",
-                    "--platform", "manylinux2014_x86_64", "-d", str(stage2 / "whl"), *WHEELS], check=True)
+    download_wheels(stage2 / "whl", WHEELS)
 
     accepted = cuda_target.accepted_by_compiler()
     targets = sorted({cuda_target.select(args.capability, accepted), "sm_80"}, key=cuda_target.sm_number)

@@ -9,6 +9,13 @@
 #      device run: carry .gpu-bundle/stage3, command: bash scripts/gpu_run.sh 3
 #   5. here:       copy what came back (cuda-results.json, bench-h100.json) to results/, `make report`.
 #
+# The fusion matrix needs no model file, one run per backend:
+#   here:       .venv/bin/python scripts/gpu_bundle.py --fusion --capability 9.0
+#   device run: (nothing carried)      command: bash scripts/gpu_run.sh fusion xla-cuda matrix
+#   device run: (nothing carried)      command: bash scripts/gpu_run.sh fusion xla-cuda tests
+#   device run: carry .gpu-bundle/fusion, command: bash scripts/gpu_run.sh fusion iree-cuda
+#   (each writes fusion-h100-<backend>.json; then the cuda-marked fusion tests run)
+#
 # Stage 2 writes cuda-results.json and the pytest log into $OUT (or ./gpu-out).
 set -euo pipefail
 stage=${1:?stage 1, 2 or 3}
@@ -18,6 +25,29 @@ if [ "$stage" = 1 ]; then
   cp .gpu-bundle/stage1/model.part0 /tmp/stage/
   ls -la /tmp/stage
   exit 0
+fi
+if [ "$stage" = fusion ]; then
+  backend=${2:?backend: xla-cuda or iree-cuda}
+  b=.gpu-bundle/fusion
+  export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
+  if [ "$backend" = iree-cuda ]; then  # XLA needs nothing carried
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "$b"/whl/*.whl
+    export MODEL_IMPL_CACHE=$PWD/$b/cache
+    export MODEL_IMPL_IREE_COMPILER=$(python3 -c "import json; print(json.load(open('$b/manifest.json'))['iree_compiler'])")
+    export MODEL_IMPL_IREE_CUDA_TARGETS=$(python3 -c "import json; print(','.join(json.load(open('$b/manifest.json'))['bundled_cuda_targets']))")
+  fi
+  export MODEL_IMPL_RESULTS_OUT=$out/cuda-fusion-$backend.json
+  nvidia-smi --query-gpu=name,driver_version,compute_cap --format=csv | tee "$out/nvidia-smi.txt"
+  set -o pipefail
+  part=${3:-both}  # matrix | tests | both (a full XLA-CUDA matrix alone takes ~8 of a run's 10 minutes)
+  if [ "$part" != tests ]; then
+    python3 -m model_impl fusion --backends "$backend" --parity-model synthetic --steps 32 \
+      --out "$out/fusion-h100-$backend.json" 2>&1 | grep --line-buffered -v Warning | tee "$out/fusion-$backend.log"
+  fi
+  if [ "$part" != matrix ]; then
+    python3 -m pytest tests/cuda -m cuda -k "fusion and ${backend//-/_}" -p no:cacheprovider -ra 2>&1 | tee "$out/pytest-fusion.log"
+  fi
+  exit
 fi
 if [ "$stage" = 3 ]; then
   [ -f /tmp/stage/model.gguf ] && [ -d /tmp/site ] || { echo "run stages 1 and 2 first (machine replaced?)" >&2; exit 3; }

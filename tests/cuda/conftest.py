@@ -54,14 +54,18 @@ def cuda_record():
     from model_impl import iree_backend
 
     device = jax.devices("cuda")[0]
+    try:  # an XLA-only run carries no IREE modules: then there is no IREE to describe
+        iree_compiler, iree_target = iree_backend.compiler_version(), iree_backend.cuda_target_for_device()
+    except Exception:  # noqa: BLE001  (no compiler and no MODEL_IMPL_IREE_* set)
+        iree_compiler = iree_target = None
     record.update({
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "machine": {"device": device.device_kind, "compute_capability": device.compute_capability,
                     "nvidia_smi": _driver(), "node": platform.node(), "python": platform.python_version()},
         "versions": {n: _version(n) for n in ("jax", "jaxlib", "jax-cuda13-plugin", "iree-base-runtime",
                                               "numpy", "transformers", "torch")}
-        | {"iree-base-compiler (compiled the modules)": iree_backend.compiler_version()},
-        "iree_cuda_target": iree_backend.cuda_target_for_device(),
+        | {"iree-base-compiler (compiled the modules)": iree_compiler},
+        "iree_cuda_target": iree_target,
         "tests": _outcomes,
     })
     with open(out, "w") as f:

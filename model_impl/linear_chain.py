@@ -1,0 +1,51 @@
+"""One int4 linear at Llama-3.2-1B size, timed as a chain: the fusion matrix's per-linear figure.
+
+``[8192, 2048]`` (w_gate / w_up), M=1. ``LINEAR_CHAIN`` distinct weights per call, each output
+folded back to the input width by a sum (a slice would let XLA compute only the rows it
+keeps), so that launch overhead is amortized and the int4 weights (8 MiB each) cannot all sit
+in a GPU's L2 cache (50 MiB on an H100) between calls.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from . import quant
+from .model import linear
+from .representations import convert_linear
+from .weights import QuantizedLinear
+
+LINEAR_SHAPE = (8192, 2048)
+LINEAR_CHAIN = 16
+GROUP = 64
+
+
+def chain(x, ws):
+    for w in ws:
+        y = linear(x, w)
+        x = y.reshape(1, -1, x.shape[1]).sum(axis=1) * np.float32(0.05)
+    return x
+
+
+def weights(representation: str | None, seed: int = 0) -> list:
+    """Seeded weights (float32 when ``representation`` is None, else int4 in that form)."""
+    rng = np.random.default_rng(seed)
+    out, n_in = LINEAR_SHAPE
+    ws = []
+    for _ in range(LINEAR_CHAIN):
+        w = rng.standard_normal((out, n_in), dtype=np.float32) * np.float32(n_in**-0.5)
+        if representation is not None:
+            w = convert_linear(QuantizedLinear(*quant.quantize(w, GROUP, 4), GROUP, 4), representation)
+        ws.append(w)
+    return ws
+
+
+def specs(representation: str | None) -> list:
+    out, n_in = LINEAR_SHAPE
+    if representation is None:
+        return [jax.ShapeDtypeStruct(LINEAR_SHAPE, jnp.float32)] * LINEAR_CHAIN
+    groups = jax.ShapeDtypeStruct((out, n_in // GROUP), jnp.float32)
+    spec = QuantizedLinear(jax.ShapeDtypeStruct((out, n_in // 8), jnp.uint32), groups, groups, GROUP, 4)
+    return [convert_linear(spec, representation)] * LINEAR_CHAIN
