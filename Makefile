@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: test report bench clean-cache
+.PHONY: test report bench fusion clean-cache
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -25,6 +25,10 @@ test: $(STAMP)
 # .benchmarks/ (compare two runs with --benchmark-compare).
 bench: $(STAMP)
 	$(PY) -m pytest benchmarks --benchmark-autosave --benchmark-columns=median,iqr,rounds
+
+# The fusion matrix on this machine's backends (CPU here; the GPU half: scripts/gpu_run.sh fusion).
+fusion: $(STAMP)
+	$(PY) -m model_impl fusion --backends iree-cpu,xla-cpu --out results/fusion-cpu.json --steps 3
 
 report: $(STAMP)
 	$(PY) -m model_impl characterize --out reports/

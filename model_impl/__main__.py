@@ -24,6 +24,12 @@ def cmd_generate(args) -> int:
 
     try:
         cfg, weights = checkpoint.load(args.model, args.quant)
+        if args.representation:
+            from . import representations
+
+            if args.quant != "int4":
+                raise ValueError("--representation applies to --quant int4 weights")
+            weights = representations.convert(weights, args.representation)
         tokenizer = None
         if args.token_ids is not None:
             prompt = _token_ids(args.token_ids)
@@ -38,7 +44,7 @@ def cmd_generate(args) -> int:
             stop_at_eos=not args.ignore_eos,
             keep_logits=args.logits_out is not None,
         )
-    except (checkpoint.CheckpointError, ValueError) as e:
+    except (checkpoint.CheckpointError, ValueError) as e:  # QuantizationError is a ValueError
         print(f"error: {e}", file=sys.stderr)
         return 2
     if args.logits_out:
@@ -70,6 +76,7 @@ def cmd_fusion(args) -> int:
 
 def main(argv=None) -> int:
     from .generate import BACKENDS
+    from .representations import REPRESENTATIONS
 
     parser = argparse.ArgumentParser(prog="python -m model_impl")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -78,6 +85,8 @@ def main(argv=None) -> int:
     g.add_argument("--model", help="a GGUF file or an HF directory (default: embedded SmolLM2-135M)")
     g.add_argument("--quant", choices=("fp32", "int4"), default="fp32")
     g.add_argument("--backend", choices=BACKENDS, default="xla-cpu")
+    g.add_argument("--representation", choices=REPRESENTATIONS,
+                   help="in-graph form of the int4 weights (default: u32-affine, MLX's words)")
     src = g.add_mutually_exclusive_group(required=True)
     src.add_argument("--prompt", help="prompt text (tokenized with the checkpoint's tokenizer)")
     src.add_argument("--token-ids", help="prompt as comma-separated token ids, e.g. 1,2,3")

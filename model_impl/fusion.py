@@ -83,67 +83,6 @@ def settings(option: str, backend: str) -> dict:
     return dict(OPTIONS[option].get(backend, {}))
 
 
-# --- lowering: per-linear verdict for XLA ------------------------------------------------
-
-_CODES_PARAM = re.compile(r"^(?:[us]4\[[\d,]+\]|u32\[\d+,\d+\])")
-_PASS_THROUGH = ("bitcast", "copy", "reshape", "transpose", "get-tuple-element", "tuple")
-
-
-_FUSION_KIND = re.compile(r"\bkind=(k\w+)")
-
-
-def _kernel_kind(comps, kernel) -> str:
-    """How a fused linear's contraction runs: a Triton/cuBLAS gemm or a reduction (XLA's
-    rewrite of an M=1 dot into multiply + reduce)."""
-    if kernel.opcode == "custom-call" or "triton" in kernel.rest or "__cublas" in kernel.rest:
-        return "gemm"
-    body = kernel.calls[0] if kernel.calls else None
-    if body and lowering._reaches(comps, body, lambda _: lambda i: i.opcode in lowering._CONTRACTION_OPS):
-        return "dot"
-    return "reduction"
-
-
-def xla_linears_fused(text: str) -> tuple[int, int, dict]:
-    """(quantized linears whose codes are read only by kernels that also contract, all of them,
-    {kernel kind: fused linears}).
-
-    A linear is identified by its codes parameter of the entry computation (4-bit or uint32
-    words); its readers are followed through layout-only ops.
-    """
-    comps = lowering.parse_hlo(text)
-    entry = comps["ENTRY"]
-    by_operand: dict[str, list] = {}
-    for i in entry:
-        for name in set(re.findall(r"%([\w.\-]+)", i.rest.split("),", 1)[0] + ")")):
-            by_operand.setdefault(name, []).append(i)
-    fused = total = 0
-    kinds: dict[str, int] = {}
-    for p in entry:
-        if p.opcode != "parameter" or not _CODES_PARAM.match(p.shape):
-            continue
-        total += 1
-        kernels, frontier, seen = [], [p.name], set()
-        while frontier:
-            name = frontier.pop()
-            for user in by_operand.get(name, []):
-                if user.name in seen:
-                    continue
-                seen.add(user.name)
-                (frontier.append(user.name) if user.opcode in _PASS_THROUGH else kernels.append(user))
-        if kernels and all(_contracts(comps, k) for k in kernels):
-            fused += 1
-            kind = "+".join(sorted({_kernel_kind(comps, k) for k in kernels}))
-            kinds[kind] = kinds.get(kind, 0) + 1
-    return fused, total, kinds
-
-
-def _contracts(comps, kernel) -> bool:
-    if lowering._is_contraction(kernel):
-        return True
-    return kernel.opcode == "fusion" and bool(kernel.calls) and lowering._reaches(
-        comps, kernel.calls[0], lambda _: lowering._is_contraction)
-
-
 # --- timing helpers --------------------------------------------------------------------------
 
 def _median_time(fn, repeats: int, budget_s: float) -> float:
@@ -271,7 +210,7 @@ def lowering_cell(cell: Cell, cfg: Config, specs: Weights) -> None:
             cell.compile_seconds = time.perf_counter() - t0
         verdict = lowering.analyze_xla_hlo(hlo, elements)
         cell.verdict, cell.materialized_bytes_per_step = verdict.verdict, verdict.materialized_bytes
-        cell.linears_fused, cell.linears_total, cell.fused_kernels = xla_linears_fused(hlo)
+        cell.linears_fused, cell.linears_total, cell.fused_kernels = lowering.xla_linears_fused(hlo)
         return
     text = iree_backend.export_stablehlo(cfg, specs, "decode", 0, MAX_SEQ)
     cell.custom_call = lowering.stablehlo_inventory(text).has_custom_call
@@ -349,14 +288,14 @@ def time_decode(runner, steps: int, queued: bool) -> tuple[float, list[float]]:
     return statistics.median(times), [min(times), max(times)]
 
 
-def _decode_loop(cfg, steps, weights, token, pos, cache):
+def _decode_loop(cfg, steps, barrier, weights, token, pos, cache):
     from .graphs import greedy_decode
 
     def body(i, carry):
         token, cache = carry
         # Tie the weights to this step's token: without it XLA hoists every dequant out of
         # the loop as loop-invariant (measured on XLA-CPU), and the loop would time fp32.
-        w, token = jax.lax.optimization_barrier((weights, token))
+        w, token = jax.lax.optimization_barrier((weights, token)) if barrier else (weights, token)
         token, _, cache = greedy_decode(cfg, w, token, pos + i, cache)
         return token, cache
 
@@ -364,7 +303,7 @@ def _decode_loop(cfg, steps, weights, token, pos, cache):
 
 
 def time_xla_decode_loop(backend: str, cfg: Config, weights: Weights, option: str, steps: int,
-                         rounds: int = DECODE_ROUNDS) -> tuple[float, list[float], int]:
+                         rounds: int = DECODE_ROUNDS, barrier: bool = True) -> tuple[float, list[float], int]:
     """(median seconds per step, [min, max], dequant kernels hoisted out of the loop) for
     ``steps`` greedy decode steps inside one jitted ``fori_loop``: one dispatch per round, so
     the figure is the device's, not the host's. A dequant XLA hoisted out of the loop would run
@@ -372,14 +311,13 @@ def time_xla_decode_loop(backend: str, cfg: Config, weights: Weights, option: st
     from .model import KVCache
 
     device = jax.devices(backend.split("-")[1])[0]
-    fn = jax.jit(functools.partial(_decode_loop, cfg, steps), donate_argnums=(3,),
+    fn = jax.jit(functools.partial(_decode_loop, cfg, steps, barrier), donate_argnums=(3,),
                  compiler_options=settings(option, backend).get("xla_options") or None)
     w = jax.device_put(weights, device)
     token, pos = jax.device_put(np.int32(1), device), jax.device_put(np.int32(PROMPT_TOKENS), device)
     cache = jax.device_put(KVCache.zeros(cfg, MAX_SEQ), device)
     hlo = fn.lower(w, token, pos, cache).compile().as_text()
-    comps = lowering.parse_hlo(hlo)
-    hoisted = sum(1 for i in comps["ENTRY"] if _unpacks(comps, i))
+    hoisted = lowering.entry_unpack_kernels(hlo)
     token, cache = fn(w, token, pos, cache)
     token.block_until_ready()
     times = []
@@ -389,12 +327,6 @@ def time_xla_decode_loop(backend: str, cfg: Config, weights: Weights, option: st
         token.block_until_ready()
         times.append((time.perf_counter() - t0) / steps)
     return statistics.median(times), [min(times), max(times)], hoisted
-
-
-def _unpacks(comps, instruction) -> bool:
-    if instruction.opcode == "fusion" and instruction.calls:
-        return lowering._reaches(comps, instruction.calls[0], lowering._unpack_predicate)
-    return lowering._unpack_predicate(comps["ENTRY"])(instruction)
 
 
 def parity_prompt(cfg: Config) -> list[int]:
@@ -415,9 +347,18 @@ class Setup:
     steps: int  # decode steps timed per cell
 
 
+_CRASH_CODE = re.compile(r"Error code: -(\d+)")
+_CRASHED_PASS = re.compile(r"(\w+Pass)::runOnOperation")
+
+
 def _error(e: BaseException) -> str:
-    """The exception's type and its most telling line (a compiler's first ``error:`` line)."""
-    lines = [l.strip() for l in str(e).splitlines() if l.strip()]
+    """The exception's type and its most telling line: a compiler's first ``error:`` line, or
+    for a crash the signal and the pass it died in (from the backtrace)."""
+    text = str(e)
+    crash, crashed_in = _CRASH_CODE.search(text), _CRASHED_PASS.search(text)
+    if crash and crashed_in:
+        return f"{type(e).__name__}: crashed (signal {crash.group(1)}) in {crashed_in.group(1)}"
+    lines = [l.strip() for l in text.splitlines() if l.strip()]
     errors = [l for l in lines if "error:" in l]
     return f"{type(e).__name__}: {(errors or lines or [''])[0][:400]}"
 

@@ -209,6 +209,76 @@ def analyze_xla_hlo(text: str, weight_elements: set[int]) -> XlaVerdict:
     return XlaVerdict(verdict, tuple(dequants))
 
 
+# --- XLA: the verdict per quantized linear ---------------------------------------------
+
+_CODES_PARAM = re.compile(r"^(?:[us]4\[[\d,]+\]|u32\[\d+,\d+\])")
+_PASS_THROUGH = ("bitcast", "copy", "reshape", "transpose", "get-tuple-element", "tuple")
+
+
+def _kernel_kind(comps, kernel) -> str:
+    """How a fused linear's contraction runs: a Triton/cuBLAS gemm or a reduction (XLA's
+    rewrite of an M=1 dot into multiply + reduce)."""
+    if kernel.opcode == "custom-call" or "triton" in kernel.rest or "__cublas" in kernel.rest:
+        return "gemm"
+    body = kernel.calls[0] if kernel.calls else None
+    if body and _reaches(comps, body, lambda _: lambda i: i.opcode in _CONTRACTION_OPS):
+        return "dot"
+    return "reduction"
+
+
+def xla_linears_fused(text: str) -> tuple[int, int, dict]:
+    """(quantized linears whose codes are read only by kernels that also contract, all of them,
+    {kernel kind: fused linears}).
+
+    A linear is identified by its codes parameter of the entry computation (4-bit or uint32
+    words); its readers are followed through layout-only ops.
+    """
+    comps = parse_hlo(text)
+    entry = comps["ENTRY"]
+    by_operand: dict[str, list] = {}
+    for i in entry:
+        for name in set(re.findall(r"%([\w.\-]+)", i.rest.split("),", 1)[0] + ")")):
+            by_operand.setdefault(name, []).append(i)
+    fused = total = 0
+    kinds: dict[str, int] = {}
+    for p in entry:
+        if p.opcode != "parameter" or not _CODES_PARAM.match(p.shape):
+            continue
+        total += 1
+        kernels, frontier, seen = [], [p.name], set()
+        while frontier:
+            name = frontier.pop()
+            for user in by_operand.get(name, []):
+                if user.name in seen:
+                    continue
+                seen.add(user.name)
+                (frontier.append(user.name) if user.opcode in _PASS_THROUGH else kernels.append(user))
+        if kernels and all(_contracts(comps, k) for k in kernels):
+            fused += 1
+            kind = "+".join(sorted({_kernel_kind(comps, k) for k in kernels}))
+            kinds[kind] = kinds.get(kind, 0) + 1
+    return fused, total, kinds
+
+
+def _contracts(comps, kernel) -> bool:
+    if _is_contraction(kernel):
+        return True
+    return kernel.opcode == "fusion" and bool(kernel.calls) and _reaches(
+        comps, kernel.calls[0], lambda _: _is_contraction)
+
+
+def entry_unpack_kernels(text: str) -> int:
+    """Kernels of the entry computation that unpack int4 codes: in a graph whose work sits in
+    a loop, the dequants XLA hoisted out of it."""
+    comps = parse_hlo(text)
+    entry = comps["ENTRY"]
+    is_unpack = _unpack_predicate(entry)
+    return sum(
+        (_reaches(comps, i.calls[0], _unpack_predicate) if i.opcode == "fusion" and i.calls else is_unpack(i))
+        for i in entry
+    )
+
+
 # --- IREE executables -------------------------------------------------------------------
 
 _EXECUTABLE = re.compile(r"^\s*hal\.executable(?:\.source)?\s+(?:private\s+|public\s+)?@([\w$.\-]+)", re.M)

@@ -328,8 +328,13 @@ def main(out_dir: str = "reports/", model: str | None = None) -> int:
     from . import bench_report
 
     findings["benchmarks"] = bench_report.load(RESULTS_DIR)
+    from . import fusion_report
+
+    matrix = fusion_report.load(RESULTS_DIR)
+    findings["fusion_matrix"] = fusion_report.findings(matrix)
     (out / "findings.json").write_text(json.dumps(findings, indent=2, default=str) + "\n")
-    md = render_markdown(findings) + "\n".join(bench_report.render(findings["benchmarks"], out, findings["rows"])) + "\n"
+    md = (render_markdown(findings) + "\n".join(bench_report.render(findings["benchmarks"], out, findings["rows"]))
+          + "\n".join(fusion_report.render(matrix)) + "\n")
     (out / "findings.md").write_text(md)
     print(md)
     log(f"wrote {out / 'findings.md'} and {out / 'findings.json'}")

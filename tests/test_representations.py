@@ -125,3 +125,12 @@ def test_iree_cpu_u4_grouped_model_diverges_from_the_baseline(shrunk_model):
     run = fusion.greedy_by_decode(generate.make_runner(cfg, convert(int4, "u4-grouped"), "iree-cpu"), prompt,
                                   checks.GREEDY_TOKENS)
     assert checks.compare(host, run).max_abs_logit_diff > 1.0
+
+
+def test_iree_globals_module_decodes_the_same_tokens_as_the_argument_module():
+    """Weights as parameter globals (model_impl.iree_globals) change where they live, not the graph."""
+    from model_impl import iree_globals
+
+    cfg = shrunk_llama32_config(layers=2)
+    figures = iree_globals.compare(cfg, quantize_weights(synthetic(cfg, 0)), steps=4)
+    assert figures["tokens_agree"] and figures["weight_arguments"] == 2 * (7 * 3 + 2) + 2

@@ -98,3 +98,27 @@ def test_iree_fixture_moving_i4_codes_without_widening_them_is_not_an_unpack():
 def test_iree_fixture_of_a_data_tiled_dequant_counts_the_encoded_weight_it_writes():
     v = lowering.analyze_iree_executables((FIXTURES / "iree_data_tiled_dequant.mlir").read_text(), WEIGHT)
     assert v.verdict == lowering.MATERIALIZED and v.materialized_bytes == 64 * 128 * 4
+
+
+@pytest.mark.parametrize("fixture,want", [
+    ("xla_fused.hlo", (1, 1, {"dot": 1})),
+    ("xla_fused_gemv.hlo", (1, 1, {"reduction": 1})),
+    ("xla_materialized.hlo", (0, 1, {})),
+])
+def test_xla_per_linear_verdict_follows_each_codes_parameter_to_its_kernels(fixture, want):
+    assert lowering.xla_linears_fused((FIXTURES / fixture).read_text()) == want
+
+
+@pytest.mark.parametrize("barrier,hoisted", [(True, 0), (False, 2 * 7)])
+def test_xla_decode_loop_timing_keeps_every_dequant_inside_the_loop(barrier, hoisted):
+    """The XLA-CUDA step figure comes from an in-graph decode loop; without the optimization
+    barrier XLA hoists each loop-invariant dequant out of it (and would time fp32 math)."""
+    from model_impl import fusion
+    from model_impl.weights import quantize_weights, synthetic
+
+    from ..shapes import shrunk_llama32_config
+
+    cfg = shrunk_llama32_config()
+    weights = quantize_weights(synthetic(cfg, 0))
+    *_, found = fusion.time_xla_decode_loop("xla-cpu", cfg, weights, "default", steps=2, rounds=1, barrier=barrier)
+    assert found == hoisted
