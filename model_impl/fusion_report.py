@@ -108,7 +108,7 @@ def _cell_text(c: dict | None) -> str:
 
 
 def _ms(s):
-    return "—" if s is None else f"{s * 1e3:.3g}"
+    return "—" if s is None else f"{s * 1e3:.4g}"
 
 
 def render(data: dict) -> list[str]:
@@ -237,11 +237,13 @@ def _iree_details(data) -> list[str]:
 
 
 def _parity_note(c: dict) -> str:
+    if c.get("error"):
+        return " (lowering only: building the module failed)"
     d = c.get("max_abs_logit_diff_vs_host")
     if d is None or c.get("parity_within_atol"):
         return ""
     if d <= checks.FP32_REORDERING_ATOL and c.get("tokens_vs_baseline") == f"{checks.GREEDY_TOKENS}/{checks.GREEDY_TOKENS}":
-        return f" (|Δlogit| {d:.2g}: over the {checks.IN_GRAPH_VS_HOST_DEQUANT_ATOL:g} target, within fp32 reordering)"
+        return f" (|Δlogit| {d:.3g}: over the {checks.IN_GRAPH_VS_HOST_DEQUANT_ATOL:g} target, within fp32 reordering)"
     return f" **but wrong** (|Δlogit| {d:.3g}, tokens {c.get('tokens_vs_baseline')})"
 
 
