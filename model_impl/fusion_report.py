@@ -44,7 +44,9 @@ def load(results_dir: Path) -> dict:
     for (_, r, o) in cells:
         if (r, o) not in rows:
             rows.append((r, o))
-    return {"cells": cells, "rows": rows, "environments": environments}
+    tests = [json.loads(p.read_text()) | {"file": p.name}
+             for p in sorted(Path(results_dir).glob("pytest-cuda-fusion-*.json"))]
+    return {"cells": cells, "rows": rows, "environments": environments, "cuda_tests": tests}
 
 
 def step_bytes(quant: str, pos: int = 32) -> int:
@@ -135,6 +137,11 @@ def render(data: dict) -> list[str]:
                      + (f", iree {e.get('iree_compiler')}" if b.startswith("iree") else "")
                      + (f" (CUDA target {e['iree_cuda_target']})" if e.get("iree_cuda_target") else "")
                      + f"; parity on {_parity_model(data, b)}.")
+    for t in data.get("cuda_tests", []):
+        passed = sum(o["outcome"] == "passed" for o in t["tests"])
+        lines.append(f"- `pytest tests/cuda -m cuda -k fusion` on {t['machine']['device']} ({t['date'][:10]}, "
+                     f"`{t['file']}`): {passed}/{len(t['tests'])} passed (XLA-CUDA verdict per row pinned; Pallas "
+                     f"GEMV vs host dequant max error {t['figures'].get('pallas_gemv_max_abs_err', float('nan')):.2g}).")
     g = goal(data)
     lines += ["", "### The XLA-CUDA goal", ""]
     if g["met"]:
@@ -250,7 +257,7 @@ def _parity_note(c: dict) -> str:
 def findings(data: dict) -> dict:
     """The matrix as JSON-able findings (cells keyed backend/representation/option)."""
     return {"cells": {"/".join(k): c for k, c in data["cells"].items()},
-            "environments": data["environments"], "xla_cuda_goal": goal(data)}
+            "environments": data["environments"], "xla_cuda_goal": goal(data), "cuda_tests": data["cuda_tests"]}
 
 
 def _timing_table(data) -> list[str]:

@@ -36,7 +36,7 @@ if [ "$stage" = fusion ]; then
     export MODEL_IMPL_IREE_COMPILER=$(python3 -c "import json; print(json.load(open('$b/manifest.json'))['iree_compiler'])")
     export MODEL_IMPL_IREE_CUDA_TARGETS=$(python3 -c "import json; print(','.join(json.load(open('$b/manifest.json'))['bundled_cuda_targets']))")
   fi
-  export MODEL_IMPL_RESULTS_OUT=$out/cuda-fusion-$backend.json
+  export MODEL_IMPL_RESULTS_OUT=$out/pytest-cuda-fusion-$backend.json
   nvidia-smi --query-gpu=name,driver_version,compute_cap --format=csv | tee "$out/nvidia-smi.txt"
   set -o pipefail
   part=${3:-both}  # matrix | tests | both (a full XLA-CUDA matrix alone takes ~8 of a run's 10 minutes)
