@@ -35,7 +35,7 @@ from . import bench, checks, generate, linear_chain, lowering
 from .config import Config
 from .linear_chain import LINEAR_CHAIN, LINEAR_SHAPE
 from .representations import BASELINE, PALLAS, convert
-from .weights import Weights, dequantize_weights, linear_weight_elements, quantize_weights
+from .weights import Weights, dequantize_weights, linear_weight_elements, quantize_weights, synthetic
 
 SUBCHANNEL = {"xla_gpu_experimental_enable_subchannel_dequantisation_fusion": True}
 REASSOC = ("--iree-global-opt-enable-quantized-matmul-reassociation",)
@@ -115,14 +115,22 @@ def time_linear(backend: str, representation: str | None, option: str, repeats: 
     return _median_time(call, repeats, budget_s) / LINEAR_CHAIN
 
 
+def _iree_target(backend: str) -> tuple[str, str]:
+    """(IREE target, CUDA target) for an IREE backend (the CUDA target is unused on the CPU)."""
+    from . import iree_backend
+
+    if backend == "iree-cpu":
+        return "llvm-cpu", iree_backend.DEFAULT_CUDA_TARGET
+    return "cuda", iree_backend.cuda_target_for_device()
+
+
 def linear_chain_module(backend: str, representation: str | None, option: str):
     """The IREE module of the linear chain, compiled once (cached under what it is: shapes,
     representation, flags, compiler, the defining sources), so a machine without the compiler
     finds modules compiled elsewhere."""
     from . import cache, iree_backend
 
-    target = "llvm-cpu" if backend == "iree-cpu" else "cuda"
-    cuda = iree_backend.cuda_target_for_device() if backend == "iree-cuda" else iree_backend.DEFAULT_CUDA_TARGET
+    target, cuda = _iree_target(backend)
     flags = iree_backend.target_flags(target, cuda) + list(settings(option, backend).get("iree_flags", ()))
     key = {"graph": "linear-chain", "shape": list(LINEAR_SHAPE), "chain": LINEAR_CHAIN,
            "representation": representation, "flags": flags, "iree_compiler": iree_backend.compiler_version(),
@@ -214,8 +222,7 @@ def lowering_cell(cell: Cell, cfg: Config, specs: Weights) -> None:
         return
     text = iree_backend.export_stablehlo(cfg, specs, "decode", 0, MAX_SEQ)
     cell.custom_call = lowering.stablehlo_inventory(text).has_custom_call
-    target = "llvm-cpu" if cell.backend == "iree-cpu" else "cuda"
-    cuda = iree_backend.cuda_target_for_device() if cell.backend == "iree-cuda" else iree_backend.DEFAULT_CUDA_TARGET
+    target, cuda = _iree_target(cell.backend)
     sources, seconds = iree_backend.executable_sources(cfg, specs, "decode", 0, MAX_SEQ, target, cuda,
                                                        opts.get("iree_flags", ()))
     verdict = lowering.analyze_iree_executables(sources, elements)
@@ -226,25 +233,15 @@ def lowering_cell(cell: Cell, cfg: Config, specs: Weights) -> None:
 
 
 def _lower_decode(cfg, specs, xla_options=None):
-    return jax.jit(_decode_fn(cfg), compiler_options=xla_options or None).lower(specs, *_decode_args(cfg))
+    from .graphs import GRAPH_FUNCTIONS, graph_args
+
+    fn = jax.jit(GRAPH_FUNCTIONS["decode"], static_argnums=0, compiler_options=xla_options or None)
+    return fn.lower(cfg, *graph_args(cfg, specs, "decode", 0, MAX_SEQ))
 
 
 def xla_stablehlo(cfg, specs) -> str:
     """The decode graph's StableHLO from the jit lowering (custom calls allowed)."""
     return _lower_decode(cfg, specs).as_text()
-
-
-def _decode_fn(cfg):
-    from .graphs import greedy_decode
-
-    return lambda w, token, pos, cache: greedy_decode(cfg, w, token, pos, cache)
-
-
-def _decode_args(cfg):
-    from .graphs import graph_args
-
-    _, token, pos, kv = graph_args(cfg, None, "decode", 0, MAX_SEQ)
-    return token, pos, kv
 
 
 def greedy_by_decode(runner, prompt: list[int], new_tokens: int) -> generate.Generation:
@@ -465,7 +462,7 @@ def make_setup(parity_model: str | None, steps: int, log=print) -> Setup:
 
     cfg = load_hf_config(LLAMA32_CONFIG_PATH)
     t0 = time.perf_counter()
-    fp32 = synthetic_weights(cfg)
+    fp32 = synthetic(cfg, seed=0)
     int4 = quantize_weights(fp32)
     log(f"Llama-3.2-1B synthetic weights made and quantized in {time.perf_counter() - t0:.0f} s")
     if parity_model == "synthetic":
@@ -474,12 +471,6 @@ def make_setup(parity_model: str | None, steps: int, log=print) -> Setup:
     pcfg, pint4 = checkpoint.load(path, "int4")
     name = "smollm2-135m" if path is None else str(path)
     return Setup(cfg, int4, fp32, name, pcfg, pint4, steps)
-
-
-def synthetic_weights(cfg: Config) -> Weights:
-    from .weights import synthetic
-
-    return synthetic(cfg, seed=0)
 
 
 def environment(backends) -> dict:

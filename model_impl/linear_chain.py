@@ -15,7 +15,7 @@ import numpy as np
 from . import quant
 from .model import linear
 from .representations import convert_linear
-from .weights import QuantizedLinear
+from .weights import QuantizedLinear, quantized_linear_spec
 
 LINEAR_SHAPE = (8192, 2048)
 LINEAR_CHAIN = 16
@@ -43,9 +43,6 @@ def weights(representation: str | None, seed: int = 0) -> list:
 
 
 def specs(representation: str | None) -> list:
-    out, n_in = LINEAR_SHAPE
     if representation is None:
         return [jax.ShapeDtypeStruct(LINEAR_SHAPE, jnp.float32)] * LINEAR_CHAIN
-    groups = jax.ShapeDtypeStruct((out, n_in // GROUP), jnp.float32)
-    spec = QuantizedLinear(jax.ShapeDtypeStruct((out, n_in // 8), jnp.uint32), groups, groups, GROUP, 4)
-    return [convert_linear(spec, representation)] * LINEAR_CHAIN
+    return [convert_linear(quantized_linear_spec(LINEAR_SHAPE, GROUP, 4), representation)] * LINEAR_CHAIN

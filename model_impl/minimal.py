@@ -16,7 +16,8 @@ import jax
 import jax.numpy as jnp
 
 from .model import dequantize
-from .weights import QuantizedLinear
+from .representations import NATIVE_FORMS
+from .weights import QuantizedLinear, quantized_linear_spec
 
 OUT, IN, GROUP = 256, 512, 64
 
@@ -44,9 +45,7 @@ def _representation_graph(representation: str):
     from .model import linear
     from .representations import convert_linear
 
-    groups = jax.ShapeDtypeStruct((OUT, IN // GROUP), jnp.float32)
-    spec = convert_linear(QuantizedLinear(jax.ShapeDtypeStruct((OUT, IN // 8), jnp.uint32), groups, groups,
-                                          GROUP, 4), representation)
+    spec = convert_linear(quantized_linear_spec((OUT, IN), GROUP, 4), representation)
     leaves, tree = jax.tree_util.tree_flatten(spec)
     fn = lambda x, *l: linear(x, jax.tree_util.tree_unflatten(tree, l))  # noqa: E731
     return fn, (_x(), *leaves)
@@ -65,9 +64,9 @@ GRAPHS = {
     # codes as signed (see tests/lowering/test_representations.py).
     "native-uint4-bare": (native_int4_bare, (_x(), jax.ShapeDtypeStruct((OUT, IN), jnp.uint4))),
 }
-# Each in-graph representation of model_impl.representations, as one linear.
-REPRESENTATION_GRAPHS = ("u4-affine", "u4-affine-io", "s4-scale-gsum", "s4-grouped", "u4-grouped")
-GRAPHS.update({f"linear-{r}": _representation_graph(r) for r in REPRESENTATION_GRAPHS})
+# Each native-int4 representation of model_impl.representations, as one linear (the
+# uint32 baseline is "packed-u32-scale-bias" above).
+GRAPHS.update({f"linear-{r}": _representation_graph(r) for r in NATIVE_FORMS})
 WEIGHT_ELEMENTS = frozenset({OUT * IN})
 
 

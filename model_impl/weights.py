@@ -151,6 +151,16 @@ def synthetic(cfg: Config, seed: int = 0) -> Weights:
     return Weights(embed=embed, layers=tuple(layers), final_norm=final_norm, lm_head=head)
 
 
+def quantized_linear_spec(shape, group_size: int = DEFAULT_GROUP_SIZE, bits: int = DEFAULT_BITS) -> QuantizedLinear:
+    """Shape-only packed linear for a float weight of ``shape`` = ``[out, in]``."""
+    out, n_in = shape
+    if n_in % group_size:
+        raise quant_mod.QuantizationError(f"input dimension {n_in} is not divisible by group_size {group_size}")
+    groups = jax.ShapeDtypeStruct((out, n_in // group_size), np.dtype(np.float32))
+    return QuantizedLinear(jax.ShapeDtypeStruct((out, n_in * bits // 32), np.dtype(np.uint32)),
+                           groups, groups, group_size, bits)
+
+
 def specs(cfg: Config, quant: str = "fp32", group_size: int = DEFAULT_GROUP_SIZE,
           bits: int = DEFAULT_BITS) -> Weights:
     """Shape-only weights (``jax.ShapeDtypeStruct`` leaves): export and compile need no data."""
@@ -162,16 +172,7 @@ def specs(cfg: Config, quant: str = "fp32", group_size: int = DEFAULT_GROUP_SIZE
         return jax.ShapeDtypeStruct(tuple(shape), dtype)
 
     def linear(shape):
-        out, n_in = shape
-        if quant == "fp32":
-            return leaf(shape)
-        if n_in % group_size:
-            raise quant_mod.QuantizationError(
-                f"input dimension {n_in} is not divisible by group_size {group_size}"
-            )
-        groups = (out, n_in // group_size)
-        return QuantizedLinear(leaf((out, n_in * bits // 32), np.dtype(np.uint32)),
-                               leaf(groups), leaf(groups), group_size, bits)
+        return leaf(shape) if quant == "fp32" else quantized_linear_spec(shape, group_size, bits)
 
     shapes = expected_shapes(cfg)
     layers = tuple(
