@@ -60,15 +60,15 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(scope="session")
 def real_model():
     """(Config, fp32 Weights) of the embedded SmolLM2-135M-Instruct GGUF."""
-    from model_impl import checkpoint
+    from model_impl import checkpoints
 
-    return checkpoint.load()
+    return checkpoints.load()
 
 
 @pytest.fixture(scope="session")
 def real_model_int4(real_model):
     """The real model with its 7 linears per layer quantized at load time (group 64, 4 bits)."""
-    from model_impl.weights import quantize_weights
+    from model_impl.llama.weights import quantize_weights
 
     cfg, weights = real_model
     return cfg, quantize_weights(weights)
@@ -76,9 +76,9 @@ def real_model_int4(real_model):
 
 @pytest.fixture(scope="session")
 def tokenizer():
-    from model_impl import checkpoint
+    from model_impl import checkpoints
 
-    return checkpoint.load_tokenizer()
+    return checkpoints.load_tokenizer()
 
 
 @pytest.fixture(scope="session")
@@ -88,39 +88,61 @@ def prompt_ids(tokenizer):
     return tokenizer(REFERENCE_PROMPT).input_ids
 
 
-def _greedy_on(backend, cfg, weights, prompt_ids):
-    from model_impl import generate
-    from model_impl.checks import GREEDY_TOKENS
+class GreedyRuns:
+    """The real model's greedy runs, each made once per session: ``get(backend, weights)`` with
+    ``weights`` one of :attr:`WEIGHTS`; returns the run (48 tokens and the logits that chose
+    them) and what its runner reported (compile seconds, IREE CUDA target)."""
 
-    runner = generate.make_runner(cfg, weights, backend)
-    return generate.generate(runner, prompt_ids, GREEDY_TOKENS, stop_at_eos=False, keep_logits=True)
+    WEIGHTS = {
+        "fp32": "the GGUF's weights decoded to float32",
+        "int4": "the 7 linears per layer quantized at load time, dequantized in-graph",
+        "host-dequant": "the same int4 weights dequantized on the host, run through the fp32 graph",
+    }
+
+    def __init__(self, request):
+        self._request, self._runs = request, {}
+
+    def _weights(self, name):
+        if name == "fp32":
+            return self._request.getfixturevalue("real_model")
+        cfg, int4 = self._request.getfixturevalue("real_model_int4")
+        if name == "int4":
+            return cfg, int4
+        from model_impl.llama.weights import dequantize_weights
+
+        return cfg, dequantize_weights(int4)
+
+    def get(self, backend: str, weights: str):
+        if weights not in self.WEIGHTS:
+            raise ValueError(f"unknown weights {weights!r}; known: {sorted(self.WEIGHTS)}")
+        if (backend, weights) not in self._runs:
+            from model_impl.backends import generate
+            from model_impl.checks import GREEDY_TOKENS
+
+            runner = generate.make_runner(*self._weights(weights), backend)
+            prompt = self._request.getfixturevalue("prompt_ids")
+            run = generate.generate(runner, prompt, GREEDY_TOKENS, stop_at_eos=False, keep_logits=True)
+            info = {
+                "compile_seconds": dict(runner.compile_seconds),
+                "cuda_target": getattr(runner, "cuda_target", None) if backend == "iree-cuda" else None,
+            }
+            self._runs[backend, weights] = (run, info)
+        return self._runs[backend, weights]
+
+    def run(self, backend: str, weights: str):
+        return self.get(backend, weights)[0]
 
 
 @pytest.fixture(scope="session")
-def fp32_run(real_model, prompt_ids):
-    """48 greedy tokens (and their logits) of the real model in fp32 on XLA-CPU."""
-    return _greedy_on("xla-cpu", *real_model, prompt_ids)
-
-
-@pytest.fixture(scope="session")
-def int4_run(real_model_int4, prompt_ids):
-    """48 greedy tokens of the real model with packed int4 weights dequantized in-graph."""
-    return _greedy_on("xla-cpu", *real_model_int4, prompt_ids)
-
-
-@pytest.fixture(scope="session")
-def host_dequant_run(real_model_int4, prompt_ids):
-    """The same int4 weights dequantized on the host, run through the fp32 graph."""
-    from model_impl.weights import dequantize_weights
-
-    cfg, weights = real_model_int4
-    return _greedy_on("xla-cpu", cfg, dequantize_weights(weights), prompt_ids)
+def greedy_runs(request):
+    """The one memoized "greedy run of the real model on backend X with weights Y"."""
+    return GreedyRuns(request)
 
 
 @pytest.fixture(scope="session")
 def hf_real_model():
     """transformers' own LlamaForCausalLM from the same GGUF (torch, fp32, CPU)."""
-    from model_impl.reference import transformers_model
+    from model_impl.checks.reference import transformers_model
 
     return transformers_model()
 
@@ -129,18 +151,6 @@ def hf_real_model():
 def hf_greedy_run(hf_real_model, prompt_ids):
     """transformers' greedy 48 tokens and the logits that chose them."""
     from model_impl.checks import GREEDY_TOKENS
-    from model_impl.reference import greedy
+    from model_impl.checks.reference import greedy
 
     return greedy(hf_real_model, prompt_ids, GREEDY_TOKENS)
-
-
-@pytest.fixture(scope="session")
-def iree_fp32_run(real_model, prompt_ids):
-    """The fp32 graph compiled by IREE for llvm-cpu, run on local-task."""
-    return _greedy_on("iree-cpu", *real_model, prompt_ids)
-
-
-@pytest.fixture(scope="session")
-def iree_int4_run(real_model_int4, prompt_ids):
-    """The int4 graph (in-graph dequant) compiled by IREE for llvm-cpu."""
-    return _greedy_on("iree-cpu", *real_model_int4, prompt_ids)

@@ -6,8 +6,6 @@ runs each once with benchmarking disabled (small shapes), so they never rot.
 
 from __future__ import annotations
 
-import datetime
-import importlib.metadata
 import json
 import os
 from pathlib import Path
@@ -15,8 +13,12 @@ from pathlib import Path
 import jax
 import pytest
 
-from model_impl import bench, checkpoint
-from model_impl.weights import quantize_weights, synthetic
+from model_impl import checkpoints, env
+from model_impl.backends.spec import ALL
+from model_impl.backends.spec import backend as backend_spec
+from model_impl.lab import roofline
+from model_impl.llama.shapes import llama32_config, shrunk_llama32_config
+from model_impl.llama.weights import quantize_weights, synthetic
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -27,12 +29,11 @@ def smoke(config) -> bool:
 
 def available_backends() -> list[str]:
     wanted = os.environ.get("BENCH_BACKENDS")
-    found = ["xla-cpu", "iree-cpu"]
     try:
-        if jax.devices("cuda"):
-            found += ["xla-cuda", "iree-cuda"]
+        gpu = bool(jax.devices("cuda"))
     except RuntimeError:
-        pass
+        gpu = False
+    found = [b.name for b in ALL if gpu or not b.is_cuda]
     return [b for b in found if not wanted or b in wanted.split(",")]
 
 
@@ -55,10 +56,8 @@ class Models:
             if len(self._cache) >= 2 and not any(k[0] == name for k in self._cache):
                 self._cache.clear()  # one model's weights in memory at a time
             if name == "smollm2-135m":
-                cfg, weights = checkpoint.load()
+                cfg, weights = checkpoints.load()
             elif name == "llama-3.2-1b":
-                from tests.shapes import llama32_config, shrunk_llama32_config
-
                 cfg = shrunk_llama32_config() if self.small else llama32_config()
                 fp32 = self._cache.get((name, "fp32"))
                 weights = fp32[1] if fp32 else synthetic(cfg, seed=0)
@@ -81,7 +80,9 @@ def bandwidth(request):
     def get(platform_name):
         if platform_name not in cache:
             size = (64 << 20) if smoke(request.config) else (1 << 30)
-            cache[platform_name] = bench.copy_bandwidth(platform_name, size, repeats=3 if smoke(request.config) else 10)
+            cache[platform_name] = roofline.copy_bandwidth(
+                platform_name, size, repeats=3 if smoke(request.config) else 10
+            )
         return cache[platform_name]
 
     return get
@@ -93,20 +94,8 @@ def bench_results(request):
     yield results
     if smoke(request.config) or not (results["cases"] or results.get("iree_globals")):
         return
-    gpu = any(c["backend"].endswith("cuda") for c in results["cases"])
-    backend = "xla-cuda" if gpu else "xla-cpu"
-    results.update({
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "machine": bench.machine(backend),
-        "versions": {n: _version(n) for n in ("jax", "jaxlib", "iree-base-runtime", "iree-base-compiler", "numpy")},
-    })
+    gpu = any(backend_spec(c["backend"]).is_cuda for c in results["cases"])
+    results = {"environment": env.environment("cuda" if gpu else "cpu"), **results}
     name = os.environ.get("BENCH_RESULTS_NAME") or ("bench-gpu" if gpu else "bench-cpu")
     out = Path(os.environ.get("BENCH_RESULTS_DIR", ROOT / "results")) / f"{name}.json"
     out.write_text(json.dumps(results, indent=1, default=float) + "\n")
-
-
-def _version(name):
-    try:
-        return importlib.metadata.version(name)
-    except importlib.metadata.PackageNotFoundError:
-        return None

@@ -6,7 +6,10 @@ from __future__ import annotations
 import gc
 import time
 
-from model_impl import bench, generate
+from model_impl.backends import generate
+from model_impl.backends.spec import backend as backend_spec
+from model_impl.lab import roofline, timing
+from model_impl.llama.linears import tensor_bytes
 
 from .conftest import smoke
 
@@ -25,7 +28,7 @@ def test_decode_and_prefill(benchmark, bench_case, models, bandwidth, bench_resu
     cfg, weights = models.get(model_name, quant)
     load_start = time.perf_counter()
     runner = generate.make_runner(cfg, weights, backend)
-    token = bench.start(runner, PROMPT, max_seq)  # compiles prefill + decode
+    token = timing.start(runner, PROMPT, max_seq)  # compiles prefill + decode
     setup_s = time.perf_counter() - load_start
 
     pos = [PROMPT]
@@ -45,28 +48,38 @@ def test_decode_and_prefill(benchmark, bench_case, models, bandwidth, bench_resu
     benchmark.pedantic(step, rounds=steps, iterations=1, warmup_rounds=0 if small else 2)
     if small:
         return
-    timing = bench.time_decode(runner, PROMPT, max_seq, warmup=2, steps=steps,
-                               pipelined=backend.endswith("cuda"))
-    decode = timing.summary()
-    bw = bandwidth("cuda" if backend.endswith("cuda") else "cpu")
-    need = bench.decode_bytes_read(cfg, weights, PROMPT + steps // 2)
-    roofline = bw / need
-    prefill = {str(n): min(bench.time_prefill(runner, n, max_seq, repeats=3)) for n in PREFILL_PROMPTS}
+    spec = backend_spec(backend)
+    measured = timing.time_decode(
+        runner,
+        max_seq,
+        prompt_len=PROMPT,
+        warmup=2,
+        synced_steps=steps,
+        queued_rounds=1 if spec.is_cuda else 0,
+        steps_per_round=steps,
+    )
+    decode = measured.summary()
+    bw = bandwidth(spec.platform)
+    need = roofline.decode_bytes_read(cfg, weights, PROMPT + steps // 2)
+    roofline_tps = bw / need
+    prefill = {str(n): min(timing.time_prefill(runner, n, max_seq, repeats=3)) for n in PREFILL_PROMPTS}
     case = {
-        "model": model_name, "backend": backend, "quant": quant,
+        "model": model_name,
+        "backend": backend,
+        "quant": quant,
         "decode": decode,
         "prefill_seconds": prefill,
         "compile_seconds": runner.compile_seconds,
         "setup_seconds": setup_s,
-        "weight_bytes_resident": bench.resident_weight_bytes(weights),
+        "weight_bytes_resident": tensor_bytes(weights),
         "decode_bytes_read": need,
         "bandwidth_bytes_per_s": bw,
-        "roofline_tokens_per_s": roofline,
-        "fraction_of_roofline": decode["tokens_per_s"] / roofline,
-        "device_peak_bytes": bench.device_peak_bytes(backend),
-        **bench.rss_bytes(),
+        "roofline_tokens_per_s": roofline_tps,
+        "fraction_of_roofline": decode["tokens_per_s"] / roofline_tps,
+        "device_peak_bytes": roofline.device_peak_bytes(backend),
+        **roofline.rss_bytes(),
     }
-    if backend == "iree-cuda":
+    if spec.is_iree and spec.is_cuda:
         case["iree_cuda_target"] = runner.cuda_target
     benchmark.extra_info.update({k: v for k, v in case.items() if not isinstance(v, dict)})
     bench_results["cases"].append(case)

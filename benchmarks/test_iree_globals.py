@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import pytest
 
-from model_impl import checkpoint, iree_globals
-from model_impl.weights import quantize_weights, synthetic
+from model_impl import checkpoints
+from model_impl.lab import iree_globals
+from model_impl.llama.shapes import shrunk_llama32_config
+from model_impl.llama.weights import quantize_weights, synthetic
 
 from .conftest import smoke
 
@@ -15,9 +17,7 @@ STEPS = 16
 
 def _model(name: str, small: bool):
     if name == "smollm2-135m":
-        return checkpoint.load()
-    from tests.shapes import shrunk_llama32_config
-
+        return checkpoints.load()
     # 16 layers of tiny matmuls: the step is dominated by what the runtime does per call.
     cfg = shrunk_llama32_config(layers=2 if small else 16)
     return cfg, synthetic(cfg, seed=0)

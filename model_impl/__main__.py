@@ -20,12 +20,13 @@ def _token_ids(text: str) -> list[int]:
 def cmd_generate(args) -> int:
     import numpy as np
 
-    from . import checkpoint, generate
+    from . import checkpoints as checkpoint
+    from .backends import generate
 
     try:
         cfg, weights = checkpoint.load(args.model, args.quant)
         if args.representation:
-            from . import representations
+            from .llama import representations
 
             if args.quant != "int4":
                 raise ValueError("--representation applies to --quant int4 weights")
@@ -58,25 +59,25 @@ def cmd_generate(args) -> int:
 
 
 def cmd_characterize(args) -> int:
-    from . import report
+    from .report import characterize
 
-    return report.main(out_dir=args.out, model=args.model)
+    return characterize.main(out_dir=args.out, model=args.model)
 
 
 def cmd_fusion(args) -> int:
-    from . import fusion
+    from .lab import fusion, fusion_matrix
 
-    rows = fusion.ROWS
+    rows = fusion_matrix.ROWS
     if args.rows:
         wanted = {tuple(r.split(":", 1)) if ":" in r else (r, "default") for r in args.rows.split(",")}
-        rows = tuple(r for r in fusion.ROWS if r in wanted)
+        rows = tuple(r for r in fusion_matrix.ROWS if r in wanted)
     fusion.run(args.backends.split(","), args.out, args.parity_model, args.steps, rows)
     return 0
 
 
 def main(argv=None) -> int:
-    from .generate import BACKENDS
-    from .representations import REPRESENTATIONS
+    from .backends.spec import BACKENDS
+    from .llama.representations import REPRESENTATIONS
 
     parser = argparse.ArgumentParser(prog="python -m model_impl")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -85,8 +86,11 @@ def main(argv=None) -> int:
     g.add_argument("--model", help="a GGUF file or an HF directory (default: embedded SmolLM2-135M)")
     g.add_argument("--quant", choices=("fp32", "int4"), default="fp32")
     g.add_argument("--backend", choices=BACKENDS, default="xla-cpu")
-    g.add_argument("--representation", choices=REPRESENTATIONS,
-                   help="in-graph form of the int4 weights (default: u32-affine, MLX's words)")
+    g.add_argument(
+        "--representation",
+        choices=REPRESENTATIONS,
+        help="in-graph form of the int4 weights (default: u32-affine, MLX's words)",
+    )
     src = g.add_mutually_exclusive_group(required=True)
     src.add_argument("--prompt", help="prompt text (tokenized with the checkpoint's tokenizer)")
     src.add_argument("--token-ids", help="prompt as comma-separated token ids, e.g. 1,2,3")
@@ -105,8 +109,11 @@ def main(argv=None) -> int:
     f = sub.add_parser("fusion", help="the fusion matrix: int4 representations x options x backends")
     f.add_argument("--backends", default="xla-cpu,iree-cpu", help=f"comma-separated, of {BACKENDS}")
     f.add_argument("--out", required=True, help="results JSON, e.g. results/fusion-cpu.json")
-    f.add_argument("--parity-model", default="default",
-                   help="checkpoint for the parity runs: a path, 'default' (SmolLM2) or 'synthetic'")
+    f.add_argument(
+        "--parity-model",
+        default="default",
+        help="checkpoint for the parity runs: a path, 'default' (SmolLM2) or 'synthetic'",
+    )
     f.add_argument("--steps", type=int, default=8, help="decode steps timed per cell")
     f.add_argument("--rows", help="only these rows: representation[:option],...")
     f.set_defaults(func=cmd_fusion)

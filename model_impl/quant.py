@@ -40,9 +40,7 @@ def check_format(bits: int, group_size: int) -> None:
     if bits not in SUPPORTED_BITS:
         raise QuantizationError(f"bits must be one of {SUPPORTED_BITS}, got {bits}")
     if group_size not in SUPPORTED_GROUP_SIZES:
-        raise QuantizationError(
-            f"group_size must be one of {SUPPORTED_GROUP_SIZES}, got {group_size}"
-        )
+        raise QuantizationError(f"group_size must be one of {SUPPORTED_GROUP_SIZES}, got {group_size}")
 
 
 def codes_per_word(bits: int) -> int:
@@ -55,13 +53,10 @@ def pack(codes: np.ndarray, bits: int = 4) -> np.ndarray:
     codes = np.asarray(codes)
     per_word = codes_per_word(bits)
     if codes.ndim < 1 or codes.shape[-1] % per_word:
-        raise QuantizationError(
-            f"last dimension {codes.shape[-1:]} is not a multiple of {per_word} codes per word"
-        )
+        raise QuantizationError(f"last dimension {codes.shape[-1:]} is not a multiple of {per_word} codes per word")
     if codes.size and (codes.min() < 0 or codes.max() >= 1 << bits):
         raise QuantizationError(
-            f"codes out of range for {bits} bits: found [{codes.min()}, {codes.max()}], "
-            f"allowed [0, {(1 << bits) - 1}]"
+            f"codes out of range for {bits} bits: found [{codes.min()}, {codes.max()}], allowed [0, {(1 << bits) - 1}]"
         )
     c = codes.astype(np.uint32).reshape(*codes.shape[:-1], -1, per_word)
     shifts = np.arange(per_word, dtype=np.uint32) * np.uint32(bits)
@@ -88,8 +83,7 @@ def _check_weight(w: np.ndarray, group_size: int, bits: int) -> None:
         raise QuantizationError(f"weight dtype must be float32/float16/bfloat16, got {w.dtype}")
     if w.shape[-1] % group_size:
         raise QuantizationError(
-            f"input dimension {w.shape[-1]} (shape {w.shape}) is not divisible "
-            f"by group_size {group_size}"
+            f"input dimension {w.shape[-1]} (shape {w.shape}) is not divisible by group_size {group_size}"
         )
     if not np.isfinite(w.astype(np.float32)).all():
         raise QuantizationError("weight contains NaN or Inf")

@@ -24,9 +24,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from model_impl import checkpoint, cuda_target, generate, iree_backend  # noqa: E402
+from model_impl import checkpoints  # noqa: E402
+from model_impl.backends import cuda_target, generate, iree_compile  # noqa: E402
 from model_impl.checks import GREEDY_TOKENS  # noqa: E402
-from model_impl.weights import specs  # noqa: E402
+from model_impl.lab import fusion_matrix, linear_chain  # noqa: E402
+from model_impl.llama import representations  # noqa: E402
+from model_impl.llama.shapes import llama32_config  # noqa: E402
+from model_impl.llama.weights import specs  # noqa: E402
 
 BUNDLE = ROOT / ".gpu-bundle"
 STAGE1_BYTES = 62 * 2**20  # with the repo itself, under the 64 MiB a run carries
@@ -36,10 +40,31 @@ BENCH_MAX_SEQ = 512  # benchmarks/test_decode.py MAX_SEQ
 
 
 def download_wheels(dest: Path, wheels) -> None:
-    subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:",
-                    "--python-version", "3.12", "--implementation", "cp",
-                    "--platform", "manylinux_2_28_x86_64", "--platform", "manylinux_2_17_x86_64",
-                    "--platform", "manylinux2014_x86_64", "-d", str(dest), *wheels], check=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--quiet",
+            "--no-deps",
+            "--only-binary=:all:",
+            "--python-version",
+            "3.12",
+            "--implementation",
+            "cp",
+            "--platform",
+            "manylinux_2_28_x86_64",
+            "--platform",
+            "manylinux_2_17_x86_64",
+            "--platform",
+            "manylinux2014_x86_64",
+            "-d",
+            str(dest),
+            *wheels,
+        ],
+        check=True,
+    )
 
 
 def _keep(path: Path, dest: Path) -> None:
@@ -50,9 +75,6 @@ def _keep(path: Path, dest: Path) -> None:
 def fusion_bundle(capability: str) -> int:
     """The IREE CUDA modules and executable sources of every iree-cuda cell of the fusion
     matrix, compiled here, plus the runtime wheel: `bash scripts/gpu_run.sh fusion` runs it."""
-    from model_impl import fusion, representations
-    from model_impl.config import LLAMA32_CONFIG_PATH, load_hf_config
-
     root = BUNDLE / "fusion"
     shutil.rmtree(root, ignore_errors=True)
     for kind in ("iree", "iree-sources"):
@@ -61,21 +83,34 @@ def fusion_bundle(capability: str) -> int:
     accepted = cuda_target.accepted_by_compiler()
     target = cuda_target.select(capability, accepted)
     os.environ["MODEL_IMPL_IREE_CUDA_TARGET"] = target
-    cfg = load_hf_config(LLAMA32_CONFIG_PATH)
+    cfg = llama32_config()
     int4 = specs(cfg, "int4")
-    jobs = [(None, "default")] + [row for row in fusion.ROWS if not fusion.applicability(*row, "iree-cuda")]
+    jobs = [(None, "default")] + [
+        row for row in fusion_matrix.ROWS if not fusion_matrix.applicability(*row, "iree-cuda")
+    ]
     for representation, option in jobs:
-        flags = fusion.settings(option, "iree-cuda").get("iree_flags", ())
+        flags = fusion_matrix.settings(option, "iree-cuda").get("iree_flags", ())
         weights = specs(cfg, "fp32") if representation is None else representations.convert(int4, representation)
-        path, seconds = iree_backend.compiled_module(cfg, weights, "decode", 0, fusion.MAX_SEQ, "cuda", target, flags)
+        path, seconds = iree_compile.compiled_module(
+            cfg, weights, "decode", 0, fusion_matrix.MAX_SEQ, "cuda", target, flags
+        )
         _keep(path, root / "cache" / "iree")
         if representation is not None:
-            src, _ = iree_backend.executable_sources(cfg, weights, "decode", 0, fusion.MAX_SEQ, "cuda", target, flags)
-            _keep(iree_backend.executable_sources_path(cfg, weights, "decode", 0, fusion.MAX_SEQ, "cuda", target,
-                                                       flags), root / "cache" / "iree-sources")
-        _keep(fusion.linear_chain_module("iree-cuda", representation, option), root / "cache" / "iree")
+            src, _ = iree_compile.executable_sources(
+                cfg, weights, "decode", 0, fusion_matrix.MAX_SEQ, "cuda", target, flags
+            )
+            _keep(
+                iree_compile.executable_sources_path(
+                    cfg, weights, "decode", 0, fusion_matrix.MAX_SEQ, "cuda", target, flags
+                ),
+                root / "cache" / "iree-sources",
+            )
+        _keep(
+            linear_chain.iree_module(representation, fusion_matrix.iree_flags("iree-cuda", option)),
+            root / "cache" / "iree",
+        )
         print(f"{representation or 'fp32'} {option}: decode {path.name} ({seconds or 0:.0f} s)", flush=True)
-    manifest = {"iree_compiler": iree_backend.compiler_version(), "bundled_cuda_targets": [target]}
+    manifest = {"iree_compiler": iree_compile.compiler_version(), "bundled_cuda_targets": [target]}
     (root / "manifest.json").write_text(json.dumps(manifest, indent=2))
     size = sum(f.stat().st_size for f in root.rglob("*") if f.is_file())
     print(f"{root.relative_to(ROOT)}: {size / 2**20:.1f} MiB")
@@ -85,10 +120,16 @@ def fusion_bundle(capability: str) -> int:
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--capability", default="9.0", help="the GPU's compute capability (H100: 9.0)")
-    parser.add_argument("--bench", action="store_true",
-                        help="also stage 3: IREE CUDA modules for `make bench` shapes (both models)")
-    parser.add_argument("--fusion", action="store_true",
-                        help="only the fusion-matrix bundle (.gpu-bundle/fusion: one run, no model file)")
+    parser.add_argument(
+        "--bench",
+        action="store_true",
+        help="also stage 3: IREE CUDA modules for `make bench` shapes (both models)",
+    )
+    parser.add_argument(
+        "--fusion",
+        action="store_true",
+        help="only the fusion-matrix bundle (.gpu-bundle/fusion: one run, no model file)",
+    )
     args = parser.parse_args()
     if args.fusion:
         return fusion_bundle(args.capability)
@@ -97,7 +138,7 @@ def main() -> int:
     (stage2 / "cache" / "iree").mkdir(parents=True)
     stage1.mkdir(parents=True)
 
-    model = checkpoint.default_model_path()
+    model = checkpoints.default_model_path()
     data = model.read_bytes()
     (stage1 / "model.part0").write_bytes(data[:STAGE1_BYTES])
     (stage2 / "model.part1").write_bytes(data[STAGE1_BYTES:])
@@ -106,15 +147,16 @@ def main() -> int:
 
     accepted = cuda_target.accepted_by_compiler()
     targets = sorted({cuda_target.select(args.capability, accepted), "sm_80"}, key=cuda_target.sm_number)
-    cfg, weights = checkpoint.load(model)
+    cfg, weights = checkpoints.load(model)
     bucket = generate.prompt_bucket(REFERENCE_PROMPT_TOKENS)
     shapes = [(bucket, generate.cache_length(REFERENCE_PROMPT_TOKENS, n)) for n in (GREEDY_TOKENS, 8)]
     for target in targets:
         for quant in ("fp32", "int4"):
             for bucket_, max_seq in shapes:
                 for graph in ("prefill", "decode"):
-                    path, seconds = iree_backend.compiled_module(
-                        cfg, specs(cfg, quant), graph, bucket_, max_seq, "cuda", target)
+                    path, seconds = iree_compile.compiled_module(
+                        cfg, specs(cfg, quant), graph, bucket_, max_seq, "cuda", target
+                    )
                     print(f"{target} {quant} {graph} max_seq={max_seq}: {path.name} ({seconds or 0:.1f} s)")
                     for f in (path, path.with_suffix(".json")):
                         shutil.copy(f, stage2 / "cache" / "iree" / f.name)
@@ -122,18 +164,23 @@ def main() -> int:
         stage3 = BUNDLE / "stage3" / "cache" / "iree"
         stage3.mkdir(parents=True)
         bench_target = cuda_target.select(args.capability, accepted)
-        from tests.shapes import llama32_config  # noqa: E402
-
         for name, bench_cfg in (("smollm2-135m", cfg), ("llama-3.2-1b", llama32_config())):
             for quant in ("fp32", "int4"):
                 for graph, bucket_ in (("prefill", 16), ("prefill", 64), ("decode", 16)):
-                    path, seconds = iree_backend.compiled_module(
-                        bench_cfg, specs(bench_cfg, quant), graph, bucket_, BENCH_MAX_SEQ, "cuda", bench_target)
+                    path, seconds = iree_compile.compiled_module(
+                        bench_cfg,
+                        specs(bench_cfg, quant),
+                        graph,
+                        bucket_,
+                        BENCH_MAX_SEQ,
+                        "cuda",
+                        bench_target,
+                    )
                     print(f"bench {name} {quant} {graph}/{bucket_}: {path.name} ({seconds or 0:.1f} s)")
                     for f in (path, path.with_suffix(".json")):
                         shutil.copy(f, stage3 / f.name)
     manifest = {
-        "iree_compiler": iree_backend.compiler_version(),
+        "iree_compiler": iree_compile.compiler_version(),
         "accepted_cuda_targets": list(accepted),
         "bundled_cuda_targets": targets,
         "model_sha256": hashlib.sha256(data).hexdigest(),

@@ -5,10 +5,10 @@ from __future__ import annotations
 import jaxlib
 import pytest
 
-from model_impl import dumps, lowering
-from model_impl.weights import linear_weight_bytes_f32, linear_weight_elements, specs
-
-from ..shapes import llama32_config
+from model_impl import analyzers
+from model_impl.analyzers import dumps, xla_hlo
+from model_impl.llama.shapes import LLAMA32_SHAPES, llama32_config
+from model_impl.llama.weights import linear_weight_bytes_f32, linear_weight_elements, specs
 
 pytestmark = pytest.mark.cuda
 
@@ -17,23 +17,30 @@ pytestmark = pytest.mark.cuda
 # multiply + reduce and fuses the dequant into it, so no f32 weight is written. Prefill
 # (M = 16 or 64): the dot is a Triton gemm fusion and each dequant its own loop fusion that
 # writes the full f32 weight.
-EXPECTED = {"decode": lowering.FUSED, "prefill": lowering.MATERIALIZED}
+EXPECTED = {"decode": analyzers.FUSED, "prefill": analyzers.MATERIALIZED}
 
 
 @pytest.mark.parametrize("graph", ["decode", "prefill"])
 def test_xla_cuda_int4_fuses_decode_and_materializes_prefill(real_model, cuda_record, graph):
     out = {}
-    for name, cfg, shapes in (("smollm2-135m", real_model[0], (16, 128)),
-                              ("llama-3.2-1b", llama32_config(), dumps.LLAMA32_SHAPES)):
+    for name, cfg, shapes in (
+        ("smollm2-135m", real_model[0], (16, 128)),
+        ("llama-3.2-1b", llama32_config(), LLAMA32_SHAPES),
+    ):
         dump = dumps.xla_hlo(cfg, specs(cfg, "int4"), graph, *shapes, platform="cuda")
-        v = lowering.analyze_xla_hlo(dump.hlo, linear_weight_elements(cfg))
-        out[name] = {"verdict": v.verdict, "fused_dequants": v.fused_count, "dequants": len(v.dequants),
-                     "materialized_bytes": v.materialized_bytes, "temp_bytes": dump.temp_bytes,
-                     "compile_seconds": round(dump.compile_seconds, 2)}
+        v = xla_hlo.analyze_xla_hlo(dump.hlo, linear_weight_elements(cfg))
+        out[name] = {
+            "verdict": v.verdict,
+            "fused_dequants": v.fused_count,
+            "dequants": len(v.dequants),
+            "materialized_bytes": v.materialized_bytes,
+            "temp_bytes": dump.temp_bytes,
+            "compile_seconds": round(dump.compile_seconds, 2),
+        }
         cuda_record["lowering"][f"xla-cuda/int4/{graph}/{name}"] = out[name]
     for name, o in out.items():
         cfg = real_model[0] if name == "smollm2-135m" else llama32_config()
         where = f"jaxlib {jaxlib.__version__} on CUDA, {name} {graph}"
         assert o["verdict"] == EXPECTED[graph], f"{where}: verdict now {o} (was {EXPECTED[graph]})"
-        want = linear_weight_bytes_f32(cfg) if EXPECTED[graph] == lowering.MATERIALIZED else 0
+        want = linear_weight_bytes_f32(cfg) if EXPECTED[graph] == analyzers.MATERIALIZED else 0
         assert o["materialized_bytes"] == want, f"{where}: {o}"

@@ -5,15 +5,16 @@ Llama-3.2-1B shapes (verdicts as measured on the H100, results/fusion-h100-xla-c
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from model_impl import fusion, lowering, quant
-from model_impl.config import LLAMA32_CONFIG_PATH, load_hf_config
-from model_impl.pallas_int4 import PallasInt4Linear
-from model_impl.representations import PALLAS, convert
-from model_impl.weights import QuantizedLinear, specs
+from model_impl import analyzers, quant
+from model_impl.analyzers import stablehlo
+from model_impl.lab import fusion_matrix, linear_chain
+from model_impl.llama.config import LLAMA32_CONFIG_PATH, load_hf_config
+from model_impl.llama.pallas_int4 import PallasInt4Linear
+from model_impl.llama.representations import PALLAS, convert
+from model_impl.llama.weights import QuantizedLinear, specs
 
 pytestmark = pytest.mark.cuda
 
@@ -33,7 +34,7 @@ def gpu():
 
 def test_fusion_pallas_gemv_on_xla_cuda_matches_host_dequant(gpu, cuda_record):
     rng = np.random.default_rng(0)
-    out, n_in = fusion.LINEAR_SHAPE
+    out, n_in = linear_chain.LINEAR_SHAPE
     w = rng.standard_normal((out, n_in), dtype=np.float32) * np.float32(n_in**-0.5)
     q = QuantizedLinear(*quant.quantize(w, 64, 4), 64, 4)
     x = rng.standard_normal((1, n_in), dtype=np.float32)
@@ -49,8 +50,8 @@ def test_fusion_pallas_gemv_on_xla_cuda_matches_host_dequant(gpu, cuda_record):
 def test_fusion_pallas_decode_graph_on_xla_cuda_carries_custom_call(gpu, cuda_record):
     cfg = load_hf_config(LLAMA32_CONFIG_PATH)
     with jax.default_device(gpu):
-        text = fusion.xla_stablehlo(cfg, convert(specs(cfg, "int4"), PALLAS))
-    inv = lowering.stablehlo_inventory(text)
+        text = fusion_matrix.xla_stablehlo(cfg, convert(specs(cfg, "int4"), PALLAS))
+    inv = stablehlo.stablehlo_inventory(text)
     cuda_record["figures"]["pallas_custom_calls"] = sorted(set(inv.custom_calls))
     assert inv.has_custom_call, "the Pallas row must be the custom_call route"
     assert any("triton" in t for t in inv.custom_calls), inv.custom_calls
@@ -61,26 +62,30 @@ def test_fusion_pallas_decode_graph_on_xla_cuda_carries_custom_call(gpu, cuda_re
 # u4-affine-io is the one layout that keeps XLA from fusing: 64 of its 112 linears are
 # dequantized by a loop fusion that writes the f32 weight (640 MiB per step).
 EXPECTED_XLA_CUDA = {
-    ("u32-affine", "default"): (lowering.FUSED, 112),
-    ("u4-affine", "default"): (lowering.FUSED, 112),
-    ("u4-affine-io", "default"): (lowering.MATERIALIZED, 48),
-    ("s4-scale-gsum", "default"): (lowering.FUSED, 112),
-    ("s4-grouped", "default"): (lowering.FUSED, 112),
-    ("u4-grouped", "default"): (lowering.FUSED, 112),
-    ("u32-affine", "xla-subchannel"): (lowering.FUSED, 112),
-    ("u4-affine", "xla-subchannel"): (lowering.FUSED, 112),
-    ("s4-scale-gsum", "xla-subchannel"): (lowering.FUSED, 112),
-    ("s4-grouped", "xla-subchannel"): (lowering.FUSED, 112),
+    ("u32-affine", "default"): (analyzers.FUSED, 112),
+    ("u4-affine", "default"): (analyzers.FUSED, 112),
+    ("u4-affine-io", "default"): (analyzers.MATERIALIZED, 48),
+    ("s4-scale-gsum", "default"): (analyzers.FUSED, 112),
+    ("s4-grouped", "default"): (analyzers.FUSED, 112),
+    ("u4-grouped", "default"): (analyzers.FUSED, 112),
+    ("u32-affine", "xla-subchannel"): (analyzers.FUSED, 112),
+    ("u4-affine", "xla-subchannel"): (analyzers.FUSED, 112),
+    ("s4-scale-gsum", "xla-subchannel"): (analyzers.FUSED, 112),
+    ("s4-grouped", "xla-subchannel"): (analyzers.FUSED, 112),
 }
 
 
 @pytest.mark.parametrize("row", list(EXPECTED_XLA_CUDA), ids=lambda r: f"{r[0]}-{r[1]}")
 def test_fusion_xla_cuda_verdict_per_representation(gpu, cuda_record, row):
     cfg = load_hf_config(LLAMA32_CONFIG_PATH)
-    cell = fusion.Cell("xla-cuda", *row)
-    fusion.lowering_cell(cell, cfg, convert(specs(cfg, "int4"), row[0]))
+    cell = fusion_matrix.Cell("xla-cuda", *row)
+    fusion_matrix.lowering_cell(cell, cfg, convert(specs(cfg, "int4"), row[0]))
     cuda_record["lowering"][f"fusion/xla-cuda/{row[0]}/{row[1]}"] = {
-        "verdict": cell.verdict, "linears_fused": cell.linears_fused, "linears_total": cell.linears_total,
-        "fused_kernels": cell.fused_kernels, "materialized_bytes": cell.materialized_bytes_per_step}
+        "verdict": cell.verdict,
+        "linears_fused": cell.linears_fused,
+        "linears_total": cell.linears_total,
+        "fused_kernels": cell.fused_kernels,
+        "materialized_bytes": cell.materialized_bytes_per_step,
+    }
     assert not cell.custom_call
     assert (cell.verdict, cell.linears_fused, cell.linears_total) == (*EXPECTED_XLA_CUDA[row], 112), cell

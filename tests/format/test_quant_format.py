@@ -5,7 +5,6 @@ from __future__ import annotations
 import itertools
 
 import jax
-import jax.numpy as jnp
 import ml_dtypes
 import mlx.core as mx
 import numpy as np
@@ -13,8 +12,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from model_impl import model, quant
-from model_impl.weights import QuantizedLinear
+from model_impl import quant
+from model_impl.llama import linears
+from model_impl.llama.weights import QuantizedLinear
 
 DTYPES = {
     "float32": (np.float32, mx.float32),
@@ -96,7 +96,7 @@ def test_every_code_in_every_slot_packs_to_its_bit_field(bits):
 @given(seed=st.integers(0, 2**32 - 1), bits=st.sampled_from(quant.SUPPORTED_BITS))
 def test_in_graph_unpack_equals_host_unpack_exactly(seed, bits):
     packed = np.random.default_rng(seed).integers(0, 2**32, (5, 16), dtype=np.uint32)
-    in_graph = np.asarray(jax.jit(model.unpack_codes, static_argnums=1)(packed, bits))
+    in_graph = np.asarray(jax.jit(linears.unpack_codes, static_argnums=1)(packed, bits))
     np.testing.assert_array_equal(in_graph, quant.unpack(packed, bits))
 
 
@@ -107,7 +107,7 @@ def test_in_graph_dequant_equals_host_dequant(case):
     wq, scales, biases = quant.quantize(w, group, bits)
     layer = QuantizedLinear(wq, scales, biases, group, bits)
     host = layer.dequantize()
-    in_graph = np.asarray(jax.jit(model.dequantize)(layer))
+    in_graph = np.asarray(jax.jit(linears.dequantize)(layer))
     # One FMA rounding instead of two: <= 1 ulp of the largest term of the affine map.
     s32, b32 = scales.astype(np.float32), biases.astype(np.float32)
     terms = np.abs(np.repeat(s32, group, -1)) * ((1 << bits) - 1) + np.abs(np.repeat(b32, group, -1))

@@ -10,12 +10,10 @@ import functools
 
 import pytest
 
-from model_impl import dumps, lowering
-from model_impl.dumps import LLAMA32_SHAPES
-from model_impl.generate import cache_length, prompt_bucket
-from model_impl.weights import specs
-
-from ..shapes import llama32_config
+from model_impl.analyzers import dumps, stablehlo
+from model_impl.backends.generate import cache_length, prompt_bucket
+from model_impl.llama.shapes import LLAMA32_SHAPES, llama32_config
+from model_impl.llama.weights import specs
 
 # The real model's graphs at the shapes the parity tests run (7-token prompt + 48 tokens).
 REAL_SHAPES = (prompt_bucket(7), cache_length(7, 48))
@@ -45,7 +43,7 @@ class Dumps:
 
     @functools.cache
     def stablehlo(self, model, quant, graph):
-        return lowering.stablehlo_inventory(dumps.stablehlo(*self._args(model, quant, graph)))
+        return stablehlo.stablehlo_inventory(dumps.stablehlo(*self._args(model, quant, graph)))
 
     @functools.cache
     def xla_cpu(self, model, quant, graph):

@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from model_impl import lowering
+from model_impl.analyzers import stablehlo
 
 from .conftest import GRAPHS, MODELS, QUANTS
 
@@ -41,5 +41,5 @@ def test_custom_call_detector_sees_a_real_one():
     """The no-custom_call verdict can flip: a CPU Cholesky exports as a LAPACK custom_call."""
     spec = jax.ShapeDtypeStruct((4, 4), jnp.float32)
     text = jax.export.export(jax.jit(jnp.linalg.cholesky))(spec).mlir_module()
-    inv = lowering.stablehlo_inventory(text)
+    inv = stablehlo.stablehlo_inventory(text)
     assert inv.has_custom_call and any("potrf" in t for t in inv.custom_calls), inv.custom_calls

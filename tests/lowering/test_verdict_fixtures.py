@@ -6,51 +6,53 @@ from pathlib import Path
 
 import pytest
 
-from model_impl import iree_backend, lowering, minimal
+from model_impl import analyzers
+from model_impl.analyzers import iree_dispatch, minimal, xla_hlo
+from model_impl.backends import iree_compile
 
 FIXTURES = Path(__file__).parent / "fixtures"
 WEIGHT = {64 * 128}
 
 
 def test_xla_fixture_with_dequant_and_dot_in_one_fusion_is_fused():
-    v = lowering.analyze_xla_hlo((FIXTURES / "xla_fused.hlo").read_text(), WEIGHT)
-    assert v.verdict == lowering.FUSED and v.materialized_bytes == 0 and v.fused_count == 1
+    v = xla_hlo.analyze_xla_hlo((FIXTURES / "xla_fused.hlo").read_text(), WEIGHT)
+    assert v.verdict == analyzers.FUSED and v.materialized_bytes == 0 and v.fused_count == 1
 
 
 def test_xla_fixture_with_dequant_in_a_strength_reduced_gemv_is_fused():
     """XLA-GPU's decode form: the M=1 dot became multiply + reduce, the dequant inside it."""
-    v = lowering.analyze_xla_hlo((FIXTURES / "xla_fused_gemv.hlo").read_text(), WEIGHT)
-    assert v.verdict == lowering.FUSED and v.materialized_bytes == 0 and v.fused_count == 1
+    v = xla_hlo.analyze_xla_hlo((FIXTURES / "xla_fused_gemv.hlo").read_text(), WEIGHT)
+    assert v.verdict == analyzers.FUSED and v.materialized_bytes == 0 and v.fused_count == 1
 
 
 def test_xla_a_plain_reduction_is_not_mistaken_for_a_contraction():
     text = (FIXTURES / "xla_fused_gemv.hlo").read_text().replace("dot_general", "reduce_sum")
-    assert lowering.analyze_xla_hlo(text, WEIGHT).verdict == lowering.MATERIALIZED
+    assert xla_hlo.analyze_xla_hlo(text, WEIGHT).verdict == analyzers.MATERIALIZED
 
 
 def test_xla_fixture_with_a_loop_fusion_writing_the_weight_is_materialized():
-    v = lowering.analyze_xla_hlo((FIXTURES / "xla_materialized.hlo").read_text(), WEIGHT)
-    assert v.verdict == lowering.MATERIALIZED
+    v = xla_hlo.analyze_xla_hlo((FIXTURES / "xla_materialized.hlo").read_text(), WEIGHT)
+    assert v.verdict == analyzers.MATERIALIZED
     assert v.materialized_bytes == 64 * 128 * 4 and v.dequants[0].output.startswith("f32[64,128]")
 
 
 def test_iree_fixture_with_unpack_and_contraction_in_one_dispatch_is_fused():
-    v = lowering.analyze_iree_executables((FIXTURES / "iree_fused.mlir").read_text(), WEIGHT)
-    assert v.verdict == lowering.FUSED and v.dispatches == 1 and v.materialized_bytes == 0
+    v = iree_dispatch.analyze_iree_executables((FIXTURES / "iree_fused.mlir").read_text(), WEIGHT)
+    assert v.verdict == analyzers.FUSED and v.dispatches == 1 and v.materialized_bytes == 0
 
 
 def test_iree_fixture_with_a_dequant_only_dispatch_is_materialized():
-    v = lowering.analyze_iree_executables((FIXTURES / "iree_materialized.mlir").read_text(), WEIGHT)
-    assert v.verdict == lowering.MATERIALIZED and v.dispatches == 2
-    assert [e.kind for e in v.executables] == [lowering.DEQUANT_ONLY, lowering.MATMUL_ONLY]
+    v = iree_dispatch.analyze_iree_executables((FIXTURES / "iree_materialized.mlir").read_text(), WEIGHT)
+    assert v.verdict == analyzers.MATERIALIZED and v.dispatches == 2
+    assert [e.kind for e in v.executables] == [iree_dispatch.DEQUANT_ONLY, iree_dispatch.MATMUL_ONLY]
     assert v.materialized_bytes == 64 * 128 * 4
 
 
 def test_analyzers_reject_text_that_is_not_their_dump():
     with pytest.raises(ValueError, match="ENTRY"):
-        lowering.analyze_xla_hlo("module {}", WEIGHT)
+        xla_hlo.analyze_xla_hlo("module {}", WEIGHT)
     with pytest.raises(ValueError, match="hal.executable"):
-        lowering.analyze_iree_executables("HloModule m", WEIGHT)
+        iree_dispatch.analyze_iree_executables("HloModule m", WEIGHT)
 
 
 # Real compilers on one linear (model_impl.minimal): the same analyzers, both outcomes.
@@ -58,11 +60,11 @@ def test_analyzers_reject_text_that_is_not_their_dump():
 
 @pytest.mark.parametrize("target", ["llvm-cpu", "cuda"])
 def test_iree_fuses_a_bare_int4_extension_into_the_contraction(target):
-    v = lowering.analyze_iree_executables(
+    v = iree_dispatch.analyze_iree_executables(
         minimal.iree_sources("native-int4-bare", target), minimal.WEIGHT_ELEMENTS
     )
-    assert v.verdict == lowering.FUSED, (
-        f"iree-compile {iree_backend.compiler_version()} {target}: bare i4 -> f32 no longer fused: "
+    assert v.verdict == analyzers.FUSED, (
+        f"iree-compile {iree_compile.compiler_version()} {target}: bare i4 -> f32 no longer fused: "
         f"{[(e.exports, e.kind) for e in v.executables]}"
     )
 
@@ -70,14 +72,14 @@ def test_iree_fuses_a_bare_int4_extension_into_the_contraction(target):
 @pytest.mark.parametrize("name", ["native-int4-scale", "packed-u32-scale-bias"])
 @pytest.mark.parametrize("target", ["llvm-cpu", "cuda"])
 def test_iree_gives_a_scaled_dequant_its_own_dispatch(target, name):
-    v = lowering.analyze_iree_executables(minimal.iree_sources(name, target), minimal.WEIGHT_ELEMENTS)
-    assert v.verdict == lowering.MATERIALIZED, (
-        f"iree-compile {iree_backend.compiler_version()} {target} {name}: now {v.verdict}"
+    v = iree_dispatch.analyze_iree_executables(minimal.iree_sources(name, target), minimal.WEIGHT_ELEMENTS)
+    assert v.verdict == analyzers.MATERIALIZED, (
+        f"iree-compile {iree_compile.compiler_version()} {target} {name}: now {v.verdict}"
     )
     assert v.materialized_bytes == 4 * min(minimal.WEIGHT_ELEMENTS)
 
 
 @pytest.mark.parametrize("name", list(minimal.GRAPHS))
 def test_xla_cpu_materializes_every_minimal_dequant(name):
-    v = lowering.analyze_xla_hlo(minimal.xla_hlo(name), minimal.WEIGHT_ELEMENTS)
-    assert v.verdict == lowering.MATERIALIZED and v.materialized_bytes == 4 * min(minimal.WEIGHT_ELEMENTS)
+    v = xla_hlo.analyze_xla_hlo(minimal.xla_hlo(name), minimal.WEIGHT_ELEMENTS)
+    assert v.verdict == analyzers.MATERIALIZED and v.materialized_bytes == 4 * min(minimal.WEIGHT_ELEMENTS)

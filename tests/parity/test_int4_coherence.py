@@ -9,13 +9,15 @@ from model_impl import checks
 pytestmark = pytest.mark.slow
 
 
-def test_int4_greedy_text_is_not_degenerate(int4_run, tokenizer, record_property):
+def test_int4_greedy_text_is_not_degenerate(greedy_runs, tokenizer, record_property):
+    int4_run = greedy_runs.run("xla-cpu", "int4")
     d = checks.degeneracy(int4_run.tokens)
     record_property("int4_text", tokenizer.decode(int4_run.tokens))
     assert d.coherent, (d, tokenizer.decode(int4_run.tokens))
 
 
-def test_fp32_greedy_text_is_not_degenerate(fp32_run, tokenizer):
+def test_fp32_greedy_text_is_not_degenerate(greedy_runs, tokenizer):
+    fp32_run = greedy_runs.run("xla-cpu", "fp32")
     assert checks.degeneracy(fp32_run.tokens).coherent, tokenizer.decode(fp32_run.tokens)
 
 
@@ -25,10 +27,12 @@ def test_degeneracy_criterion_flags_a_token_loop():
     assert checks.degeneracy(list(range(48))).coherent
 
 
-def test_int4_tracks_fp32_at_least_to_the_first_token(int4_run, fp32_run, record_property):
+def test_int4_tracks_fp32_at_least_to_the_first_token(greedy_runs, record_property):
     """Quantization error may move greedy decoding off the fp32 path later, but the first
     token (the prompt's most likely continuation) must survive it. The divergence point
     is recorded for the report."""
+    int4_run = greedy_runs.run("xla-cpu", "int4")
+    fp32_run = greedy_runs.run("xla-cpu", "fp32")
     cmp = checks.compare(int4_run, fp32_run)
     record_property("int4_vs_fp32_agreement", cmp.agreement)
     record_property("int4_vs_fp32_first_divergence", cmp.first_divergence)

@@ -11,7 +11,9 @@ from model_impl.checks import IN_GRAPH_VS_HOST_DEQUANT_ATOL, PARITY_DECODE_STEPS
 pytestmark = pytest.mark.slow
 
 
-def test_in_graph_dequant_matches_host_dequant_prefill_and_decode(int4_run, host_dequant_run):
+def test_in_graph_dequant_matches_host_dequant_prefill_and_decode(greedy_runs):
+    int4_run = greedy_runs.run("xla-cpu", "int4")
+    host_dequant_run = greedy_runs.run("xla-cpu", "host-dequant")
     cmp = checks.compare(int4_run, host_dequant_run)
     # Row 0 is the prefill's last position, rows 1.. are decode steps.
     assert cmp.first_divergence is None or cmp.first_divergence > PARITY_DECODE_STEPS, cmp
@@ -23,17 +25,20 @@ def test_in_graph_dequant_matches_host_dequant_prefill_and_decode(int4_run, host
     )
 
 
-def test_in_graph_dequant_agrees_48_of_48_tokens_with_host_dequant(int4_run, host_dequant_run):
+def test_in_graph_dequant_agrees_48_of_48_tokens_with_host_dequant(greedy_runs):
+    int4_run = greedy_runs.run("xla-cpu", "int4")
+    host_dequant_run = greedy_runs.run("xla-cpu", "host-dequant")
     cmp = checks.compare(int4_run, host_dequant_run)
     assert cmp.agreement == f"{checks.GREEDY_TOKENS}/{checks.GREEDY_TOKENS}", cmp
 
 
-def test_parity_check_detects_a_one_code_change(real_model_int4, prompt_ids, int4_run):
+def test_parity_check_detects_a_one_code_change(greedy_runs, real_model_int4, prompt_ids):
     """The comparison can fail: changing one packed word of one linear moves the logits."""
+    int4_run = greedy_runs.run("xla-cpu", "int4")
     import dataclasses
 
-    from model_impl import generate
-    from model_impl.weights import dequantize_weights
+    from model_impl.backends import generate
+    from model_impl.llama.weights import dequantize_weights
 
     cfg, weights = real_model_int4
     layer = weights.layers[0]

@@ -11,10 +11,8 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(params=["fp32", "int4"])
-def pair(request):
-    if request.param == "fp32":
-        return request.getfixturevalue("iree_fp32_run"), request.getfixturevalue("fp32_run")
-    return request.getfixturevalue("iree_int4_run"), request.getfixturevalue("int4_run")
+def pair(request, greedy_runs):
+    return greedy_runs.run("iree-cpu", request.param), greedy_runs.run("xla-cpu", request.param)
 
 
 def test_iree_cpu_greedy_tokens_equal_xla_cpu_48_of_48(pair):

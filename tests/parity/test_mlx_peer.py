@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import pytest
 
-from model_impl import checkpoint, generate, mlx_peer
-from model_impl.checks import FP32_REORDERING_ATOL, GREEDY_TOKENS
-from model_impl.weights import QuantizedLinear
+from model_impl import checkpoints
+from model_impl.backends import generate
+from model_impl.checks import FP32_REORDERING_ATOL, GREEDY_TOKENS, mlx_peer
+from model_impl.llama.weights import QuantizedLinear
 
 pytestmark = pytest.mark.slow
 
@@ -42,10 +43,11 @@ def our_runs(prompt_ids):
 
     def run(path, backend):
         if (path, backend) not in cache:
-            cfg, weights = checkpoint.load(path, "int4")
+            cfg, weights = checkpoints.load(path, "int4")
             runner = generate.make_runner(cfg, weights, backend)
-            cache[path, backend] = generate.generate(runner, prompt_ids, GREEDY_TOKENS,
-                                                     stop_at_eos=False, keep_logits=True)
+            cache[path, backend] = generate.generate(
+                runner, prompt_ids, GREEDY_TOKENS, stop_at_eos=False, keep_logits=True
+            )
         return cache[path, backend]
 
     return run
@@ -55,11 +57,11 @@ def test_mlx_checkpoint_loads_packed_with_its_own_bits_and_groups(mlx_checkpoint
     """mlx_lm quantizes what its group divides (at group 128 the 576-wide inputs stay float)."""
     import numpy as np
 
-    from model_impl.weights import LINEAR_NAMES
+    from model_impl.llama.weights import LINEAR_NAMES
 
     path, bits, group = mlx_checkpoint
-    cfg, weights = checkpoint.load(path, "int4")
-    tensors = [weights.embed] + [getattr(l, n) for l in weights.layers for n in LINEAR_NAMES]
+    cfg, weights = checkpoints.load(path, "int4")
+    tensors = [weights.embed] + [getattr(layer, n) for layer in weights.layers for n in LINEAR_NAMES]
     for w in tensors:
         n_in = w.shape[1]
         if n_in % group == 0:
@@ -92,7 +94,7 @@ def test_our_log_probs_match_mlx_lm_prefill_and_decode(mlx_checkpoint, backend, 
 def test_near_tie_rule_rejects_a_clear_divergence():
     import numpy as np
 
-    from model_impl.generate import Generation
+    from model_impl.backends.generate import Generation
 
     logits = np.zeros((2, 8), np.float32)
     logits[:, 3] = 5.0  # token 3 wins by 5 nats: not a tie

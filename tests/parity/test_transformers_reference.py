@@ -8,13 +8,14 @@ import json
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from model_impl import checkpoint, checks, model
-from model_impl.checks import FP32_REORDERING_ATOL
-from model_impl.config import load_hf_config, rope_inv_freq
-from model_impl.reference import prompt_logits
-from model_impl.weights import synthetic
 
-from ..shapes import shrunk_llama32_config
+from model_impl import checkpoints, checks
+from model_impl.checks import FP32_REORDERING_ATOL
+from model_impl.checks.reference import prompt_logits
+from model_impl.llama import model
+from model_impl.llama.config import load_hf_config, rope_inv_freq
+from model_impl.llama.shapes import shrunk_llama32_config
+from model_impl.llama.weights import synthetic
 
 pytestmark = pytest.mark.slow
 
@@ -28,18 +29,21 @@ def test_real_model_prefill_logits_match_transformers(real_model, hf_real_model,
     assert worst <= FP32_REORDERING_ATOL, f"max |dlogit| vs transformers {worst:.3g}"
 
 
-def test_real_model_greedy_48_tokens_match_transformers(fp32_run, hf_greedy_run):
+def test_real_model_greedy_48_tokens_match_transformers(greedy_runs, hf_greedy_run):
+    fp32_run = greedy_runs.run("xla-cpu", "fp32")
     cmp = checks.compare(fp32_run, hf_greedy_run)
     assert cmp.agreement == f"{checks.GREEDY_TOKENS}/{checks.GREEDY_TOKENS}", cmp
 
 
-def test_real_model_decode_logits_match_transformers(fp32_run, hf_greedy_run):
+def test_real_model_decode_logits_match_transformers(greedy_runs, hf_greedy_run):
+    fp32_run = greedy_runs.run("xla-cpu", "fp32")
     cmp = checks.compare(fp32_run, hf_greedy_run)
     assert cmp.max_abs_logit_diff <= FP32_REORDERING_ATOL, cmp.per_step_max_abs_diff
 
 
-def test_decode_steps_match_full_recompute(real_model, fp32_run):
+def test_decode_steps_match_full_recompute(greedy_runs, real_model):
     """The KV-cache path (prefill + decode steps) equals a cacheless forward on the whole text."""
+    fp32_run = greedy_runs.run("xla-cpu", "fp32")
     cfg, weights = real_model
     text = fp32_run.prompt_tokens + fp32_run.tokens[:-1]
     full = np.asarray(model.all_logits(cfg, weights, jnp.asarray(text, jnp.int32)))
@@ -58,14 +62,14 @@ def llama32_layout_checkpoint(tmp_path_factory):
     directory = tmp_path_factory.mktemp("llama32_layout")
     import ml_dtypes
 
-    checkpoint.save_hf_dir(cfg, weights, directory, dtype=ml_dtypes.bfloat16)
+    checkpoints.save_hf_dir(cfg, weights, directory, dtype=ml_dtypes.bfloat16)
     return directory
 
 
 def test_llama32_layout_checkpoint_logits_match_transformers(llama32_layout_checkpoint):
-    from model_impl.reference import transformers_model
+    from model_impl.checks.reference import transformers_model
 
-    cfg, weights = checkpoint.load(llama32_layout_checkpoint)
+    cfg, weights = checkpoints.load(llama32_layout_checkpoint)
     assert cfg.rope_scaling is not None and cfg.tie_word_embeddings and weights.lm_head is None
     hf = transformers_model(llama32_layout_checkpoint)
     ids = list(np.random.default_rng(0).integers(0, cfg.vocab_size, 40))
@@ -82,7 +86,7 @@ def test_llama32_layout_checkpoint_logits_match_transformers(llama32_layout_chec
 
 
 def test_shrunk_config_keeps_the_llama32_layout(llama32_layout_checkpoint):
-    from ..shapes import LLAMA32_CONFIG_PATH
+    from model_impl.llama.config import LLAMA32_CONFIG_PATH
 
     real = json.loads(LLAMA32_CONFIG_PATH.read_text())
     ours = json.loads((llama32_layout_checkpoint / "config.json").read_text())

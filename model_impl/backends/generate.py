@@ -1,0 +1,91 @@
+"""Greedy generation over a backend that keeps weights and the KV cache on its device.
+
+Only the chosen token id crosses back to the host each step (plus the logits row when
+the caller asks for them). Prompts are padded to a power-of-two bucket so that one
+compiled prefill serves many prompt lengths.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from ..llama.config import Config
+from ..llama.weights import Weights
+from .spec import backend as backend_spec
+
+MIN_BUCKET = 16
+CACHE_ROUNDING = 128
+
+
+def prompt_bucket(length: int) -> int:
+    return max(MIN_BUCKET, 1 << (max(length, 1) - 1).bit_length())
+
+
+def cache_length(prompt_len: int, max_new_tokens: int) -> int:
+    need = max(prompt_bucket(prompt_len), prompt_len + max_new_tokens)
+    return -(-need // CACHE_ROUNDING) * CACHE_ROUNDING
+
+
+@dataclasses.dataclass
+class Generation:
+    prompt_tokens: list[int]
+    tokens: list[int]  # generated ids only
+    logits: np.ndarray | None = None  # [len(tokens), vocab]; row k chose tokens[k]
+
+
+def make_runner(
+    cfg: Config,
+    weights: Weights,
+    backend: str = "xla-cpu",
+    cuda_target: str | None = None,
+    xla_options: dict | None = None,
+    iree_flags=(),
+):
+    """A runner for ``backend``; ``cuda_target`` overrides the IREE CUDA target choice;
+    ``xla_options`` (XLA debug options) and ``iree_flags`` (iree-compile flags) go to the
+    compiler of the backend they name."""
+    spec = backend_spec(backend)
+    if spec.is_xla:
+        from .xla import XlaRunner
+
+        return XlaRunner(cfg, weights, spec, compiler_options=xla_options)
+    from . import iree_compile
+    from .iree_runtime import IreeRunner
+
+    if spec.is_cuda:
+        target = cuda_target or iree_compile.cuda_target_for_device()
+    else:
+        target = iree_compile.DEFAULT_CUDA_TARGET  # unused by llvm-cpu; part of no key
+    return IreeRunner(cfg, weights, spec, cuda_target=target, extra_flags=iree_flags)
+
+
+def generate(
+    runner,
+    prompt_tokens,
+    max_new_tokens: int,
+    *,
+    stop_at_eos: bool = True,
+    keep_logits: bool = False,
+) -> Generation:
+    """Greedy decoding of up to ``max_new_tokens`` after ``prompt_tokens``."""
+    cfg = runner.cfg
+    prompt = [int(t) for t in prompt_tokens]
+    if not prompt:
+        raise ValueError("the prompt must hold at least one token")
+    if max(prompt) >= cfg.vocab_size or min(prompt) < 0:
+        raise ValueError(f"prompt token ids must be in [0, {cfg.vocab_size})")
+    padded = np.zeros(prompt_bucket(len(prompt)), np.int32)
+    padded[: len(prompt)] = prompt
+    token, logits = runner.prefill(padded, len(prompt), cache_length(len(prompt), max_new_tokens))
+    out, rows = [], []
+    for step in range(max_new_tokens):
+        tid = runner.token_id(token)  # the only device -> host transfer of a step
+        out.append(tid)
+        if keep_logits:
+            rows.append(runner.logits_row(logits))
+        if (stop_at_eos and tid in cfg.eos_token_ids) or step == max_new_tokens - 1:
+            break
+        token, logits = runner.decode(token, len(prompt) + step)
+    return Generation(prompt, out, np.stack(rows) if keep_logits else None)

@@ -1,0 +1,152 @@
+"""IREE's runtime side: arrays onto a device, the one module loader, and the model runner.
+
+Weights are uploaded to the device once and passed as resident buffers on every call; the
+KV cache returned by one step is fed to the next without leaving the device; only the
+chosen token id is read back.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from ..llama.config import Config
+from . import iree_compile
+from .spec import IREE_CPU, Backend
+from .spec import backend as backend_spec
+
+_FOUR_BIT = {"int4": "SINT_4", "uint4": "UINT_4"}
+
+
+def device_array(device, x):
+    """A host array on an IREE device. 4-bit arrays (``jnp.int4``/``jnp.uint4``, one byte per
+    element on the host) are packed two per byte, element 0 in the low nibble, as IREE's i4
+    buffers are laid out."""
+    import iree.runtime as rt
+
+    x = np.ascontiguousarray(x)
+    if x.dtype.name not in _FOUR_BIT:
+        return rt.asdevicearray(device, x)
+    if x.size % 2:
+        raise ValueError(f"a 4-bit array needs an even element count to pack, got shape {x.shape}")
+    nibbles = x.view(np.uint8).reshape(-1, 2) & np.uint8(15)
+    packed = nibbles[:, 0] | (nibbles[:, 1] << np.uint8(4))
+    buffer = device.allocator.allocate_buffer_copy(
+        memory_type=rt.MemoryType.DEVICE_LOCAL,
+        allowed_usage=rt.BufferUsage.DEFAULT,
+        device=device,
+        buffer=packed,
+    )
+    element_type = getattr(rt.HalElementType, _FOUR_BIT[x.dtype.name])
+    view = rt.HalBufferView(buffer, list(x.shape), element_type)
+    return rt.DeviceArray(device, view)
+
+
+class IreeDevice:
+    """One IREE runtime device (a driver: ``local-task`` or ``cuda``) and its modules."""
+
+    def __init__(self, driver: str):
+        import iree.runtime as rt
+
+        self._rt = rt
+        self.config = rt.Config(driver)
+        self.device = self.config.device
+
+    def put(self, x):
+        return device_array(self.device, x)
+
+    def scalar(self, value: int):
+        return self._rt.asdevicearray(self.device, np.asarray(value, np.int32))
+
+    def load(self, vmfb: Path | bytes, parameters=None, function: str = "main"):
+        """``function`` of the module ``vmfb`` (a file, mapped; or bytes), in a context of its
+        own (modules of one graph at several shapes share a name). ``parameters``: an
+        ``iree.runtime.ParameterIndex`` serving the module's ``#stream.parameter`` globals."""
+        rt = self._rt
+        instance = self.config.vm_instance
+        if isinstance(vmfb, (bytes, bytearray)):
+            module = rt.VmModule.copy_buffer(instance, vmfb)
+        else:
+            module = rt.VmModule.mmap(instance, str(vmfb))
+        if parameters is None:
+            context = rt.SystemContext(config=self.config)
+            context.add_vm_module(module)
+        else:
+            params = rt.create_io_parameters_module(instance, parameters.create_provider(scope="model"))
+            hal = rt.create_hal_module(instance, self.device)
+            context = rt.SystemContext(vm_modules=[params, hal, module], config=self.config)
+        return context.modules[module.name][function]
+
+
+class IreeRunner:
+    """A compiled prefill/decode pair on one IREE device (``local-task`` CPU or ``cuda``)."""
+
+    def __init__(
+        self,
+        cfg: Config,
+        weights,
+        backend: Backend | str = IREE_CPU,
+        cuda_target: str = iree_compile.DEFAULT_CUDA_TARGET,
+        extra_flags=(),
+    ):
+        self.spec = backend_spec(backend)
+        self.cfg, self.backend, self.cuda_target = cfg, self.spec.name, cuda_target
+        self.target = self.spec.iree_target
+        self.extra_flags = tuple(extra_flags)
+        self.specs = iree_compile.weight_specs(weights)
+        self.iree = IreeDevice(self.spec.iree_driver)
+        start = time.perf_counter()
+        self.weights = [self.iree.put(x) for x in jax.tree_util.tree_leaves(weights)]
+        self.upload_seconds = time.perf_counter() - start
+        self.compile_seconds: dict[str, float | None] = {}
+        self._functions = {}
+        self.cache = None
+
+    def function(self, graph: str, bucket: int, max_seq: int):
+        key = (graph, bucket if graph == "prefill" else None, max_seq)
+        if key not in self._functions:
+            path, seconds = iree_compile.compiled_module(
+                self.cfg, self.specs, graph, bucket, max_seq, self.target, self.cuda_target, self.extra_flags
+            )
+            self.compile_seconds[graph] = seconds
+            self._functions[key] = self.iree.load(path)
+        return self._functions[key]
+
+    def put_token(self, token_id: int):
+        return self.iree.scalar(token_id)
+
+    def _zero_cache(self, max_seq: int):
+        cfg = self.cfg
+        zeros = np.zeros((cfg.num_layers, cfg.num_kv_heads, max_seq, cfg.head_dim), np.float32)
+        return [self.iree.put(zeros) for _ in range(2)]
+
+    def reset(self, max_seq: int) -> None:
+        """An empty KV cache of ``max_seq`` slots, for decoding without a prefill."""
+        self._decode = self.function("decode", 0, max_seq)
+        self.cache = self._zero_cache(max_seq)
+
+    def prefill(self, padded_tokens: np.ndarray, length: int, max_seq: int):
+        fn = self.function("prefill", len(padded_tokens), max_seq)
+        self._decode = self.function("decode", 0, max_seq)
+        k, v = self._zero_cache(max_seq)
+        tokens = self.iree.put(np.asarray(padded_tokens, np.int32))
+        token, logits, *self.cache = fn(*self.weights, tokens, self.iree.scalar(length), k, v)
+        return token, logits
+
+    def decode(self, token, pos: int):
+        token, logits, *self.cache = self._decode(*self.weights, token, self.iree.scalar(pos), *self.cache)
+        return token, logits
+
+    def cache_to_host(self) -> list[np.ndarray]:
+        return [np.asarray(c.to_host()) for c in self.cache]
+
+    @staticmethod
+    def token_id(token) -> int:
+        return int(token.to_host())
+
+    @staticmethod
+    def logits_row(logits) -> np.ndarray:
+        return np.asarray(logits.to_host(), np.float32)

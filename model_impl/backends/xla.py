@@ -1,0 +1,115 @@
+"""XLA through JAX on one device: the runner, and lowering a graph with compiler options."""
+
+from __future__ import annotations
+
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ..llama import model
+from ..llama.config import Config
+from ..llama.graphs import GRAPH_FUNCTIONS, graph_args
+from ..llama.weights import Weights
+from .spec import XLA_CPU, Backend
+from .spec import backend as backend_spec
+
+
+def jit_graph(graph: str, compiler_options: dict | None = None, donate_cache: bool = True):
+    """``jax.jit`` of a graph function with ``cfg`` static and the KV cache donated."""
+    return jax.jit(
+        GRAPH_FUNCTIONS[graph],
+        static_argnums=0,
+        donate_argnums=4 if donate_cache else (),
+        compiler_options=compiler_options or None,
+    )
+
+
+def lower(cfg: Config, specs, graph: str, bucket: int, max_seq: int, compiler_options=None, donate_cache=True):
+    """The graph lowered for these shapes (on the default device)."""
+    fn = jit_graph(graph, compiler_options, donate_cache)
+    return fn.lower(cfg, *graph_args(cfg, specs, graph, bucket, max_seq))
+
+
+class XlaRunner:
+    """JAX/XLA on one device: weights put there once; the cache is donated step to step.
+
+    Steps run through ``jax.jit`` (its C++ dispatch path: an ahead-of-time ``Compiled`` call
+    costs milliseconds of Python per step with hundreds of weight arguments). The first call
+    of each shape compiles; ``compile_seconds`` keeps that first call's time.
+    ``executable()`` gives the ahead-of-time compiled graph for its HLO.
+    """
+
+    def __init__(self, cfg: Config, weights: Weights, backend: Backend | str = XLA_CPU, compiler_options=None):
+        self.cfg = cfg
+        self.compiler_options = dict(compiler_options or {})
+        self.spec = backend_spec(backend)
+        self.backend = self.spec.name
+        self.device = jax.devices(self.spec.platform)[0]
+        self.weights = jax.device_put(weights, self.device)
+        self.cache = None
+        self.compile_seconds: dict[str, float] = {}
+        self._executables = {}
+        self._jitted = {g: jit_graph(g, self.compiler_options) for g in GRAPH_FUNCTIONS}
+        self._seen = set()
+
+    def _call(self, graph: str, shape_key, *args):
+        first = (graph, shape_key) not in self._seen
+        start = time.perf_counter()
+        out = self._jitted[graph](self.cfg, self.weights, *args)
+        if first:
+            jax.block_until_ready(out)
+            self.compile_seconds[graph] = time.perf_counter() - start
+            self._seen.add((graph, shape_key))
+        return out
+
+    def lowered(self, graph: str, bucket: int, max_seq: int):
+        """The jitted ``graph`` ("prefill" or "decode") lowered for these shapes."""
+        _, first, pos, cache = graph_args(self.cfg, None, graph, bucket, max_seq)
+        return jit_graph(graph, self.compiler_options).lower(self.cfg, self.weights, first, pos, cache)
+
+    def executable(self, graph: str, bucket: int, max_seq: int):
+        """The graph compiled ahead of time for these shapes (for its HLO and memory analysis)."""
+        key = (graph, bucket if graph == "prefill" else None, max_seq)
+        if key not in self._executables:
+            self._executables[key] = self.lowered(graph, bucket, max_seq).compile()
+        return self._executables[key]
+
+    def prefill(self, padded_tokens: np.ndarray, length: int, max_seq: int):
+        cache = jax.device_put(model.KVCache.zeros(self.cfg, max_seq), self.device)
+        tokens = jax.device_put(jnp.asarray(padded_tokens, jnp.int32), self.device)
+        self._max_seq = max_seq
+        token, logits, self.cache = self._call(
+            "prefill",
+            (len(padded_tokens), max_seq),
+            tokens,
+            jax.device_put(np.int32(length), self.device),
+            cache,
+        )
+        return token, logits
+
+    def reset(self, max_seq: int) -> None:
+        """An empty KV cache of ``max_seq`` slots, for decoding without a prefill."""
+        self._max_seq = max_seq
+        self.cache = jax.device_put(model.KVCache.zeros(self.cfg, max_seq), self.device)
+
+    def put_token(self, token_id: int):
+        return jax.device_put(np.int32(token_id), self.device)
+
+    def decode(self, token, pos: int):
+        token, logits, self.cache = self._call(
+            "decode", self._max_seq, token, jax.device_put(np.int32(pos), self.device), self.cache
+        )
+        return token, logits
+
+    def cache_to_host(self) -> list[np.ndarray]:
+        return [np.asarray(self.cache.k), np.asarray(self.cache.v)]
+
+    @staticmethod
+    def token_id(token) -> int:
+        return int(token)
+
+    @staticmethod
+    def logits_row(logits) -> np.ndarray:
+        return np.asarray(logits, np.float32)

@@ -1,0 +1,92 @@
+"""Checkpoint loaders: GGUF (the embedded default), HF safetensors directories, mlx-lm
+quantized directories; :func:`load` picks one from the path.
+
+Every loader validates every tensor before it builds anything and reports the first
+problem as one :class:`CheckpointError` naming the file and the tensor.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from ..llama.config import Config
+from ..llama.linears import DEFAULT_BITS, DEFAULT_GROUP_SIZE
+from ..llama.weights import LINEAR_NAMES, QUANT_MODES, Weights, dequantize_weights, quantize_weights
+from .common import GGUF, HF, LAYER_NAMES, CheckpointError, default_model_path
+from .gguf import load_gguf
+from .safetensors_dirs import is_mlx_quantized_dir, load_hf_dir, load_mlx_dir, save_hf_dir
+
+__all__ = [
+    "CheckpointError",
+    "default_model_path",
+    "load",
+    "load_gguf",
+    "load_hf_dir",
+    "load_mlx_dir",
+    "load_tokenizer",
+    "save_hf_dir",
+]
+
+
+def load(path: str | Path | None = None, quant: str = "fp32") -> tuple[Config, Weights]:
+    """Load a GGUF file or an HF directory (default: the embedded SmolLM2-135M GGUF).
+
+    ``quant="int4"`` quantizes the 7 linears of every layer at load time
+    (``quant.quantize(w, 64, 4)``); embedding and norms stay float32. An mlx-lm quantized
+    directory is already packed: ``"int4"`` keeps its codes (whatever its bits and groups,
+    embedding included), ``"fp32"`` dequantizes them on the host.
+    """
+    if quant not in QUANT_MODES:
+        raise ValueError(f"quant mode must be one of {QUANT_MODES}, got {quant!r}")
+    path = default_model_path() if path is None else Path(path)
+    if path.is_dir() and is_mlx_quantized_dir(path):
+        cfg, weights = load_mlx_dir(path)
+        # Already packed: "int4" runs the stored codes in-graph; "fp32" their host dequant.
+        return cfg, (weights if quant == "int4" else dequantize_weights(weights))
+    if path.is_dir():
+        cfg, weights = load_hf_dir(path)
+    elif path.suffix == ".gguf":
+        cfg, weights = load_gguf(path)
+    elif not path.exists():
+        raise CheckpointError(f"{path}: no such file or directory")
+    else:
+        raise CheckpointError(f"{path}: expected a .gguf file or an HF checkpoint directory")
+    if quant == "int4":
+        weights = _quantize_named(path, weights, GGUF if path.suffix == ".gguf" else HF)
+    return cfg, weights
+
+
+def _quantize_named(path: Path, weights: Weights, fmt: int) -> Weights:
+    """quantize_weights, with a failure reported against the checkpoint's tensor name."""
+    for i, layer in enumerate(weights.layers):
+        for field in LINEAR_NAMES:
+            shape = np.shape(getattr(layer, field))
+            if shape[-1] % DEFAULT_GROUP_SIZE:
+                name = LAYER_NAMES[field][fmt].format(i=i)
+                raise CheckpointError(
+                    f"{path}: tensor {name!r} of shape {shape} cannot be quantized: its input "
+                    f"dimension {shape[-1]} is not divisible by group_size {DEFAULT_GROUP_SIZE}"
+                )
+    return quantize_weights(weights, DEFAULT_GROUP_SIZE, DEFAULT_BITS)
+
+
+def load_tokenizer(path: str | Path | None = None):
+    """The checkpoint's own tokenizer via transformers (GGUF-embedded or tokenizer files)."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from transformers import AutoTokenizer
+
+    path = default_model_path() if path is None else Path(path)
+    try:
+        if path.is_dir():
+            return AutoTokenizer.from_pretrained(str(path))
+        return AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+    except ImportError as e:
+        raise CheckpointError(
+            f"{path}: transformers needs torch to read a GGUF tokenizer ({e}); "
+            f"install torch==2.13.0 or pass --token-ids"
+        ) from None
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{path}: no usable tokenizer ({e}); pass --token-ids") from None

@@ -1,0 +1,72 @@
+"""Bytes and bandwidth: the least a decode step must read, the copy bandwidth measured on a
+device, and memory in use. A roofline is bandwidth / bytes per step."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import os
+import resource
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ..backends.spec import backend as backend_spec
+from ..llama.config import Config
+from ..llama.linears import tensor_bytes
+from ..llama.weights import Weights
+from .timing import best_rate
+
+
+def decode_bytes_read(cfg: Config, weights: Weights, pos: int) -> int:
+    """The least a decode step must read: every layer weight, the head (the whole embedding
+    when tied), the final norm, one embedding row, and the float32 K/V of ``pos + 1``
+    positions. ``weights`` may be arrays or shape-only specs."""
+    layers = sum(tensor_bytes(layer) for layer in weights.layers)
+    head = weights.lm_head if weights.lm_head is not None else weights.embed
+    row = tensor_bytes(weights.embed) // cfg.vocab_size
+    kv = 2 * cfg.num_layers * cfg.num_kv_heads * (pos + 1) * cfg.head_dim * 4
+    return layers + tensor_bytes(head) + tensor_bytes(weights.final_norm) + row + kv
+
+
+def copy_bandwidth(platform_name: str, nbytes: int = 1 << 30, repeats: int = 10) -> float:
+    """Bytes/s of a large array copy on this device (read + write counted), best of repeats.
+
+    GPU: one jitted copy kernel. CPU: numpy copies of one chunk per core in threads (numpy
+    releases the GIL), because a single-threaded copy understates what the matmuls, which
+    use every core, can stream.
+    """
+    n = nbytes // 4
+    if platform_name == "cpu":
+        src, dst = np.ones(n, np.float32), np.empty(n, np.float32)
+        workers = os.cpu_count() or 1
+        bounds = np.linspace(0, n, workers + 1).astype(int)
+        chunks = [(dst[a:b], src[a:b]) for a, b in zip(bounds, bounds[1:])]
+        with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+
+            def run():
+                list(pool.map(lambda c: np.copyto(*c), chunks))
+
+            return best_rate(run, 2 * n * 4, repeats)
+    device = jax.devices(platform_name)[0]
+    x = jax.device_put(jnp.arange(n, dtype=jnp.float32), device)
+    copy = jax.jit(lambda a: a + 0.0)  # one read and one write of every element
+    return best_rate(lambda: copy(x).block_until_ready(), 2 * n * 4, repeats)
+
+
+def rss_bytes() -> dict:
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    try:
+        with open("/proc/self/statm") as f:
+            current = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except OSError:
+        current = None
+    return {"current_rss": current, "process_peak_rss": peak}
+
+
+def device_peak_bytes(backend: str) -> int | None:
+    spec = backend_spec(backend)
+    if spec.is_xla and spec.is_cuda:
+        stats = jax.devices("cuda")[0].memory_stats() or {}
+        return stats.get("peak_bytes_in_use")
+    return None

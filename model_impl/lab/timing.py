@@ -1,0 +1,190 @@
+"""Timers shared by the benchmarks, the fusion matrix and the experiments.
+
+Every timer warms up first (compiles, caches, clocks) and ends each timed unit with a device
+sync (a token id read back, or ``block_until_ready``). A runner is anything with
+``reset``/``prefill``/``decode``/``put_token``/``token_id`` (:mod:`model_impl.backends`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import statistics
+import time
+
+import jax
+import numpy as np
+
+from ..analyzers import xla_hlo
+from ..backends import generate
+from ..backends.spec import backend as backend_spec
+from ..llama.config import Config
+from ..llama.graphs import greedy_decode
+from ..llama.model import KVCache
+from ..llama.weights import Weights
+
+DECODE_ROUNDS = 5  # device-bound timing: rounds of queued steps, median of rounds
+
+
+def median_seconds(fn, repeats: int, budget_s: float, warmup: int = 2) -> float:
+    """Median seconds of ``fn()`` over up to ``repeats`` calls (at least 3) within ``budget_s``."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    deadline = time.perf_counter() + budget_s
+    while len(times) < repeats and (len(times) < 3 or time.perf_counter() < deadline):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def best_rate(fn, nbytes: int, repeats: int) -> float:
+    """``nbytes`` / the best of ``repeats`` timed calls of ``fn()``, after one warm-up call."""
+    fn()
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return nbytes / best
+
+
+@dataclasses.dataclass
+class DecodeTiming:
+    """Seconds per decode step, measured two ways on one runner."""
+
+    synced: list[float]  # one per step, each step ending with its token id on the host
+    queued: list[float]  # one per round: steps queued back to back, one sync per round
+    tokens: list[int]  # the synced steps' token ids (what a caller may check)
+
+    @property
+    def device_bound(self) -> list[float]:
+        """The figures that time the device, not the host: queued rounds where measured."""
+        return self.queued or self.synced
+
+    def summary(self) -> dict:
+        s = sorted(self.synced)
+        med = statistics.median(s)
+        piped = statistics.median(self.queued) if self.queued else None
+        q = lambda p: s[min(len(s) - 1, int(p * len(s)))]  # noqa: E731
+        return {
+            "steps": len(s),
+            "median_s": med,
+            "p10_s": q(0.1),
+            "p90_s": q(0.9),
+            "stdev_s": statistics.pstdev(s),
+            "tokens_per_s": 1.0 / med,
+            "pipelined_step_s": piped,
+            "harness_overhead": None if piped is None else med / piped - 1,
+        }
+
+
+def start(runner, prompt_len: int, max_seq: int):
+    """Prefill a synthetic prompt of ``prompt_len`` tokens; the first token, synced."""
+    padded = np.zeros(generate.prompt_bucket(prompt_len), np.int32)
+    padded[:prompt_len] = np.arange(1, prompt_len + 1) % runner.cfg.vocab_size
+    token, _ = runner.prefill(padded, prompt_len, max_seq)
+    runner.token_id(token)
+    return token
+
+
+def time_decode(
+    runner,
+    max_seq: int,
+    *,
+    synced_steps: int,
+    queued_rounds: int = 0,
+    steps_per_round: int = 0,
+    warmup: int = 2,
+    prompt_len: int | None = None,
+    start_pos: int = 0,
+) -> DecodeTiming:
+    """Decode steps after a prefill of ``prompt_len`` synthetic tokens (or, without one, from an
+    empty cache at ``start_pos``): ``warmup`` synced steps, ``synced_steps`` timed one by one,
+    then ``queued_rounds`` rounds of ``steps_per_round`` steps with the token kept on the device
+    (on a GPU a per-step host sync costs as much as the step). Positions cycle inside the cache."""
+    if prompt_len is not None:
+        token, first = start(runner, prompt_len, max_seq), prompt_len
+    else:
+        runner.reset(max_seq)
+        token, first = runner.put_token(1), start_pos
+    positions = iter(first + k % (max_seq - first) for k in range(1 << 62))
+    for _ in range(warmup):
+        token, _ = runner.decode(token, next(positions))
+        runner.token_id(token)
+    synced, tokens = [], []
+    for _ in range(synced_steps):
+        t0 = time.perf_counter()
+        token, _ = runner.decode(token, next(positions))
+        tokens.append(runner.token_id(token))
+        synced.append(time.perf_counter() - t0)
+    queued = []
+    for _ in range(queued_rounds):
+        t0 = time.perf_counter()
+        for _ in range(steps_per_round):
+            token, _ = runner.decode(token, next(positions))
+        runner.token_id(token)
+        queued.append((time.perf_counter() - t0) / steps_per_round)
+    return DecodeTiming(synced, queued, tokens)
+
+
+def time_prefill(runner, prompt_len: int, max_seq: int, repeats: int) -> list[float]:
+    start(runner, prompt_len, max_seq)  # compile + warm
+    out = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        start(runner, prompt_len, max_seq)
+        out.append(time.perf_counter() - t0)
+    return out
+
+
+def decode_loop(cfg: Config, steps: int, barrier: bool, weights, token, pos, cache):
+    """``steps`` greedy decode steps in one ``fori_loop``: one dispatch for all of them."""
+
+    def body(i, carry):
+        token, cache = carry
+        # Tie the weights to this step's token: without it XLA hoists every dequant out of
+        # the loop as loop-invariant (measured on XLA-CPU), and the loop would time fp32.
+        w, token = jax.lax.optimization_barrier((weights, token)) if barrier else (weights, token)
+        token, _, cache = greedy_decode(cfg, w, token, pos + i, cache)
+        return token, cache
+
+    return jax.lax.fori_loop(0, steps, body, (token, cache))
+
+
+def time_xla_decode_loop(
+    backend: str,
+    cfg: Config,
+    weights: Weights,
+    steps: int,
+    *,
+    max_seq: int,
+    start_pos: int,
+    xla_options: dict | None = None,
+    rounds: int = DECODE_ROUNDS,
+    barrier: bool = True,
+) -> tuple[float, list[float], int]:
+    """(median seconds per step, [min, max], dequant kernels hoisted out of the loop) for
+    ``steps`` greedy decode steps inside one jitted :func:`decode_loop`: one dispatch per round,
+    so the figure is the device's, not the host's. A dequant XLA hoisted out of the loop would
+    run once per round instead of once per step; the count says whether that happened."""
+    device = jax.devices(backend_spec(backend).platform)[0]
+    fn = jax.jit(
+        functools.partial(decode_loop, cfg, steps, barrier),
+        donate_argnums=(3,),
+        compiler_options=xla_options or None,
+    )
+    w = jax.device_put(weights, device)
+    token, pos = jax.device_put(np.int32(1), device), jax.device_put(np.int32(start_pos), device)
+    cache = jax.device_put(KVCache.zeros(cfg, max_seq), device)
+    hoisted = xla_hlo.entry_unpack_kernels(fn.lower(w, token, pos, cache).compile().as_text())
+    token, cache = fn(w, token, pos, cache)
+    token.block_until_ready()
+    times = []
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        token, cache = fn(w, token, pos, cache)
+        token.block_until_ready()
+        times.append((time.perf_counter() - t0) / steps)
+    return statistics.median(times), [min(times), max(times)], hoisted

@@ -1,0 +1,125 @@
+"""A thin Llama in JAX: pure functions over a :class:`Config` and a :class:`Weights` pytree.
+
+Batch 1. The KV cache is static, ``[layers, kv_heads, max_seq, head_dim]`` for K and V,
+written with ``dynamic_update_slice`` (IREE's CUDA backend rejects the scatter that
+``.at[].set`` lowers to). Layers are unrolled in Python so that each quantized linear is
+its own dequant + ``dot_general`` in the exported graph.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .config import Config, rope_inv_freq
+from .linears import PRECISION, QuantizedLinear, dequantize, linear
+from .weights import Weights
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class KVCache:
+    k: jax.Array  # [layers, kv_heads, max_seq, head_dim] float32
+    v: jax.Array  # [layers, kv_heads, max_seq, head_dim] float32
+
+    @staticmethod
+    def zeros(cfg: Config, max_seq: int) -> KVCache:
+        shape = (cfg.num_layers, cfg.num_kv_heads, max_seq, cfg.head_dim)
+        return KVCache(jnp.zeros(shape, jnp.float32), jnp.zeros(shape, jnp.float32))
+
+    @property
+    def max_seq(self) -> int:
+        return self.k.shape[2]
+
+
+def embed(table, tokens: jax.Array) -> jax.Array:
+    """Rows of the embedding for ``tokens [t]``; a packed table is gathered, then dequantized."""
+    if isinstance(table, QuantizedLinear):
+        take = lambda a: jnp.take(a, tokens, axis=0)  # noqa: E731
+        table = dataclasses.replace(
+            table, packed=take(table.packed), scales=take(table.scales), biases=take(table.biases)
+        )
+        return dequantize(table)
+    return jnp.take(table, tokens, axis=0)
+
+
+def rms_norm(x: jax.Array, weight: jax.Array, eps: float) -> jax.Array:
+    var = jnp.mean(x * x, axis=-1, keepdims=True)
+    return x * jax.lax.rsqrt(var + eps) * weight
+
+
+def rope(x: jax.Array, positions: jax.Array, inv_freq: np.ndarray) -> jax.Array:
+    """Rotate-half RoPE (HF layout). x: [t, heads, head_dim]; positions: [t] int32."""
+    freqs = positions.astype(jnp.float32)[:, None] * inv_freq[None, :]  # [t, d/2]
+    angles = jnp.concatenate([freqs, freqs], axis=-1)[:, None, :]  # [t, 1, d]
+    half = x.shape[-1] // 2
+    rotated = jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)
+    return x * jnp.cos(angles) + rotated * jnp.sin(angles)
+
+
+def attention(cfg: Config, q, k_cache, v_cache, positions):
+    """q: [t, heads, d]; caches: [kv_heads, s, d]; query i sees keys at slots <= positions[i]."""
+    t = q.shape[0]
+    groups = cfg.num_heads // cfg.num_kv_heads
+    q = q.reshape(t, cfg.num_kv_heads, groups, cfg.head_dim)  # head h = kv * groups + g
+    scores = jnp.einsum("tkgd,ksd->kgts", q, k_cache, precision=PRECISION)
+    scores = scores * np.float32(cfg.head_dim**-0.5)
+    visible = jnp.arange(k_cache.shape[1])[None, :] <= positions[:, None]  # [t, s]
+    scores = jnp.where(visible[None, None], scores, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(scores, axis=-1)
+    out = jnp.einsum("kgts,ksd->tkgd", probs, v_cache, precision=PRECISION)
+    return out.reshape(t, cfg.q_size)
+
+
+def forward(cfg: Config, weights: Weights, tokens, start, cache: KVCache):
+    """Run ``tokens [t]`` at positions ``start..start+t-1``; returns (hidden [t, h], cache)."""
+    t = tokens.shape[0]
+    inv_freq = rope_inv_freq(cfg)
+    positions = start + jnp.arange(t, dtype=jnp.int32)
+    x = embed(weights.embed, tokens)
+    k_all, v_all = cache.k, cache.v
+    for i, layer in enumerate(weights.layers):
+        h = rms_norm(x, layer.attn_norm, cfg.rms_norm_eps)
+        q = rope(linear(h, layer.wq).reshape(t, cfg.num_heads, cfg.head_dim), positions, inv_freq)
+        k = rope(linear(h, layer.wk).reshape(t, cfg.num_kv_heads, cfg.head_dim), positions, inv_freq)
+        v = linear(h, layer.wv).reshape(t, cfg.num_kv_heads, cfg.head_dim)
+        # [t, kv, d] -> [1, kv, t, d] written at (layer i, slot start)
+        at = (jnp.int32(i), jnp.int32(0), start, jnp.int32(0))
+        k_all = jax.lax.dynamic_update_slice(k_all, k.transpose(1, 0, 2)[None], at)
+        v_all = jax.lax.dynamic_update_slice(v_all, v.transpose(1, 0, 2)[None], at)
+        x = x + linear(attention(cfg, q, k_all[i], v_all[i], positions), layer.wo)
+        h = rms_norm(x, layer.mlp_norm, cfg.rms_norm_eps)
+        x = x + linear(jax.nn.silu(linear(h, layer.w_gate)) * linear(h, layer.w_up), layer.w_down)
+    return rms_norm(x, weights.final_norm, cfg.rms_norm_eps), KVCache(k_all, v_all)
+
+
+def logits(weights: Weights, hidden: jax.Array) -> jax.Array:
+    head = weights.embed if weights.lm_head is None else weights.lm_head
+    return linear(hidden, head)
+
+
+def prefill(cfg: Config, weights: Weights, tokens, length, cache: KVCache):
+    """Prompt ``tokens [bucket]`` (real ones first, ``length`` of them; padding after).
+
+    Writes K/V for all bucket slots (padding slots are overwritten by later decode steps
+    before any query can see them). Returns the logits at position ``length - 1`` [vocab]
+    and the cache.
+    """
+    hidden, cache = forward(cfg, weights, tokens, jnp.int32(0), cache)
+    last = jax.lax.dynamic_slice_in_dim(hidden, length - 1, 1, axis=0)
+    return logits(weights, last)[0], cache
+
+
+def decode_step(cfg: Config, weights: Weights, token, pos, cache: KVCache):
+    """One token (scalar int32) at position ``pos``; returns (logits [vocab], cache)."""
+    hidden, cache = forward(cfg, weights, token.reshape(1), pos, cache)
+    return logits(weights, hidden)[0], cache
+
+
+def all_logits(cfg: Config, weights: Weights, tokens) -> jax.Array:
+    """Logits at every position of ``tokens [t]`` from an empty cache (for reference checks)."""
+    hidden, _ = forward(cfg, weights, tokens, jnp.int32(0), KVCache.zeros(cfg, tokens.shape[0]))
+    return logits(weights, hidden)

@@ -1,0 +1,139 @@
+"""The mlx-lm quantized directory loader: dtypes, per-layer overrides, and its errors."""
+
+from __future__ import annotations
+
+import json
+
+import mlx.core as mx
+import numpy as np
+import pytest
+
+from model_impl import checkpoints, checks
+from model_impl.backends import generate
+from model_impl.checkpoints import CheckpointError
+from model_impl.checks import mlx_peer
+from model_impl.llama.shapes import shrunk_llama32_config
+from model_impl.llama.weights import QuantizedLinear, dequantize_weights, synthetic
+
+
+@pytest.fixture(scope="module")
+def tiny_hf_dir(tmp_path_factory):
+    """A shrunk Llama-3.2-layout checkpoint with a tokenizer (mlx_lm.convert needs one)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    cfg = shrunk_llama32_config()
+    directory = checkpoints.save_hf_dir(cfg, synthetic(cfg, seed=7), tmp_path_factory.mktemp("tiny") / "hf")
+    vocab = {f"t{i}": i for i in range(cfg.vocab_size)}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="t0"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="t1", eos_token="t2").save_pretrained(str(directory))
+    return directory
+
+
+@pytest.fixture(scope="module")
+def converted(tiny_hf_dir, tmp_path_factory):
+    made = {}
+
+    def make(dtype="float32", bits=4, group=64, predicate=None, tag=""):
+        key = (dtype, bits, group, tag)
+        if key not in made:
+            dest = tmp_path_factory.mktemp("mlx") / f"{dtype}-{bits}-{group}{tag}"
+            made[key] = mlx_peer.convert(tiny_hf_dir, dest, bits, group, dtype, quant_predicate=predicate)
+        return made[key]
+
+    return make
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
+def test_loaded_tensors_equal_what_mlx_loads(converted, dtype):
+    path = converted(dtype)
+    _, weights = checkpoints.load(path, "int4")
+    ref = mx.load(str(path / "model.safetensors"))
+    layer = weights.layers[1]
+    for name, w in (("model.layers.1.mlp.down_proj", layer.w_down), ("model.embed_tokens", weights.embed)):
+        assert isinstance(w, QuantizedLinear) and str(np.asarray(w.scales).dtype) == dtype
+        np.testing.assert_array_equal(w.packed, np.array(ref[f"{name}.weight"]))
+        for part in ("scales", "biases"):
+            ours = np.asarray(getattr(w, part)).astype(np.float32)
+            np.testing.assert_array_equal(ours, np.array(ref[f"{name}.{part}"].astype(mx.float32)))
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_half_precision_scales_run_in_graph_like_host_dequant(converted, dtype):
+    cfg, weights = checkpoints.load(converted(dtype), "int4")
+    ids = [1, 5, 9, 33, 7]
+    runs = [
+        generate.generate(generate.make_runner(cfg, w, "xla-cpu"), ids, 6, stop_at_eos=False, keep_logits=True)
+        for w in (weights, dequantize_weights(weights))
+    ]
+    cmp = checks.compare(*runs)
+    assert cmp.agreement == "6/6" and cmp.max_abs_logit_diff <= checks.IN_GRAPH_VS_HOST_DEQUANT_ATOL
+
+
+def test_per_layer_override_is_honoured_and_agrees_with_mlx_lm(converted):
+    def predicate(path, module, *_):
+        return {"group_size": 32, "bits": 8} if path == "model.layers.0.mlp.down_proj" else True
+
+    path = converted(predicate=predicate, tag="-mixed")
+    config = json.loads((path / "config.json").read_text())
+    assert config["quantization"]["model.layers.0.mlp.down_proj"]["bits"] == 8
+    cfg, weights = checkpoints.load(path, "int4")
+    assert (weights.layers[0].w_down.bits, weights.layers[0].w_down.group_size) == (8, 32)
+    assert (weights.layers[1].w_down.bits, weights.layers[1].w_down.group_size) == (4, 64)
+    ids = [1, 5, 9, 33, 7]
+    ours = generate.generate(
+        generate.make_runner(cfg, weights, "xla-cpu"), ids, 12, stop_at_eos=False, keep_logits=True
+    )
+    pc = mlx_peer.compare(ours, mlx_peer.greedy(path, ids, 12))
+    assert pc.agrees and max(pc.comparison.per_step_max_abs_diff) <= checks.FP32_REORDERING_ATOL
+
+
+def _edit_config(path, **quantization):
+    config = json.loads((path / "config.json").read_text())
+    config["quantization"].update(quantization)
+    (path / "config.json").write_text(json.dumps(config))
+
+
+@pytest.fixture
+def mlx_copy(converted, tmp_path):
+    import shutil
+
+    return shutil.copytree(converted(), tmp_path / "copy")
+
+
+def test_unsupported_mode_is_a_clear_error(mlx_copy):
+    _edit_config(mlx_copy, mode="mxfp4")
+    with pytest.raises(CheckpointError, match=r"config\.json: quantization mode 'mxfp4' is not supported"):
+        checkpoints.load(mlx_copy, "int4")
+
+
+def test_unsupported_bits_is_a_clear_error(mlx_copy):
+    _edit_config(mlx_copy, bits=3)
+    with pytest.raises(CheckpointError, match=r"quantization of default: bits must be one of"):
+        checkpoints.load(mlx_copy, "int4")
+
+
+@pytest.mark.parametrize(
+    "part, message",
+    [
+        ("biases", r"tensor 'model\.layers\.0\.self_attn\.o_proj\.biases' is missing"),
+        (
+            "scales",
+            r"tensor 'model\.layers\.0\.self_attn\.o_proj\.weight' is packed \(uint32\) but "
+            r"'model\.layers\.0\.self_attn\.o_proj\.scales' is missing",
+        ),
+    ],
+)
+def test_missing_companion_tensor_is_a_clear_error(mlx_copy, part, message):
+    from safetensors.numpy import load_file, save_file
+
+    f = mlx_copy / "model.safetensors"
+    tensors = load_file(str(f))
+    del tensors[f"model.layers.0.self_attn.o_proj.{part}"]
+    save_file(tensors, str(f), metadata={"format": "mlx"})
+    index = mlx_copy / "model.safetensors.index.json"
+    if index.exists():
+        index.unlink()
+    with pytest.raises(CheckpointError, match=message):
+        checkpoints.load(mlx_copy, "int4")
