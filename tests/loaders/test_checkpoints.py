@@ -7,6 +7,7 @@ import dataclasses
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,8 +15,11 @@ import pytest
 from model_impl import checkpoints
 from model_impl.checkpoints import CheckpointError
 from model_impl.llama.config import Config
-from model_impl.llama.shapes import ROOT, shrunk_llama32_config
-from model_impl.llama.weights import LINEAR_NAMES, QuantizedLinear, synthetic
+from model_impl.llama.linears import QuantizedLinear
+from model_impl.llama.shapes import shrunk_llama32_config
+from model_impl.llama.weights import LINEAR_NAMES, synthetic
+
+ROOT = Path(__file__).resolve().parents[2]
 
 TINY = Config(
     vocab_size=256,

@@ -12,8 +12,9 @@ from model_impl import checkpoints, checks
 from model_impl.backends import generate
 from model_impl.checkpoints import CheckpointError
 from model_impl.checks import mlx_peer
+from model_impl.llama.linears import QuantizedLinear
 from model_impl.llama.shapes import shrunk_llama32_config
-from model_impl.llama.weights import QuantizedLinear, dequantize_weights, synthetic
+from model_impl.llama.weights import dequantize_weights, synthetic
 
 
 @pytest.fixture(scope="module")

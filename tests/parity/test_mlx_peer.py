@@ -8,7 +8,7 @@ import pytest
 from model_impl import checkpoints
 from model_impl.backends import generate
 from model_impl.checks import FP32_REORDERING_ATOL, GREEDY_TOKENS, mlx_peer
-from model_impl.llama.weights import QuantizedLinear
+from model_impl.llama.linears import QuantizedLinear
 
 pytestmark = pytest.mark.slow
 
