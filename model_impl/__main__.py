@@ -24,6 +24,9 @@ def cmd_generate(args) -> int:
     from .backends import generate
 
     try:
+        if args.max_new_tokens < 1:
+            raise ValueError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
+        generate.require_device(args.backend)  # before anything is loaded or built
         cfg, weights = checkpoint.load(args.model, args.quant)
         if args.representation:
             from .llama import representations

@@ -35,6 +35,29 @@ class Generation:
     logits: np.ndarray | None = None  # [len(tokens), vocab]; row k chose tokens[k]
 
 
+class BackendUnavailable(ValueError):
+    """A backend this machine cannot run; the message names the backend and why."""
+
+
+def require_device(backend: str) -> None:
+    """Raise :class:`BackendUnavailable` (one line) unless this machine has a device for ``backend``."""
+    spec = backend_spec(backend)
+    if not spec.is_cuda:
+        return
+    try:
+        if spec.is_xla:
+            import jax
+
+            jax.devices("cuda")
+        else:
+            import iree.runtime as rt
+
+            rt.get_driver("cuda")
+    except RuntimeError as e:
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise BackendUnavailable(f"backend {spec.name}: no usable CUDA device ({reason})") from None
+
+
 def make_runner(
     cfg: Config,
     weights: Weights,
@@ -47,6 +70,7 @@ def make_runner(
     ``xla_options`` (XLA debug options) and ``iree_flags`` (iree-compile flags) go to the
     compiler of the backend they name."""
     spec = backend_spec(backend)
+    require_device(spec.name)
     if spec.is_xla:
         from .xla import XlaRunner
 
@@ -74,6 +98,8 @@ def generate(
     prompt = [int(t) for t in prompt_tokens]
     if not prompt:
         raise ValueError("the prompt must hold at least one token")
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
     if max(prompt) >= cfg.vocab_size or min(prompt) < 0:
         raise ValueError(f"prompt token ids must be in [0, {cfg.vocab_size})")
     padded = np.zeros(prompt_bucket(len(prompt)), np.int32)

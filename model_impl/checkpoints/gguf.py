@@ -12,11 +12,35 @@ from ..llama.weights import Weights
 from .common import GGUF, CheckpointError, assemble, checked
 
 
-def _gguf_reader(path: Path):
-    from gguf import GGUFReader
+class _TruncatedTensor(Exception):
+    def __init__(self, name: str, end: int, size: int):
+        super().__init__(f"tensor {name!r} is truncated: its data ends at byte {end}, the file has {size}")
 
+
+def _checked_reader_class():
+    """gguf's reader, checking every tensor's extent against the file before it maps the data
+    (the stock reader fails on a short file with a reshape error that names no tensor)."""
+    from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFReader
+
+    class CheckedReader(GGUFReader):
+        def _build_tensors(self, start_offs, fields):
+            size = len(self.data)
+            for field in fields:
+                _, name, _, dims, raw_dtype, offset = field.parts
+                block, type_size = GGML_QUANT_SIZES[GGMLQuantizationType(int(raw_dtype[0]))]
+                end = int(start_offs + offset[0]) + int(np.prod(dims)) * type_size // block
+                if end > size:
+                    raise _TruncatedTensor(bytes(name).decode(), end, size)
+            super()._build_tensors(start_offs, fields)
+
+    return CheckedReader
+
+
+def _gguf_reader(path: Path):
     try:
-        reader = GGUFReader(path)
+        reader = _checked_reader_class()(path)
+    except _TruncatedTensor as e:
+        raise CheckpointError(f"{path}: {e}") from None
     except Exception as e:  # the reader raises many kinds on a damaged file
         raise CheckpointError(f"{path}: not a readable GGUF file ({type(e).__name__}: {e})") from None
     for t in reader.tensors:

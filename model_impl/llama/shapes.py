@@ -16,14 +16,15 @@ def llama32_config() -> Config:
 
 
 def shrunk_llama32_config(layers: int = 2) -> Config:
-    """Same rope (llama3 scaling, theta 5e5), head_dim 64, GQA ratio 4, tied embeddings;
-    fewer layers, heads and columns so that a CPU test runs in seconds."""
+    """Same rope (llama3 scaling, theta 5e5), head_dim 64, GQA ratio 4 over two KV heads (so
+    the query-head -> KV-head mapping is exercised), tied embeddings; fewer layers, heads and
+    columns so that a CPU test runs in seconds."""
     return dataclasses.replace(
         llama32_config(),
         num_layers=layers,
         hidden_size=256,
-        num_heads=4,
-        num_kv_heads=1,
+        num_heads=8,
+        num_kv_heads=2,
         intermediate_size=512,
         vocab_size=1024,
         bos_token_id=1,

@@ -13,6 +13,15 @@ def test_h100_gets_the_newest_accepted_target_below_sm_90():
     assert cuda_target.select("9.0", IREE_3_13) == "sm_89"
 
 
+def test_an_arch_specific_target_is_never_chosen_even_when_it_matches_the_device():
+    """sm_90a code runs only on 9.0 exactly and uses features a portable module must not; the
+    rule skips every ``a`` target, whatever the compiler accepts."""
+    accepted = ("sm_80", "sm_89", "sm_90a", "sm_100a")
+    assert cuda_target.select("9.0", accepted) == "sm_89"
+    assert cuda_target.select("10.0", accepted) == "sm_89"
+    assert cuda_target.select("9.0", (*accepted, "sm_90")) == "sm_90"
+
+
 def test_gb10_gets_sm_121():
     assert cuda_target.select((12, 1), IREE_3_13) == "sm_121"
 

@@ -1,10 +1,24 @@
-"""The command line's weight-mode switch: ``generate --quant int4 --representation ...``."""
+"""The command line: the weight-mode switch, ``--logits-out`` rows, and bad input as one clear
+line with exit code 2, before anything is loaded or built."""
 
 from __future__ import annotations
 
 import json
 
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
 from model_impl.__main__ import main
+from model_impl.checks import FP32_REORDERING_ATOL
+from model_impl.llama import model
+
+LOGITS_PROMPT = [1, 504, 3458, 314, 260]
+LOGITS_TOKENS = 6
+
+
+def _error_lines(capsys) -> list[str]:
+    return [line for line in capsys.readouterr().err.splitlines() if line.strip()]
 
 
 def test_generate_runs_a_representation_and_returns_token_ids(capsys):
@@ -25,3 +39,76 @@ def test_generate_names_the_tensor_a_representation_cannot_hold(capsys):
     # SmolLM2's hidden size 576 is not a multiple of 512: the Pallas layout cannot plane it.
     assert main(["generate", "--token-ids", "1", "--quant", "int4", "--representation", "pallas-u32"]) == 2
     assert "layers.0.wq: the Pallas int4 kernel needs" in capsys.readouterr().err
+
+
+def check_logits_out_rows(backend, real_model, tmp_path, capsys):
+    """``[N, vocab]`` float32; row k's argmax is token k; every row equals a cacheless
+    recompute over the prompt and the tokens before it (row 0: the prompt's last position)."""
+    cfg, weights = real_model
+    out = tmp_path / "logits.npy"
+    argv = [
+        "generate",
+        "--backend",
+        backend,
+        "--token-ids",
+        ",".join(map(str, LOGITS_PROMPT)),
+        "--max-new-tokens",
+        str(LOGITS_TOKENS),
+        "--ignore-eos",
+        "--json",
+        "--logits-out",
+        str(out),
+    ]
+    assert main(argv) == 0
+    tokens = json.loads(capsys.readouterr().out)["tokens"]
+    rows = np.load(out)
+    assert len(tokens) == LOGITS_TOKENS
+    assert rows.shape == (LOGITS_TOKENS, cfg.vocab_size) and rows.dtype == np.float32
+    assert rows.argmax(axis=-1).tolist() == tokens
+    text = jnp.asarray(LOGITS_PROMPT + tokens[:-1], jnp.int32)
+    recompute = np.asarray(model.all_logits(cfg, weights, text))[len(LOGITS_PROMPT) - 1 :]
+    np.testing.assert_allclose(rows, recompute, atol=FP32_REORDERING_ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("backend", ["xla-cpu", "iree-cpu"])
+def test_logits_out_rows_are_the_logits_that_chose_each_token(real_model, tmp_path, capsys, backend):
+    check_logits_out_rows(backend, real_model, tmp_path, capsys)
+
+
+def _has_cuda() -> bool:
+    from model_impl.backends.generate import BackendUnavailable, require_device
+
+    try:
+        require_device("xla-cuda")
+        require_device("iree-cuda")
+    except BackendUnavailable:
+        return False
+    return True
+
+
+@pytest.mark.skipif(_has_cuda(), reason="this machine has a CUDA device: the error cannot occur")
+@pytest.mark.parametrize("backend", ["xla-cuda", "iree-cuda"])
+def test_a_cuda_backend_without_a_gpu_is_one_line_naming_it_before_any_loading(capsys, backend):
+    # A model path that does not exist: the device check must come first.
+    argv = ["generate", "--backend", backend, "--token-ids", "1", "--model", "/nonexistent/model.gguf"]
+    assert main(argv) == 2
+    lines = _error_lines(capsys)
+    assert len(lines) == 1 and lines[0].startswith(f"error: backend {backend}: no usable CUDA device"), lines
+
+
+@pytest.mark.parametrize("n", ["0", "-3"])
+def test_max_new_tokens_below_one_is_one_line(capsys, n):
+    assert main(["generate", "--token-ids", "1", "--max-new-tokens", n, "--model", "/nonexistent.gguf"]) == 2
+    assert _error_lines(capsys) == [f"error: --max-new-tokens must be at least 1, got {n}"]
+
+
+def test_a_truncated_gguf_names_the_tensor_where_the_data_runs_out(tmp_path, capsys):
+    from model_impl import checkpoints
+
+    source = checkpoints.default_model_path()
+    cut = tmp_path / "cut.gguf"
+    data = source.read_bytes()
+    cut.write_bytes(data[: len(data) // 2])
+    assert main(["generate", "--token-ids", "1", "--model", str(cut)]) == 2
+    lines = _error_lines(capsys)
+    assert len(lines) == 1 and lines[0].startswith(f"error: {cut}: tensor '") and "is truncated" in lines[0], lines

@@ -149,6 +149,31 @@ def test_dequantize_is_bit_identical_to_mlx(case):
     np.testing.assert_array_equal(ours.astype(np.float32), from_mlx(ref))
 
 
+def _tie_groups(dtype) -> np.ndarray:
+    """Two rows, one group of 64 each, built so that 15 inputs sit exactly halfway between two
+    codes: max edge 15 and min 0 give scale -1 and bias 15 (row 0), min edge -15 and max 0 give
+    scale 1 and bias -15 (row 1); the halves 0.5 .. 14.5 then map to codes k + 0.5."""
+    halves = np.arange(15, dtype=np.float32) + np.float32(0.5)
+    fill = np.arange(64 - 2 - 15, dtype=np.float32) % 15
+    row = np.concatenate([[15.0, 0.0], halves, fill]).astype(np.float32)
+    return np.stack([row, -row]).astype(dtype)
+
+
+@pytest.mark.parametrize("dtype", list(DTYPES))
+def test_exact_half_ties_round_to_even_as_mlx_does(dtype):
+    w = _tie_groups(DTYPES[dtype][0])
+    wq, scales, biases = quant.quantize(w, 64, 4)
+    # The ties are real: (w - bias) / scale lands on k + 0.5 for the 15 halves of each row.
+    x = (w.astype(np.float32) - biases.astype(np.float32)) / scales.astype(np.float32)
+    assert ((x - np.floor(x)) == 0.5).sum(axis=1).tolist() == [15, 15]
+    ref = [from_mlx(a) for a in mx.quantize(to_mlx(w, dtype), group_size=64, bits=4)]
+    np.testing.assert_array_equal(quant.unpack(wq), quant.unpack(ref[0]))
+    np.testing.assert_array_equal(scales.astype(np.float32), ref[1])
+    # Rounding ties away from zero (C's round) would give other codes: the test can tell.
+    away = np.clip(np.floor(np.abs(x) + 0.5) * np.sign(x), 0, 15).astype(np.uint8)
+    assert (away != quant.unpack(wq)).sum() >= 15
+
+
 def test_mlx_comparison_can_see_a_one_code_difference():
     """The bit-identity checks are not vacuous: flipping one code is detected."""
     w = np.random.default_rng(0).standard_normal((4, 64)).astype(np.float32)

@@ -154,12 +154,26 @@ def test_gguf_wrong_shape_names_file_tensor_and_shapes(tmp_path):
         checkpoints.load(path)
 
 
-@pytest.mark.parametrize("keep", [0.5, 0.999])
-def test_truncated_gguf_is_rejected(tmp_path, keep):
+@pytest.mark.parametrize("keep", [0.05, 0.5, 0.999])
+def test_truncated_gguf_names_the_tensor_where_the_data_runs_out(tmp_path, keep):
+    from gguf import GGUFReader
+
     path = write_gguf(tmp_path / "m.gguf", TINY, synthetic(TINY))
     data = path.read_bytes()
-    path.write_bytes(data[: int(len(data) * keep)])
-    with pytest.raises(CheckpointError, match=r"m\.gguf: .*(truncated|not a readable GGUF)"):
+    cut = int(len(data) * keep)
+    # The first tensor, in file order, whose bytes reach past the cut.
+    first_short = min(
+        (t for t in GGUFReader(path).tensors if t.data_offset + t.n_bytes > cut), key=lambda t: t.data_offset
+    )
+    path.write_bytes(data[:cut])
+    with pytest.raises(CheckpointError, match=rf"m\.gguf: tensor '{first_short.name}' is truncated"):
+        checkpoints.load(path)
+
+
+def test_gguf_cut_inside_its_header_is_not_readable(tmp_path):
+    path = write_gguf(tmp_path / "m.gguf", TINY, synthetic(TINY))
+    path.write_bytes(path.read_bytes()[:64])
+    with pytest.raises(CheckpointError, match=r"m\.gguf: not a readable GGUF file"):
         checkpoints.load(path)
 
 

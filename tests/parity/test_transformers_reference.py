@@ -85,6 +85,32 @@ def test_llama32_layout_checkpoint_logits_match_transformers(llama32_layout_chec
     assert float(np.max(np.abs(unscaled - ref))) > FP32_REORDERING_ATOL
 
 
+def test_llama32_layout_query_heads_read_kv_heads_as_transformers_does(llama32_layout_checkpoint, monkeypatch):
+    """Query head h reads KV head h // (heads / kv_heads). With two KV heads a wrong mapping
+    (h % kv_heads, the interleaved one) must disagree with transformers."""
+    from model_impl.checks.reference import transformers_model
+
+    cfg, weights = checkpoints.load(llama32_layout_checkpoint)
+    heads, kv = cfg.num_heads, cfg.num_kv_heads
+    groups = heads // kv
+    assert kv >= 2 and groups >= 2, "the mapping is only exercised with several KV heads and groups"
+    # Model order j holds query head h so that the model's j // groups is h % kv.
+    order = np.array([(h % kv) * groups + h // kv for h in range(heads)])
+    assert (order != np.arange(heads)).any()
+    real_attention = model.attention
+
+    def interleaved_attention(cfg, q, k_cache, v_cache, positions):
+        t = q.shape[0]
+        out = real_attention(cfg, q.at[:, order].set(q), k_cache, v_cache, positions)
+        return out.reshape(t, heads, cfg.head_dim)[:, order].reshape(t, -1)
+
+    ids = list(np.random.default_rng(0).integers(0, cfg.vocab_size, 40))
+    ref = prompt_logits(transformers_model(llama32_layout_checkpoint), ids)
+    monkeypatch.setattr(model, "attention", interleaved_attention)
+    wrong = np.asarray(model.all_logits(cfg, weights, jnp.asarray(ids, jnp.int32)))
+    assert float(np.max(np.abs(wrong - ref))) > FP32_REORDERING_ATOL
+
+
 def test_shrunk_config_keeps_the_llama32_layout(llama32_layout_checkpoint):
     from model_impl.llama.config import LLAMA32_CONFIG_PATH
 
