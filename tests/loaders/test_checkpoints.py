@@ -226,16 +226,16 @@ def test_hf_dir_missing_tensor_names_it(hf_dir):
 
 
 def test_hf_dir_wrong_shape_names_file_and_tensor(hf_dir):
-    directory = hf_dir[0]
+    directory, cfg, _ = hf_dir
 
     def edit(t):
-        t["model.layers.0.self_attn.k_proj.weight"] = np.zeros((32, 256), np.float32)
+        t["model.layers.0.self_attn.k_proj.weight"] = np.zeros((32, cfg.hidden_size), np.float32)
 
     _rewrite_tensors(directory, edit)
     with pytest.raises(
         CheckpointError,
         match=r"model\.safetensors: tensor 'model\.layers\.0\.self_attn\.k_proj\.weight' "
-        r"has shape \(32, 256\), expected \(64, 256\)",
+        rf"has shape \(32, {cfg.hidden_size}\), expected \({cfg.kv_size}, {cfg.hidden_size}\)",
     ):
         checkpoints.load(directory)
 
