@@ -27,7 +27,7 @@ def cmd_generate(args) -> int:
         if args.max_new_tokens < 1:
             raise ValueError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
         generate.require_device(args.backend)  # before anything is loaded or built
-        cfg, weights = checkpoint.load(args.model, args.quant)
+        cfg, weights = checkpoint.load(args.model, args.quant, args.dtype)
         if args.representation:
             from .llama import representations
 
@@ -80,6 +80,7 @@ def cmd_fusion(args) -> int:
 
 def main(argv=None) -> int:
     from .backends.spec import BACKENDS
+    from .llama.config import DTYPES
     from .llama.representations import REPRESENTATIONS
 
     parser = argparse.ArgumentParser(prog="python -m model_impl")
@@ -87,7 +88,10 @@ def main(argv=None) -> int:
 
     g = sub.add_parser("generate", help="greedy generation with the JAX Llama")
     g.add_argument("--model", help="a GGUF file or an HF directory (default: embedded SmolLM2-135M)")
-    g.add_argument("--quant", choices=("fp32", "int4"), default="fp32")
+    g.add_argument("--quant", choices=("dense", "int4", "fp32"), default="dense",
+                   help="dense weights, or int4 (MLX affine, group 64) dequantized in the graph; fp32 = dense")
+    g.add_argument("--dtype", choices=DTYPES,
+                   help="compute dtype (default: the checkpoint's; the embedded GGUF decodes to float32)")
     g.add_argument("--backend", choices=BACKENDS, default="xla-cpu")
     g.add_argument(
         "--representation",

@@ -7,14 +7,23 @@ problem as one :class:`CheckpointError` naming the file and the tensor.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 
 import numpy as np
 
-from ..llama.config import Config
+from ..llama.config import Config, np_dtype
 from ..llama.linears import DEFAULT_BITS, DEFAULT_GROUP_SIZE
-from ..llama.weights import LINEAR_NAMES, QUANT_MODES, Weights, dequantize_weights, quantize_weights
+from ..llama.weights import (
+    LINEAR_NAMES,
+    Weights,
+    cast_weights,
+    dequantize_weights,
+    float_dtype,
+    quant_mode,
+    quantize_weights,
+)
 from .common import GGUF, HF, LAYER_NAMES, CheckpointError, default_model_path
 from .gguf import load_gguf
 from .safetensors_dirs import is_mlx_quantized_dir, load_hf_dir, load_mlx_dir, save_hf_dir
@@ -31,21 +40,26 @@ __all__ = [
 ]
 
 
-def load(path: str | Path | None = None, quant: str = "fp32") -> tuple[Config, Weights]:
+def load(path: str | Path | None = None, quant: str = "dense", dtype: str | None = None) -> tuple[Config, Weights]:
     """Load a GGUF file or an HF directory (default: the embedded SmolLM2-135M GGUF).
 
-    ``quant="int4"`` quantizes the 7 linears of every layer at load time
-    (``quant.quantize(w, 64, 4)``); embedding and norms stay float32. An mlx-lm quantized
+    ``dtype`` (float32, bfloat16, float16) is the compute dtype; None keeps the checkpoint's:
+    a GGUF decodes to float32, a safetensors directory keeps its stored float dtype (an HF
+    bf16 checkpoint runs in bf16, an mlx-community f16 one in f16). Float tensors are cast to
+    it; packed scales and biases stay as stored and convert in the graph.
+
+    ``quant="int4"`` quantizes the 7 linears of every layer at load time, after the cast
+    (``quant.quantize(w, 64, 4)``, as ``mlx_lm.convert --dtype`` does). An mlx-lm quantized
     directory is already packed: ``"int4"`` keeps its codes (whatever its bits and groups,
-    embedding included), ``"fp32"`` dequantizes them on the host.
+    embedding included), ``"dense"`` (alias ``"fp32"``) dequantizes them on the host in the
+    compute dtype.
     """
-    if quant not in QUANT_MODES:
-        raise ValueError(f"quant mode must be one of {QUANT_MODES}, got {quant!r}")
+    quant = quant_mode(quant)
     path = default_model_path() if path is None else Path(path)
     if path.is_dir() and is_mlx_quantized_dir(path):
-        cfg, weights = load_mlx_dir(path)
-        # Already packed: "int4" runs the stored codes in-graph; "fp32" their host dequant.
-        return cfg, (weights if quant == "int4" else dequantize_weights(weights))
+        cfg, weights = _in_dtype(*load_mlx_dir(path), dtype)
+        # Already packed: "int4" runs the stored codes in-graph; "dense" their host dequant.
+        return cfg, (weights if quant == "int4" else dequantize_weights(weights, cfg.dtype))
     if path.is_dir():
         cfg, weights = load_hf_dir(path)
     elif path.suffix == ".gguf":
@@ -54,9 +68,17 @@ def load(path: str | Path | None = None, quant: str = "fp32") -> tuple[Config, W
         raise CheckpointError(f"{path}: no such file or directory")
     else:
         raise CheckpointError(f"{path}: expected a .gguf file or an HF checkpoint directory")
+    cfg, weights = _in_dtype(cfg, weights, dtype)
     if quant == "int4":
         weights = _quantize_named(path, weights, GGUF if path.suffix == ".gguf" else HF)
     return cfg, weights
+
+
+def _in_dtype(cfg: Config, weights: Weights, dtype: str | None) -> tuple[Config, Weights]:
+    """The config and weights in ``dtype`` (None: the dtype the float tensors are stored in)."""
+    dtype = float_dtype(weights) if dtype is None else dtype
+    np_dtype(dtype)  # one clear error for a name that is not a compute dtype
+    return dataclasses.replace(cfg, dtype=dtype), cast_weights(weights, dtype)
 
 
 def _quantize_named(path: Path, weights: Weights, fmt: int) -> Weights:

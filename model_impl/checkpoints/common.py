@@ -85,7 +85,8 @@ def checked(path, name: str, array: np.ndarray, shape) -> np.ndarray:
         raise CheckpointError(f"{path}: tensor {name!r} has shape {tuple(array.shape)}, expected {tuple(shape)}")
     if array.dtype not in LOADABLE_DTYPES:
         raise CheckpointError(f"{path}: tensor {name!r} has dtype {array.dtype}, expected float32/float16/bfloat16")
-    out = np.asarray(array, dtype=np.float32)
-    if not np.isfinite(out).all():
+    # Kept as stored (float32, float16 or bfloat16); float64 has no use here.
+    out = np.asarray(array, dtype=np.float32) if array.dtype == np.float64 else np.asarray(array)
+    if not np.isfinite(out.astype(np.float32)).all():
         raise CheckpointError(f"{path}: tensor {name!r} contains NaN or Inf")
     return out

@@ -121,6 +121,7 @@ def load_gguf(path: str | Path) -> tuple[Config, Weights]:
             w = _unpermute_rope_rows(w, cfg.num_heads)
         elif ".attn_k." in name:
             w = _unpermute_rope_rows(w, cfg.num_kv_heads)
-        return checked(path, name, w, shape)
+        # GGUF blocks (Q4_1, Q8_0, F16, ...) decode to float32: that is "the model as stored".
+        return checked(path, name, np.asarray(w, np.float32), shape)
 
     return cfg, assemble(cfg, get, GGUF)

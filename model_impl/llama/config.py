@@ -10,6 +10,9 @@ from pathlib import Path
 import numpy as np
 
 ROPE_TYPES = ("default", "llama3")
+# The compute dtypes: activations, unquantized weights, the KV cache and dequantized int4
+# weights are in one of these; matmuls accumulate in float32 whatever it is.
+DTYPES = ("float32", "bfloat16", "float16")
 # The real Llama-3.2-1B config.json (the target model; its weights are not shipped).
 LLAMA32_CONFIG_PATH = Path(__file__).resolve().parents[1] / "data" / "llama-3.2-1b-config.json"
 
@@ -44,14 +47,22 @@ class Config:
     max_position_embeddings: int
     bos_token_id: int | None = None
     eos_token_ids: tuple[int, ...] = ()
+    dtype: str = "float32"  # the compute dtype, one of DTYPES
 
     def __post_init__(self):
+        if self.dtype not in DTYPES:
+            raise ConfigError(f"dtype {self.dtype!r} is not one of {DTYPES}")
         if self.num_heads % self.num_kv_heads:
             raise ConfigError(
                 f"num_attention_heads {self.num_heads} is not a multiple of num_key_value_heads {self.num_kv_heads}"
             )
         if self.head_dim % 2:
             raise ConfigError(f"head_dim {self.head_dim} must be even for RoPE")
+
+    @property
+    def jnp_dtype(self):
+        """The compute dtype as a numpy/JAX dtype (bfloat16 from ml_dtypes)."""
+        return np_dtype(self.dtype)
 
     @property
     def q_size(self) -> int:
@@ -83,11 +94,20 @@ class Config:
             "mlp_bias": False,
             "bos_token_id": self.bos_token_id,
             "eos_token_id": list(self.eos_token_ids) if len(self.eos_token_ids) != 1 else self.eos_token_ids[0],
-            "torch_dtype": "float32",
+            "torch_dtype": self.dtype,
         }
         if self.rope_scaling is not None:
             d["rope_scaling"] = {"rope_type": "llama3", **dataclasses.asdict(self.rope_scaling)}
         return d
+
+
+def np_dtype(name: str) -> np.dtype:
+    """``"bfloat16"`` and the other names of :data:`DTYPES` as numpy dtypes."""
+    import ml_dtypes
+
+    if name not in DTYPES:
+        raise ConfigError(f"dtype {name!r} is not one of {DTYPES}")
+    return np.dtype(ml_dtypes.bfloat16) if name == "bfloat16" else np.dtype(name)
 
 
 def from_hf_dict(d: dict, source: str = "config.json") -> Config:

@@ -20,6 +20,9 @@ from .. import quant as quant_mod
 # fp32 matmuls at full precision everywhere: on GPUs the default may use TF32, which
 # would make CPU/GPU agreement a property of the backend rather than of the graph.
 PRECISION = jax.lax.Precision.HIGHEST
+# Every matmul accumulates in float32, whatever the compute dtype: a bf16 accumulator over
+# 2048 terms would lose ~8 bits; the result is rounded to the compute dtype once.
+ACCUMULATE = jnp.float32
 
 DEFAULT_GROUP_SIZE = 64
 DEFAULT_BITS = 4
@@ -32,13 +35,18 @@ class Int4Form:
         raise NotImplementedError
 
 
+def contract(spec: str, a: jax.Array, b: jax.Array) -> jax.Array:
+    """``einsum(spec, a, b)`` accumulated in float32 (the result stays float32)."""
+    return jnp.einsum(spec, a, b, precision=PRECISION, preferred_element_type=ACCUMULATE)
+
+
 def dense_matmul(x: jax.Array, w: jax.Array) -> jax.Array:
-    """``x [t, in] @ w [out, in].T``."""
-    return jnp.einsum("ti,oi->to", x, w, precision=PRECISION)
+    """``x [t, in] @ w [out, in].T`` in ``x``'s dtype (accumulated in float32)."""
+    return contract("ti,oi->to", x, w).astype(x.dtype)
 
 
 def linear(x: jax.Array, w) -> jax.Array:
-    """``x [t, in] @ W[out, in].T`` for a float ``W`` or any :class:`Int4Form`."""
+    """``x [t, in] @ W[out, in].T`` for a float ``W`` or any :class:`Int4Form`, in ``x``'s dtype."""
     return w.matmul(x) if isinstance(w, Int4Form) else dense_matmul(x, w)
 
 
@@ -65,35 +73,47 @@ class QuantizedLinear(Int4Form):
     def shape(self) -> tuple[int, int]:
         return (self.packed.shape[0], self.packed.shape[1] * quant_mod.codes_per_word(self.bits))
 
-    def dequantize(self) -> np.ndarray:
-        """Host dequant to float32 (scales upcast first, exact), as the graph computes it."""
+    def dequantize(self, dtype="float32") -> np.ndarray:
+        """Host dequant in ``dtype``: scales and biases converted to it, then ``q * s + b`` with
+        one rounding per op, as the graph (and MLX, when the dtypes agree) computes it."""
+        dtype = np.dtype(dtype) if not isinstance(dtype, str) else _np_dtype(dtype)
         return quant_mod.dequantize(
             self.packed,
-            np.asarray(self.scales).astype(np.float32),
-            np.asarray(self.biases).astype(np.float32),
+            np.asarray(self.scales).astype(dtype),
+            np.asarray(self.biases).astype(dtype),
             self.group_size,
             self.bits,
         )
 
     def matmul(self, x: jax.Array) -> jax.Array:
-        return dense_matmul(x, dequantize(self))
+        return dense_matmul(x, dequantize(self, x.dtype))
 
 
-def dequantize(w: QuantizedLinear) -> jax.Array:
-    """In-graph dequant to float32 ``[out, in]``: shift, mask, convert, scale, add."""
+def _np_dtype(name: str) -> np.dtype:
+    from .config import np_dtype
+
+    return np_dtype(name)
+
+
+def dequantize(w: QuantizedLinear, dtype=jnp.float32) -> jax.Array:
+    """In-graph dequant to ``dtype`` ``[out, in]``: shift, mask, convert, scale, add; the scales
+    and biases are converted from the checkpoint's dtype in the graph."""
     out_features = w.packed.shape[0]
     codes = unpack_codes(w.packed, w.bits).reshape(out_features, -1, w.group_size)
-    scales = w.scales.astype(jnp.float32)[:, :, None]
-    biases = w.biases.astype(jnp.float32)[:, :, None]
-    return (codes.astype(jnp.float32) * scales + biases).reshape(out_features, -1)
+    scales = w.scales.astype(dtype)[:, :, None]
+    biases = w.biases.astype(dtype)[:, :, None]
+    return (codes.astype(dtype) * scales + biases).reshape(out_features, -1)
 
 
-def quantized_linear_spec(shape, group_size: int = DEFAULT_GROUP_SIZE, bits: int = DEFAULT_BITS) -> QuantizedLinear:
-    """Shape-only packed linear for a float weight of ``shape`` = ``[out, in]``."""
+def quantized_linear_spec(
+    shape, group_size: int = DEFAULT_GROUP_SIZE, bits: int = DEFAULT_BITS, scale_dtype=np.float32
+) -> QuantizedLinear:
+    """Shape-only packed linear for a float weight of ``shape`` = ``[out, in]``; scales and
+    biases in ``scale_dtype`` (the quantized weight's own dtype)."""
     out, n_in = shape
     if n_in % group_size:
         raise quant_mod.QuantizationError(f"input dimension {n_in} is not divisible by group_size {group_size}")
-    groups = jax.ShapeDtypeStruct((out, n_in // group_size), np.dtype(np.float32))
+    groups = jax.ShapeDtypeStruct((out, n_in // group_size), np.dtype(scale_dtype))
     packed = jax.ShapeDtypeStruct((out, n_in * bits // 32), np.dtype(np.uint32))
     return QuantizedLinear(packed, groups, groups, group_size, bits)
 

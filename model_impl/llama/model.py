@@ -1,5 +1,9 @@
 """A thin Llama in JAX: pure functions over a :class:`Config` and a :class:`Weights` pytree.
 
+Compute dtype ``cfg.dtype`` (float32, bfloat16 or float16): activations, the unquantized
+weights, the KV cache and dequantized int4 weights are in it; every matmul accumulates in
+float32 (:func:`linears.contract`); the logits come out in float32.
+
 Batch 1. The KV cache is static, ``[layers, kv_heads, max_seq, head_dim]`` for K and V,
 written with ``dynamic_update_slice`` (IREE's CUDA backend rejects the scatter that
 ``.at[].set`` lowers to). Layers are unrolled in Python so that each quantized linear is
@@ -15,49 +19,53 @@ import jax.numpy as jnp
 import numpy as np
 
 from .config import Config, rope_inv_freq
-from .linears import PRECISION, QuantizedLinear, dequantize, linear
+from .linears import Int4Form, QuantizedLinear, contract, dequantize, linear
 from .weights import Weights
 
 
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
 class KVCache:
-    k: jax.Array  # [layers, kv_heads, max_seq, head_dim] float32
-    v: jax.Array  # [layers, kv_heads, max_seq, head_dim] float32
+    k: jax.Array  # [layers, kv_heads, max_seq, head_dim] in cfg.dtype
+    v: jax.Array  # [layers, kv_heads, max_seq, head_dim] in cfg.dtype
 
     @staticmethod
     def zeros(cfg: Config, max_seq: int) -> KVCache:
         shape = (cfg.num_layers, cfg.num_kv_heads, max_seq, cfg.head_dim)
-        return KVCache(jnp.zeros(shape, jnp.float32), jnp.zeros(shape, jnp.float32))
+        return KVCache(jnp.zeros(shape, cfg.jnp_dtype), jnp.zeros(shape, cfg.jnp_dtype))
 
     @property
     def max_seq(self) -> int:
         return self.k.shape[2]
 
 
-def embed(table, tokens: jax.Array) -> jax.Array:
+def embed(cfg: Config, table, tokens: jax.Array) -> jax.Array:
     """Rows of the embedding for ``tokens [t]``; a packed table is gathered, then dequantized."""
     if isinstance(table, QuantizedLinear):
         take = lambda a: jnp.take(a, tokens, axis=0)  # noqa: E731
         table = dataclasses.replace(
             table, packed=take(table.packed), scales=take(table.scales), biases=take(table.biases)
         )
-        return dequantize(table)
-    return jnp.take(table, tokens, axis=0)
+        return dequantize(table, cfg.jnp_dtype)
+    return jnp.take(table, tokens, axis=0).astype(cfg.jnp_dtype)
 
 
 def rms_norm(x: jax.Array, weight: jax.Array, eps: float) -> jax.Array:
-    var = jnp.mean(x * x, axis=-1, keepdims=True)
-    return x * jax.lax.rsqrt(var + eps) * weight
+    # The mean of squares in float32: in half precision a sum of 2048 squares loses the small
+    # ones, and eps (1e-5) is below bf16's resolution near 1. As transformers' LlamaRMSNorm.
+    xf = x.astype(jnp.float32)
+    normed = xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + eps)
+    return weight * normed.astype(x.dtype)
 
 
 def rope(x: jax.Array, positions: jax.Array, inv_freq: np.ndarray) -> jax.Array:
-    """Rotate-half RoPE (HF layout). x: [t, heads, head_dim]; positions: [t] int32."""
+    """Rotate-half RoPE (HF layout). x: [t, heads, head_dim]; positions: [t] int32. Angles in
+    float32, their cos/sin rounded to ``x``'s dtype, the rotation in it (as transformers)."""
     freqs = positions.astype(jnp.float32)[:, None] * inv_freq[None, :]  # [t, d/2]
     angles = jnp.concatenate([freqs, freqs], axis=-1)[:, None, :]  # [t, 1, d]
     half = x.shape[-1] // 2
     rotated = jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)
-    return x * jnp.cos(angles) + rotated * jnp.sin(angles)
+    return x * jnp.cos(angles).astype(x.dtype) + rotated * jnp.sin(angles).astype(x.dtype)
 
 
 def attention(cfg: Config, q, k_cache, v_cache, positions):
@@ -65,12 +73,16 @@ def attention(cfg: Config, q, k_cache, v_cache, positions):
     t = q.shape[0]
     groups = cfg.num_heads // cfg.num_kv_heads
     q = q.reshape(t, cfg.num_kv_heads, groups, cfg.head_dim)  # head h = kv * groups + g
-    scores = jnp.einsum("tkgd,ksd->kgts", q, k_cache, precision=PRECISION)
-    scores = scores * np.float32(cfg.head_dim**-0.5)
+    scores = contract("tkgd,ksd->kgts", q, k_cache) * np.float32(cfg.head_dim**-0.5)
     visible = jnp.arange(k_cache.shape[1])[None, :] <= positions[:, None]  # [t, s]
     scores = jnp.where(visible[None, None], scores, jnp.finfo(jnp.float32).min)
-    probs = jax.nn.softmax(scores, axis=-1)
-    out = jnp.einsum("kgts,ksd->tkgd", probs, v_cache, precision=PRECISION)
+    # Softmax in float32: exp of half-precision scores and a half-precision normalizer would
+    # put relative errors of 2^-8 on every probability. Rounded to the compute dtype after.
+    probs = jax.nn.softmax(scores, axis=-1).astype(q.dtype)
+    # Both operands widened to float32 before the dot: exact (every half-precision value is a
+    # float32), and XLA-CPU (jaxlib 0.10.2) has no kernel for this batched BF16 x BF16 = F32 dot
+    # ("Unsupported element type for DotThunk::Execute"); for float32 the casts are no-ops.
+    out = contract("kgts,ksd->tkgd", probs.astype(jnp.float32), v_cache.astype(jnp.float32)).astype(q.dtype)
     return out.reshape(t, cfg.q_size)
 
 
@@ -79,7 +91,7 @@ def forward(cfg: Config, weights: Weights, tokens, start, cache: KVCache):
     t = tokens.shape[0]
     inv_freq = rope_inv_freq(cfg)
     positions = start + jnp.arange(t, dtype=jnp.int32)
-    x = embed(weights.embed, tokens)
+    x = embed(cfg, weights.embed, tokens)
     k_all, v_all = cache.k, cache.v
     for i, layer in enumerate(weights.layers):
         h = rms_norm(x, layer.attn_norm, cfg.rms_norm_eps)
@@ -97,8 +109,11 @@ def forward(cfg: Config, weights: Weights, tokens, start, cache: KVCache):
 
 
 def logits(weights: Weights, hidden: jax.Array) -> jax.Array:
+    """``[t, vocab]`` float32: a float head's float32 accumulator is kept, not rounded."""
     head = weights.embed if weights.lm_head is None else weights.lm_head
-    return linear(hidden, head)
+    if isinstance(head, Int4Form):
+        return head.matmul(hidden).astype(jnp.float32)
+    return contract("ti,oi->to", hidden, head)
 
 
 def prefill(cfg: Config, weights: Weights, tokens, length, cache: KVCache):

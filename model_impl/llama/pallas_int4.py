@@ -83,9 +83,11 @@ class PallasInt4Linear(Int4Form):
         return (codes * self.scales[:, :, None] + self.biases[:, :, None]).reshape(out, words * PLANES)
 
     def matmul(self, x: jax.Array) -> jax.Array:
+        """The kernel computes in float32 whatever ``x``'s dtype; the result is rounded to it."""
+        x32 = x.astype(jnp.float32)
         if x.shape[0] != 1:
-            return jnp.einsum("ti,oi->to", x, self.dequantize(), precision=PRECISION)
-        return gemv(x[0], self.words, self.scales, self.biases, self.group_size)[None]
+            return jnp.einsum("ti,oi->to", x32, self.dequantize(), precision=PRECISION).astype(x.dtype)
+        return gemv(x32[0], self.words, self.scales, self.biases, self.group_size)[None].astype(x.dtype)
 
 
 def _kernel(x_ref, w_ref, s_ref, b_ref, o_ref, *, group_size: int, words: int):

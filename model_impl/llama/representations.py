@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .. import quant as quant_mod
-from .linears import PRECISION, Int4Form, QuantizedLinear
+from .linears import Int4Form, QuantizedLinear, contract
 from .weights import LINEAR_NAMES, Weights
 
 BASELINE = "u32-affine"
@@ -60,30 +60,33 @@ class NativeInt4Linear(Int4Form):
     form: str = dataclasses.field(metadata=dict(static=True), default="u4-affine")
 
     def matmul(self, x: jax.Array) -> jax.Array:
-        t, g = x.shape[0], self.group_size
+        """In ``x``'s dtype: a rebuilt weight in it, every contraction accumulated in float32."""
+        t, g, dt = x.shape[0], self.group_size, x.dtype
+        f32 = jnp.float32
         if self.form in GROUPED_FORMS:
             groups, out, _ = self.codes.shape
             xg = x.reshape(t, groups, g).transpose(1, 0, 2)  # [groups, t, g]
-            codes = self.codes.astype(jnp.float32)  # [groups, out, g]: the batch dimension leads
-            partial = jnp.einsum("Gtg,Gog->Gto", xg, codes, precision=PRECISION)
-            y = jnp.einsum("Gto,Go->to", partial, self.scales, precision=PRECISION)
-            return y + jnp.einsum("Gt,Go->to", xg.sum(axis=-1), self.biases, precision=PRECISION)
+            codes = self.codes.astype(dt)  # [groups, out, g]: the batch dimension leads
+            partial = contract("Gtg,Gog->Gto", xg, codes)  # float32 partial sums per group
+            y = contract("Gto,Go->to", partial, self.scales.astype(f32))
+            y = y + contract("Gt,Go->to", xg.astype(f32).sum(axis=-1), self.biases.astype(f32))
+            return y.astype(dt)
         if self.form == "u4-affine-io":
             n_in, out = self.codes.shape
-            w = self.codes.astype(jnp.float32).reshape(n_in // g, g, out)
-            w = (w * self.scales[:, None, :] + self.biases[:, None, :]).reshape(n_in, out)
-            return jnp.einsum("ti,io->to", x, w, precision=PRECISION)
+            w = self.codes.astype(dt).reshape(n_in // g, g, out)
+            w = (w * self.scales.astype(dt)[:, None, :] + self.biases.astype(dt)[:, None, :]).reshape(n_in, out)
+            return contract("ti,io->to", x, w).astype(dt)
         out, n_in = self.codes.shape
         groups = n_in // g
-        codes = self.codes.astype(jnp.float32).reshape(out, groups, g)
+        codes = self.codes.astype(dt).reshape(out, groups, g)
         if self.form == "u4-affine":
-            w = (codes * self.scales[:, :, None] + self.biases[:, :, None]).reshape(out, n_in)
-            return jnp.einsum("ti,oi->to", x, w, precision=PRECISION)
+            w = (codes * self.scales.astype(dt)[:, :, None] + self.biases.astype(dt)[:, :, None]).reshape(out, n_in)
+            return contract("ti,oi->to", x, w).astype(dt)
         if self.form == "s4-scale-gsum":
-            x_sums = x.reshape(t, groups, g).sum(axis=-1)  # [t, groups]
-            w = (codes * self.scales[:, :, None]).reshape(out, n_in)
-            bias_term = jnp.einsum("tG,oG->to", x_sums, self.biases, precision=PRECISION)
-            return jnp.einsum("ti,oi->to", x, w, precision=PRECISION) + bias_term
+            x_sums = x.astype(f32).reshape(t, groups, g).sum(axis=-1)  # [t, groups]
+            w = (codes * self.scales.astype(dt)[:, :, None]).reshape(out, n_in)
+            bias_term = contract("tG,oG->to", x_sums, self.biases.astype(f32))
+            return (contract("ti,oi->to", x, w) + bias_term).astype(dt)
         raise ValueError(f"unknown native int4 form {self.form!r}; known: {NATIVE_FORMS}")
 
 

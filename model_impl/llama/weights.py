@@ -13,7 +13,7 @@ import jax
 import numpy as np
 
 from .. import quant as quant_mod
-from .config import Config
+from .config import Config, np_dtype
 from .linears import (
     DEFAULT_BITS,
     DEFAULT_GROUP_SIZE,
@@ -24,7 +24,25 @@ from .linears import (
 )
 
 LINEAR_NAMES = ("wq", "wk", "wv", "wo", "w_gate", "w_up", "w_down")
-QUANT_MODES = ("fp32", "int4")
+QUANT_MODES = ("dense", "int4")
+QUANT_ALIASES = {"fp32": "dense"}  # the name before half precision: dense weights
+
+
+def quant_mode(name: str) -> str:
+    """``dense`` or ``int4`` (``fp32`` is accepted for ``dense``); one error for anything else."""
+    mode = QUANT_ALIASES.get(name, name)
+    if mode not in QUANT_MODES:
+        raise ValueError(f"quant mode must be one of {QUANT_MODES} (or {', '.join(QUANT_ALIASES)}), got {name!r}")
+    return mode
+
+
+def mode_label(quant: str, dtype: str) -> str:
+    """How results and reports name a weight mode: ``fp32``, ``bf16``, ``f16`` for dense weights,
+    ``int4`` (float32 compute), ``int4-bf16``, ``int4-f16``."""
+    short = {"float32": "fp32", "bfloat16": "bf16", "float16": "f16"}[dtype]
+    if quant_mode(quant) == "dense":
+        return short
+    return "int4" if dtype == "float32" else f"int4-{short}"
 
 
 Linear = np.ndarray | jax.Array | Int4Form
@@ -78,25 +96,51 @@ def map_linears(weights: Weights, fn) -> Weights:
 
 
 def quantize_weights(weights: Weights, group_size: int = DEFAULT_GROUP_SIZE, bits: int = DEFAULT_BITS) -> Weights:
-    """Quantize the 7 linears of every layer with :func:`quant.quantize`."""
+    """Quantize the 7 linears of every layer with :func:`quant.quantize`, each in its own dtype
+    (bfloat16 weights give bfloat16 scales and biases, as ``mlx.core.quantize`` does)."""
 
     def q(w):
         if isinstance(w, QuantizedLinear):
             return w
-        packed, scales, biases = quant_mod.quantize(np.asarray(w, np.float32), group_size, bits)
+        packed, scales, biases = quant_mod.quantize(np.asarray(w), group_size, bits)
         return QuantizedLinear(packed, scales, biases, group_size, bits)
 
     return map_linears(weights, q)
 
 
-def dequantize_weights(weights: Weights) -> Weights:
-    """Host dequant of every packed tensor to float32: the fp32-graph twin of ``weights``."""
+def dequantize_weights(weights: Weights, dtype: str = "float32") -> Weights:
+    """Host dequant of every packed tensor in ``dtype``: the dense-graph twin of ``weights``
+    in a graph of that compute dtype (the same ``q * s + b`` the in-graph dequant computes)."""
 
     def deq(w):
-        return w.dequantize() if isinstance(w, QuantizedLinear) else w
+        return w.dequantize(dtype) if isinstance(w, QuantizedLinear) else w
 
     out = map_linears(weights, deq)
     return dataclasses.replace(out, embed=deq(out.embed), lm_head=None if out.lm_head is None else deq(out.lm_head))
+
+
+def cast_weights(weights: Weights, dtype: str) -> Weights:
+    """Every float array in ``dtype``; packed int4 linears untouched (their scales and biases
+    stay in the checkpoint's dtype and convert in the graph)."""
+    target = np_dtype(dtype)
+
+    def cast(x):
+        if isinstance(x, (np.ndarray, jax.Array)) and np.issubdtype(np.asarray(x).dtype, np.floating):
+            return np.asarray(x).astype(target, copy=False)
+        if isinstance(x, jax.ShapeDtypeStruct) and x.dtype != np.uint32:
+            return jax.ShapeDtypeStruct(x.shape, target)
+        return x
+
+    def leaf(x):
+        return x if isinstance(x, Int4Form) else cast(x)
+
+    return jax.tree_util.tree_map(leaf, weights, is_leaf=lambda x: isinstance(x, Int4Form))
+
+
+def float_dtype(weights: Weights) -> str:
+    """The dtype name of the tree's unquantized float tensors (the final norm's)."""
+    dtype = np.dtype(weights.final_norm.dtype)
+    return "bfloat16" if dtype.name == "bfloat16" else dtype.name
 
 
 def nbytes(weights: Weights) -> int:
@@ -115,7 +159,8 @@ def quantized_linears(weights: Weights) -> int:
 
 
 def synthetic(cfg: Config, seed: int = 0) -> Weights:
-    """Seeded random float32 weights for any config (RMS of activations stays ~1)."""
+    """Seeded random weights for any config (RMS of activations stays ~1): drawn in float32,
+    then rounded to ``cfg.dtype``."""
     rng = np.random.default_rng(seed)
 
     def normal(*shape, std):
@@ -136,20 +181,21 @@ def synthetic(cfg: Config, seed: int = 0) -> Weights:
         None if cfg.tie_word_embeddings else normal(cfg.vocab_size, cfg.hidden_size, std=1.0 / np.sqrt(cfg.hidden_size))
     )
     final_norm = (1.0 + normal(cfg.hidden_size, std=0.1)).astype(np.float32)
-    return Weights(embed=embed, layers=tuple(layers), final_norm=final_norm, lm_head=head)
+    weights = Weights(embed=embed, layers=tuple(layers), final_norm=final_norm, lm_head=head)
+    return weights if cfg.dtype == "float32" else cast_weights(weights, cfg.dtype)
 
 
 def specs(cfg: Config, quant: str = "fp32", group_size: int = DEFAULT_GROUP_SIZE, bits: int = DEFAULT_BITS) -> Weights:
-    """Shape-only weights (``jax.ShapeDtypeStruct`` leaves): export and compile need no data."""
-    if quant not in QUANT_MODES:
-        raise ValueError(f"quant mode must be one of {QUANT_MODES}, got {quant!r}")
-    f32 = np.dtype(np.float32)
+    """Shape-only weights (``jax.ShapeDtypeStruct`` leaves): export and compile need no data.
+    Float tensors, and the scales of packed ones, in ``cfg.dtype``."""
+    dense = quant_mode(quant) == "dense"
+    dtype = cfg.jnp_dtype
 
-    def leaf(shape, dtype=f32):
+    def leaf(shape):
         return jax.ShapeDtypeStruct(tuple(shape), dtype)
 
     def linear(shape):
-        return leaf(shape) if quant == "fp32" else quantized_linear_spec(shape, group_size, bits)
+        return leaf(shape) if dense else quantized_linear_spec(shape, group_size, bits, dtype)
 
     shapes = expected_shapes(cfg)
     layers = tuple(
@@ -168,5 +214,14 @@ def linear_weight_elements(cfg: Config) -> set[int]:
 
 def linear_weight_bytes_f32(cfg: Config) -> int:
     """Bytes of all quantized linears rebuilt as float32 (what full materialization writes)."""
+    return 4 * cfg.num_layers * sum(linear_weight_elements_each(cfg))
+
+
+def linear_weight_bytes(cfg: Config) -> int:
+    """Bytes of all quantized linears rebuilt in the compute dtype (what materialization writes)."""
+    return cfg.jnp_dtype.itemsize * cfg.num_layers * sum(linear_weight_elements_each(cfg))
+
+
+def linear_weight_elements_each(cfg: Config) -> list[int]:
     shapes = expected_shapes(cfg)
-    return 4 * cfg.num_layers * sum(shapes[n][0] * shapes[n][1] for n in LINEAR_NAMES)
+    return [shapes[n][0] * shapes[n][1] for n in LINEAR_NAMES]
