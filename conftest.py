@@ -89,48 +89,59 @@ def prompt_ids(tokenizer):
 
 
 class GreedyRuns:
-    """The real model's greedy runs, each made once per session: ``get(backend, weights)`` with
-    ``weights`` one of :attr:`WEIGHTS`; returns the run (48 tokens and the logits that chose
-    them) and what its runner reported (compile seconds, IREE CUDA target)."""
+    """The real model's greedy runs, each made once per session: ``get(backend, weights, dtype)``
+    with ``weights`` one of :attr:`WEIGHTS` and ``dtype`` the compute dtype (the GGUF decoded to
+    float32, then cast); returns the run (48 tokens and the logits that chose them) and what its
+    runner reported (compile seconds, IREE CUDA target)."""
 
     WEIGHTS = {
-        "fp32": "the GGUF's weights decoded to float32",
-        "int4": "the 7 linears per layer quantized at load time, dequantized in-graph",
-        "host-dequant": "the same int4 weights dequantized on the host, run through the fp32 graph",
+        "dense": "the GGUF's weights decoded to float32, cast to the compute dtype",
+        "int4": "the 7 linears per layer quantized at load time (in the compute dtype), dequantized in-graph",
+        "host-dequant": "the same int4 weights dequantized on the host in the compute dtype, through the dense graph",
     }
+    ALIASES = {"fp32": "dense"}
 
     def __init__(self, request):
-        self._request, self._runs = request, {}
+        self._request, self._runs, self._models = request, {}, {}
 
-    def _weights(self, name):
-        if name == "fp32":
-            return self._request.getfixturevalue("real_model")
-        cfg, int4 = self._request.getfixturevalue("real_model_int4")
-        if name == "int4":
-            return cfg, int4
-        from model_impl.llama.weights import dequantize_weights
-
-        return cfg, dequantize_weights(int4)
-
-    def get(self, backend: str, weights: str):
+    def model(self, weights: str, dtype: str = "float32"):
+        """(Config, Weights) of the real model in ``dtype``; ``weights`` as in :attr:`WEIGHTS`."""
+        weights = self.ALIASES.get(weights, weights)
         if weights not in self.WEIGHTS:
             raise ValueError(f"unknown weights {weights!r}; known: {sorted(self.WEIGHTS)}")
-        if (backend, weights) not in self._runs:
+        if (weights, dtype) not in self._models:
+            from model_impl.llama.weights import dequantize_weights
+
+            quant = "dense" if weights == "dense" else "int4"
+            if dtype == "float32":
+                cfg, model = self._request.getfixturevalue("real_model" if quant == "dense" else "real_model_int4")
+            else:
+                from model_impl import checkpoints
+
+                cfg, model = checkpoints.load(None, quant, dtype)
+            if weights == "host-dequant":
+                model = dequantize_weights(model, dtype)
+            self._models[weights, dtype] = (cfg, model)
+        return self._models[weights, dtype]
+
+    def get(self, backend: str, weights: str, dtype: str = "float32"):
+        weights = self.ALIASES.get(weights, weights)
+        if (backend, weights, dtype) not in self._runs:
             from model_impl.backends import generate
             from model_impl.checks import GREEDY_TOKENS
 
-            runner = generate.make_runner(*self._weights(weights), backend)
+            runner = generate.make_runner(*self.model(weights, dtype), backend)
             prompt = self._request.getfixturevalue("prompt_ids")
             run = generate.generate(runner, prompt, GREEDY_TOKENS, stop_at_eos=False, keep_logits=True)
             info = {
                 "compile_seconds": dict(runner.compile_seconds),
                 "cuda_target": getattr(runner, "cuda_target", None) if backend == "iree-cuda" else None,
             }
-            self._runs[backend, weights] = (run, info)
-        return self._runs[backend, weights]
+            self._runs[backend, weights, dtype] = (run, info)
+        return self._runs[backend, weights, dtype]
 
-    def run(self, backend: str, weights: str):
-        return self.get(backend, weights)[0]
+    def run(self, backend: str, weights: str, dtype: str = "float32"):
+        return self.get(backend, weights, dtype)[0]
 
 
 @pytest.fixture(scope="session")

@@ -6,6 +6,7 @@ runs each once with benchmarking disabled (small shapes), so they never rot.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -18,7 +19,7 @@ from model_impl.backends.spec import ALL
 from model_impl.backends.spec import backend as backend_spec
 from model_impl.lab import roofline
 from model_impl.llama.shapes import llama32_config, shrunk_llama32_config
-from model_impl.llama.weights import quantize_weights, synthetic
+from model_impl.llama.weights import mode_label, parse_mode_label, quantize_weights, synthetic
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -40,7 +41,8 @@ def available_backends() -> list[str]:
 def pytest_generate_tests(metafunc):
     if "bench_case" in metafunc.fixturenames:
         models = os.environ.get("BENCH_MODELS", "smollm2-135m,llama-3.2-1b").split(",")
-        cases = [(m, b, q) for m in models for b in available_backends() for q in ("fp32", "int4")]
+        modes = os.environ.get("BENCH_MODES", "fp32,int4,bf16,int4-bf16").split(",")
+        cases = [(m, b, q) for m in models for b in available_backends() for q in modes]
         metafunc.parametrize("bench_case", cases, ids=["-".join(c) for c in cases])
 
 
@@ -50,19 +52,26 @@ class Models:
     def __init__(self, small: bool):
         self.small, self._cache = small, {}
 
-    def get(self, name: str, quant: str):
-        key = (name, quant)
+    def get(self, name: str, mode: str):
+        """(Config, Weights) of ``name`` in weight mode ``mode`` (``fp32``, ``int4``, ``bf16``,
+        ``int4-bf16``, ...): dense weights of the dtype, or int4 quantized from them."""
+        key = (name, mode)
         if key not in self._cache:
-            if len(self._cache) >= 2 and not any(k[0] == name for k in self._cache):
+            if not any(k[0] == name for k in self._cache):
                 self._cache.clear()  # one model's weights in memory at a time
-            if name == "smollm2-135m":
-                cfg, weights = checkpoints.load()
+            quant, dtype = parse_mode_label(mode)
+            dense = mode_label("dense", dtype)
+            if (name, dense) in self._cache:
+                cfg, weights = self._cache[name, dense]
+            elif name == "smollm2-135m":
+                cfg, weights = checkpoints.load(None, "dense", dtype)
             elif name == "llama-3.2-1b":
-                cfg = shrunk_llama32_config() if self.small else llama32_config()
-                fp32 = self._cache.get((name, "fp32"))
-                weights = fp32[1] if fp32 else synthetic(cfg, seed=0)
+                base = shrunk_llama32_config() if self.small else llama32_config()
+                cfg = dataclasses.replace(base, dtype=dtype)
+                weights = synthetic(cfg, seed=0)
             else:
                 raise ValueError(f"unknown benchmark model {name!r}")
+            self._cache[name, dense] = (cfg, weights)
             self._cache[key] = (cfg, quantize_weights(weights) if quant == "int4" else weights)
         return self._cache[key]
 

@@ -88,10 +88,17 @@ def main(argv=None) -> int:
 
     g = sub.add_parser("generate", help="greedy generation with the JAX Llama")
     g.add_argument("--model", help="a GGUF file or an HF directory (default: embedded SmolLM2-135M)")
-    g.add_argument("--quant", choices=("dense", "int4", "fp32"), default="dense",
-                   help="dense weights, or int4 (MLX affine, group 64) dequantized in the graph; fp32 = dense")
-    g.add_argument("--dtype", choices=DTYPES,
-                   help="compute dtype (default: the checkpoint's; the embedded GGUF decodes to float32)")
+    g.add_argument(
+        "--quant",
+        choices=("dense", "int4", "fp32"),
+        default="dense",
+        help="dense weights, or int4 (MLX affine, group 64) dequantized in the graph; fp32 = dense",
+    )
+    g.add_argument(
+        "--dtype",
+        choices=DTYPES,
+        help="compute dtype (default: the checkpoint's; the embedded GGUF decodes to float32)",
+    )
     g.add_argument("--backend", choices=BACKENDS, default="xla-cpu")
     g.add_argument(
         "--representation",

@@ -13,6 +13,7 @@ carries. Then `scripts/gpu_run.sh` says how to run the two stages.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import json
 import os
@@ -30,13 +31,14 @@ from model_impl.checks import GREEDY_TOKENS  # noqa: E402
 from model_impl.lab import fusion_matrix, linear_chain  # noqa: E402
 from model_impl.llama import representations  # noqa: E402
 from model_impl.llama.shapes import llama32_config  # noqa: E402
-from model_impl.llama.weights import specs  # noqa: E402
+from model_impl.llama.weights import parse_mode_label, specs  # noqa: E402
 
 BUNDLE = ROOT / ".gpu-bundle"
 STAGE1_BYTES = 62 * 2**20  # with the repo itself, under the 64 MiB a run carries
 WHEELS = ("iree-base-runtime==3.13.0", "gguf==0.19.0")
 REFERENCE_PROMPT_TOKENS = 7  # the parity prompt's length with the embedded tokenizer
 BENCH_MAX_SEQ = 512  # benchmarks/test_decode.py MAX_SEQ
+MODES = ("fp32", "int4", "bf16", "int4-bf16")  # weight modes the CUDA tests and benchmarks run
 
 
 def download_wheels(dest: Path, wheels) -> None:
@@ -151,13 +153,15 @@ def main() -> int:
     bucket = generate.prompt_bucket(REFERENCE_PROMPT_TOKENS)
     shapes = [(bucket, generate.cache_length(REFERENCE_PROMPT_TOKENS, n)) for n in (GREEDY_TOKENS, 8)]
     for target in targets:
-        for quant in ("fp32", "int4"):
+        for mode in MODES:
+            quant, dtype = parse_mode_label(mode)
+            mcfg = dataclasses.replace(cfg, dtype=dtype)
             for bucket_, max_seq in shapes:
                 for graph in ("prefill", "decode"):
                     path, seconds = iree_compile.compiled_module(
-                        cfg, specs(cfg, quant), graph, bucket_, max_seq, "cuda", target
+                        mcfg, specs(mcfg, quant), graph, bucket_, max_seq, "cuda", target
                     )
-                    print(f"{target} {quant} {graph} max_seq={max_seq}: {path.name} ({seconds or 0:.1f} s)")
+                    print(f"{target} {mode} {graph} max_seq={max_seq}: {path.name} ({seconds or 0:.1f} s)")
                     for f in (path, path.with_suffix(".json")):
                         shutil.copy(f, stage2 / "cache" / "iree" / f.name)
     if args.bench:
@@ -165,18 +169,20 @@ def main() -> int:
         stage3.mkdir(parents=True)
         bench_target = cuda_target.select(args.capability, accepted)
         for name, bench_cfg in (("smollm2-135m", cfg), ("llama-3.2-1b", llama32_config())):
-            for quant in ("fp32", "int4"):
+            for mode in MODES:
+                quant, dtype = parse_mode_label(mode)
+                mcfg = dataclasses.replace(bench_cfg, dtype=dtype)
                 for graph, bucket_ in (("prefill", 16), ("prefill", 64), ("decode", 16)):
                     path, seconds = iree_compile.compiled_module(
-                        bench_cfg,
-                        specs(bench_cfg, quant),
+                        mcfg,
+                        specs(mcfg, quant),
                         graph,
                         bucket_,
                         BENCH_MAX_SEQ,
                         "cuda",
                         bench_target,
                     )
-                    print(f"bench {name} {quant} {graph}/{bucket_}: {path.name} ({seconds or 0:.1f} s)")
+                    print(f"bench {name} {mode} {graph}/{bucket_}: {path.name} ({seconds or 0:.1f} s)")
                     for f in (path, path.with_suffix(".json")):
                         shutil.copy(f, stage3 / f.name)
     manifest = {

@@ -120,7 +120,7 @@ class IreeRunner:
 
     def _zero_cache(self, max_seq: int):
         cfg = self.cfg
-        zeros = np.zeros((cfg.num_layers, cfg.num_kv_heads, max_seq, cfg.head_dim), np.float32)
+        zeros = np.zeros((cfg.num_layers, cfg.num_kv_heads, max_seq, cfg.head_dim), cfg.jnp_dtype)
         return [self.iree.put(zeros) for _ in range(2)]
 
     def reset(self, max_seq: int) -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..llama.config import Config, np_dtype
+from ..llama.config import Config, ConfigError, load_hf_config, np_dtype
 from ..llama.linears import DEFAULT_BITS, DEFAULT_GROUP_SIZE
 from ..llama.weights import (
     LINEAR_NAMES,
@@ -32,6 +32,7 @@ __all__ = [
     "CheckpointError",
     "default_model_path",
     "load",
+    "load_config",
     "load_gguf",
     "load_hf_dir",
     "load_mlx_dir",
@@ -72,6 +73,21 @@ def load(path: str | Path | None = None, quant: str = "dense", dtype: str | None
     if quant == "int4":
         weights = _quantize_named(path, weights, GGUF if path.suffix == ".gguf" else HF)
     return cfg, weights
+
+
+def load_config(path: str | Path | None = None) -> Config:
+    """The :class:`Config` of a checkpoint (its ``config.json``, or a GGUF's metadata) alone."""
+    path = default_model_path() if path is None else Path(path)
+    if path.is_dir():
+        try:
+            return load_hf_config(path / "config.json")
+        except ConfigError as e:
+            raise CheckpointError(str(e)) from None
+    if path.suffix == ".gguf":
+        from .gguf import _gguf_reader, gguf_config
+
+        return gguf_config(_gguf_reader(path), path)
+    raise CheckpointError(f"{path}: expected a .gguf file or an HF checkpoint directory")
 
 
 def _in_dtype(cfg: Config, weights: Weights, dtype: str | None) -> tuple[Config, Weights]:

@@ -10,7 +10,7 @@ import numpy as np
 
 from .. import quant
 from ..llama import config as config_mod
-from ..llama.config import Config, ConfigError
+from ..llama.config import Config, ConfigError, np_dtype
 from ..llama.linears import QuantizedLinear
 from ..llama.weights import Weights
 from .common import GLOBAL_NAMES, HF, LAYER_NAMES, CheckpointError, assemble, checked
@@ -169,9 +169,11 @@ def load_mlx_dir(directory: str | Path) -> tuple[Config, Weights]:
 
 
 def save_hf_dir(cfg: Config, weights: Weights, directory: str | Path, dtype=np.float32) -> Path:
-    """Write ``weights`` as an HF Llama checkpoint (config.json + model.safetensors)."""
+    """Write ``weights`` as an HF Llama checkpoint (config.json + model.safetensors), every
+    tensor in ``dtype`` (a numpy dtype or a name: float32, bfloat16, float16)."""
     from safetensors.numpy import save_file
 
+    dtype = np_dtype(dtype) if isinstance(dtype, str) else np.dtype(dtype)
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     tensors = {}
@@ -184,6 +186,6 @@ def save_hf_dir(cfg: Config, weights: Weights, directory: str | Path, dtype=np.f
         tensors[GLOBAL_NAMES["lm_head"][HF]] = np.asarray(weights.lm_head).astype(dtype)
     save_file(tensors, str(directory / "model.safetensors"), metadata={"format": "pt"})
     hf = cfg.to_hf_dict()
-    hf["torch_dtype"] = np.dtype(dtype).name
+    hf["torch_dtype"] = dtype.name
     (directory / "config.json").write_text(json.dumps(hf, indent=2))
     return directory

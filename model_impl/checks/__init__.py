@@ -34,6 +34,45 @@ CROSS_COMPILER_TARGET_ATOL = 1e-4
 # the fp32 reordering bound, so a gap below twice that is a near-tie.
 NEAR_TIE_GAP = 2 * FP32_REORDERING_ATOL
 
+# --- half precision ----------------------------------------------------------------------
+# Unit roundoff u = 2^-p of each compute dtype (p: significand bits, the implicit one included):
+# one correctly rounded operation is off by at most u relative.
+UNIT_ROUNDOFF = {"float32": 2.0**-24, "bfloat16": 2.0**-8, "float16": 2.0**-11}
+# The logits of the models here stay below 32 in magnitude (measured: 31.3 on SmolLM2), so
+# rounding a logit in a dtype moves it by up to u * 32: 0.125 in bf16, 0.016 in f16.
+LOGIT_SCALE = 32.0
+# Two implementations of the same half-precision model (ours against transformers, XLA against
+# IREE, ours against mlx_lm) round at every op of every layer, in different places (fused or
+# not, accumulators, where a cast sits). Over 30 layers the logits part by a random walk of such
+# roundings: measured 6.9 u * 32 in bf16 (0.86) and 5.3 u * 32 in f16 (0.082) against
+# transformers. 16 leaves 2-3x headroom while staying far below the int4 effect in bf16 terms.
+HALF_PRECISION_LOGIT_UNITS = 16
+# In-graph dequant against the same codes dequantized on the host in the compute dtype: the
+# weights agree to 1 ulp (a fused multiply-add for q * s + b rounds once where numpy rounds
+# twice); everything after is the same graph. Measured and stated in the report; 4 units of
+# u * 32 bound the few-ulp weight differences after 30 layers.
+IN_GRAPH_VS_HOST_DEQUANT_UNITS = 4
+
+
+def logit_atol(dtype: str) -> float:
+    """The same model's logits through two implementations in ``dtype``: fp32's reordering
+    bound, or :data:`HALF_PRECISION_LOGIT_UNITS` units of the dtype's roundoff at logit scale."""
+    if dtype == "float32":
+        return FP32_REORDERING_ATOL
+    return HALF_PRECISION_LOGIT_UNITS * UNIT_ROUNDOFF[dtype] * LOGIT_SCALE
+
+
+def in_graph_vs_host_dequant_atol(dtype: str) -> float:
+    if dtype == "float32":
+        return IN_GRAPH_VS_HOST_DEQUANT_ATOL
+    return IN_GRAPH_VS_HOST_DEQUANT_UNITS * UNIT_ROUNDOFF[dtype] * LOGIT_SCALE
+
+
+def near_tie_gap(dtype: str) -> float:
+    """A first divergence is a near-tie when our top-2 gap is below twice the logit bound."""
+    return 2 * logit_atol(dtype)
+
+
 # int4 (group 64) against fp32 on the real model: quantization moves logits by up to ~17
 # (measured), far more than the gap between close candidates, so greedy paths may part. What
 # int4 must keep is fp32's ranking: where it first parts, it picks one of fp32's best few
@@ -89,6 +128,33 @@ def compare(a: Generation, b: Generation) -> Comparison:
         max_abs_logit_diff=max(diffs) if diffs else None,
         per_step_max_abs_diff=diffs,
     )
+
+
+@dataclasses.dataclass(frozen=True)
+class GreedyAgreement:
+    """Two greedy runs that must agree, or part only at a near-tie."""
+
+    comparison: Comparison
+    top2_gap_at_divergence: float | None  # our logit gap between the top two, where it parted
+    near_tie_bound: float
+
+    @property
+    def agrees(self) -> bool:
+        """All tokens equal, or equal up to a first divergence that is a near-tie."""
+        return self.comparison.first_divergence is None or (
+            self.top2_gap_at_divergence is not None and self.top2_gap_at_divergence < self.near_tie_bound
+        )
+
+
+def greedy_agreement(ours: Generation, reference: Generation, near_tie: float, ours_logits=None) -> GreedyAgreement:
+    """:func:`compare` plus the near-tie rule, the gap read from ``ours.logits``;
+    ``ours_logits`` replaces our rows for the comparison itself (e.g. log-probabilities)."""
+    cmp = compare(ours if ours_logits is None else dataclasses.replace(ours, logits=ours_logits), reference)
+    gap = None
+    if cmp.first_divergence is not None and ours.logits is not None and cmp.first_divergence < len(ours.logits):
+        top2 = np.sort(ours.logits[cmp.first_divergence])[-2:]
+        gap = float(top2[1] - top2[0])
+    return GreedyAgreement(cmp, gap, near_tie)
 
 
 def rank_at_divergence(ours: Generation, reference: Generation) -> int | None:

@@ -16,7 +16,17 @@ from .. import checks
 from ..backends.generate import Generation
 
 # (bits, group_size) of the checkpoint variants the suite builds and compares.
-VARIANTS = ((4, 64), (4, 128), (8, 32))
+# (dtype, bits, group_size) of the checkpoint variants the suite builds and compares: mlx_lm's
+# own conversions in float32, and in float16/bfloat16 as mlx-community ships them.
+VARIANTS = (
+    ("float32", 4, 64),
+    ("float32", 4, 128),
+    ("float32", 8, 32),
+    ("float16", 4, 64),
+    ("float16", 8, 32),
+    ("bfloat16", 4, 64),
+    ("bfloat16", 8, 32),
+)
 
 
 def write_hf_dir(model_path, dest: Path) -> Path:
@@ -47,6 +57,52 @@ def convert(hf_dir: Path, dest: Path, bits: int, group_size: int, dtype: str = "
     return dest
 
 
+# Our Config field -> mlx_lm's ModelArgs field (models/llama.py).
+MLX_ARGS = {
+    "vocab_size": "vocab_size",
+    "hidden_size": "hidden_size",
+    "intermediate_size": "intermediate_size",
+    "num_layers": "num_hidden_layers",
+    "num_heads": "num_attention_heads",
+    "num_kv_heads": "num_key_value_heads",
+    "head_dim": "head_dim",
+    "rms_norm_eps": "rms_norm_eps",
+    "rope_theta": "rope_theta",
+    "tie_word_embeddings": "tie_word_embeddings",
+}
+
+
+def config_differences(path: Path) -> dict[str, tuple]:
+    """Every field where the model mlx_lm builds from ``path`` differs from the Config we read
+    from it: ``{field: (ours, mlx_lm's)}``, the llama3 RoPE scaling included. Empty when both
+    run the same model; compared before any token, so a peer that misreads a config cannot
+    pass or fail silently."""
+    from mlx_lm import load
+
+    ours = checkpoint.load_config(path)
+    args = load(str(path))[0].args
+    out = {}
+    for field, mlx_field in MLX_ARGS.items():
+        a, b = getattr(ours, field), getattr(args, mlx_field, None)
+        if b is None and mlx_field == "head_dim":
+            b = args.hidden_size // args.num_attention_heads
+        if (float(a) != float(b)) if isinstance(a, float) else (a != b):
+            out[field] = (a, b)
+    ours_scaling = None
+    if ours.rope_scaling is not None:
+        ours_scaling = {k: float(v) for k, v in dataclasses.asdict(ours.rope_scaling).items()}
+    theirs = dict(args.rope_scaling or {})
+    kind = theirs.get("rope_type", theirs.get("type", "default"))
+    mlx_scaling = None
+    if kind == "llama3":
+        mlx_scaling = {k: float(theirs[k]) if k in theirs else None for k in ours_scaling or theirs}
+    elif kind != "default":
+        mlx_scaling = theirs
+    if ours_scaling != mlx_scaling:
+        out["rope_scaling"] = (ours_scaling, mlx_scaling)
+    return out
+
+
 def greedy(path: Path, prompt_ids, max_new_tokens: int) -> Generation:
     """mlx_lm's own greedy generation; ``logits`` holds its log-probabilities per step."""
     import mlx.core as mx
@@ -69,27 +125,9 @@ def log_softmax(logits: np.ndarray) -> np.ndarray:
     return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
 
 
-@dataclasses.dataclass(frozen=True)
-class PeerComparison:
-    comparison: checks.Comparison  # on log-probabilities (MLX returns those, not logits)
-    top2_gap_at_divergence: float | None  # our logit gap between the top two, where it diverged
-
-    @property
-    def agrees(self) -> bool:
-        """48/48, or agreement up to a first divergence that is a near-tie."""
-        c = self.comparison
-        return c.first_divergence is None or (
-            self.top2_gap_at_divergence is not None and self.top2_gap_at_divergence < checks.NEAR_TIE_GAP
-        )
-
-
-def compare(ours: Generation, peer: Generation) -> PeerComparison:
-    cmp = checks.compare(dataclasses.replace(ours, logits=log_softmax(ours.logits)), peer)
-    gap = None
-    if cmp.first_divergence is not None and cmp.first_divergence < len(ours.logits):
-        top2 = np.sort(ours.logits[cmp.first_divergence])[-2:]
-        gap = float(top2[1] - top2[0])
-    return PeerComparison(cmp, gap)
+def compare(ours: Generation, peer: Generation, dtype: str = "float32") -> checks.GreedyAgreement:
+    """Our run against mlx_lm's: log-probabilities compared, the near-tie gap of ``dtype``."""
+    return checks.greedy_agreement(ours, peer, checks.near_tie_gap(dtype), ours_logits=log_softmax(ours.logits))
 
 
 def weight_bytes(path: Path) -> int:

@@ -11,17 +11,19 @@ from .. import checkpoints as checkpoint
 from ..backends.generate import Generation
 
 
-def transformers_model(path: str | Path | None = None):
-    """transformers' own LlamaForCausalLM for a GGUF file or an HF directory (fp32, eval)."""
+def transformers_model(path: str | Path | None = None, dtype: str = "float32"):
+    """transformers' own LlamaForCausalLM for a GGUF file or an HF directory, in ``dtype``
+    (float32, bfloat16 or float16: its weights, activations and KV cache), eval mode."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import torch
     from transformers import AutoModelForCausalLM
 
+    torch_dtype = getattr(torch, dtype)
     path = checkpoint.default_model_path() if path is None else Path(path)
     if path.is_dir():
-        model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32)
+        model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch_dtype)
     else:
-        model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32)
+        model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch_dtype)
     return model.eval()
 
 

@@ -127,7 +127,7 @@ class IreeGlobalsDecoder:
 
     def reset(self, max_seq: int) -> None:
         cfg = self.cfg
-        zeros = np.zeros((cfg.num_layers, cfg.num_kv_heads, max_seq, cfg.head_dim), np.float32)
+        zeros = np.zeros((cfg.num_layers, cfg.num_kv_heads, max_seq, cfg.head_dim), cfg.jnp_dtype)
         self.cache = [self.iree.put(zeros) for _ in range(2)]
 
     def put_token(self, token_id: int):

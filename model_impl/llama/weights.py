@@ -36,6 +36,18 @@ def quant_mode(name: str) -> str:
     return mode
 
 
+MODE_LABELS = ("fp32", "int4", "bf16", "int4-bf16", "f16", "int4-f16")
+
+
+def parse_mode_label(label: str) -> tuple[str, str]:
+    """``(quant, dtype)`` of a :func:`mode_label`: ``"int4-bf16"`` -> ``("int4", "bfloat16")``."""
+    for quant in QUANT_MODES:
+        for dtype in ("float32", "bfloat16", "float16"):
+            if mode_label(quant, dtype) == label:
+                return quant, dtype
+    raise ValueError(f"unknown weight mode {label!r}; known: {MODE_LABELS}")
+
+
 def mode_label(quant: str, dtype: str) -> str:
     """How results and reports name a weight mode: ``fp32``, ``bf16``, ``f16`` for dense weights,
     ``int4`` (float32 compute), ``int4-bf16``, ``int4-f16``."""

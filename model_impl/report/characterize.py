@@ -7,6 +7,7 @@ the table. Progress goes to stderr while graphs compile and run.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 import time
@@ -26,11 +27,13 @@ from ..llama.weights import (
     dequantize_weights,
     linear_bytes,
     linear_weight_elements,
+    mode_label,
     nbytes,
+    parse_mode_label,
     quantize_weights,
 )
 from ..llama.weights import specs as weight_specs
-from . import bench_section, fusion_section, results
+from . import bench_section, fusion_section, half_section, results
 from .markdown import render_markdown
 
 
@@ -136,7 +139,8 @@ def lowering_rows(
     specs = weight_specs(cfg, quant_mode)
     elements = linear_weight_elements(cfg)
     inventory = stablehlo.stablehlo_inventory(dumps.stablehlo(cfg, specs, graph, bucket, max_seq))
-    common = dict(model=name, quant=quant_mode, graph=graph, custom_call=inventory.has_custom_call)
+    label = mode_label(quant_mode, cfg.dtype)
+    common = dict(model=name, quant=label, graph=graph, custom_call=inventory.has_custom_call)
     if xla_text is None:
         dump = dumps.xla_hlo(cfg, specs, graph, bucket, max_seq)
         xla_text, xla_seconds = dump.hlo, dump.compile_seconds
@@ -153,7 +157,7 @@ def lowering_rows(
     ]
     for target in iree_targets:
         backend = for_iree_target(target).name
-        log(f"{name} {quant_mode} {graph}: IREE {target} dispatch formation")
+        log(f"{name} {label} {graph}: IREE {target} dispatch formation")
         text, seconds = dumps.iree_sources(cfg, specs, graph, bucket, max_seq, target)
         iv = iree_dispatch.analyze_iree_executables(text, elements)
         note = None
@@ -185,11 +189,16 @@ def mlx_peer_section(model_path, prompt, n) -> list[dict]:
     out = []
     with tempfile.TemporaryDirectory() as tmp:
         hf_dir = mlx_peer.write_hf_dir(model_path, Path(tmp) / "hf")
-        for bits, group in mlx_peer.VARIANTS:
-            path = mlx_peer.convert(hf_dir, Path(tmp) / f"q{bits}g{group}", bits, group)
+        for dtype, bits, group in mlx_peer.VARIANTS:
+            path = mlx_peer.convert(hf_dir, Path(tmp) / f"{dtype}-q{bits}g{group}", bits, group, dtype)
             peer = mlx_peer.greedy(path, prompt, n)
             cfg, weights = checkpoint.load(path, "int4")
-            entry = {"variant": f"{bits}-bit, group {group}", "weight_bytes": mlx_peer.weight_bytes(path)}
+            entry = {
+                "variant": f"{bits}-bit, group {group}, {dtype}",
+                "dtype": dtype,
+                "weight_bytes": mlx_peer.weight_bytes(path),
+                "config_differences": {k: list(map(str, v)) for k, v in mlx_peer.config_differences(path).items()},
+            }
             for backend in ("xla-cpu", "iree-cpu"):
                 run = generate.generate(
                     generate.make_runner(cfg, weights, backend),
@@ -198,7 +207,7 @@ def mlx_peer_section(model_path, prompt, n) -> list[dict]:
                     stop_at_eos=False,
                     keep_logits=True,
                 )
-                pc = mlx_peer.compare(run, peer)
+                pc = mlx_peer.compare(run, peer, dtype)
                 entry[backend] = {
                     "agreement": pc.comparison.agreement,
                     "agrees": pc.agrees,
@@ -294,19 +303,22 @@ def main(out_dir: str = "reports/", model: str | None = None) -> int:
                 parity=parity,
             )
     llama = llama32_config()
-    for mode in ("fp32", "int4"):
+    for mode in ("fp32", "int4", "bf16", "int4-bf16"):
+        weights_mode, dtype = parse_mode_label(mode)
         for graph in ("prefill", "decode"):
             log(f"llama-3.2-1b shapes {mode} {graph}: export, XLA-CPU compile")
-            rows += lowering_rows("llama-3.2-1b (shapes)", llama, mode, graph, *LLAMA32_SHAPES)
+            cfg_mode = dataclasses.replace(llama, dtype=dtype)
+            rows += lowering_rows("llama-3.2-1b (shapes)", cfg_mode, weights_mode, graph, *LLAMA32_SHAPES)
     cuda_runs = results.load_cuda_results() if model is None else []
     findings["rows"] = results.merge_cuda_results(rows, cuda_runs, name, _row)
     findings["cuda_runs"] = [
-        {k: r[k] for k in ("file", "environment")}
+        {k: r[k] for k in ("file", "environment", "figures", "lowering")}
         | {"tests": f"{sum(t['outcome'] == 'passed' for t in r['tests'])}/{len(r['tests'])} passed"}
         for r in cuda_runs
     ]
     log("MLX peer: mlx_lm.convert variants, mlx_lm greedy vs our int4 graph")
     findings["mlx_peer"] = mlx_peer_section(path, prompt, n)
+    findings["half_precision"] = half_section.gather(cfg, fp32, prompt, n, log)
     log("one-linear graphs through each compiler")
     findings["minimal_graphs"] = minimal_graph_section()
     int4_vs_fp32 = checks.compare(runs["xla-cpu", "int4"], runs["xla-cpu", "fp32"])

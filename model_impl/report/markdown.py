@@ -4,6 +4,7 @@ MLX peer, int4 against fp32 (the benchmark and fusion sections have modules of t
 from __future__ import annotations
 
 from .. import checks, env
+from . import decide_section, half_section
 
 
 def _fmt(v):
@@ -26,6 +27,7 @@ def render_markdown(f: dict) -> str:
         f"({env.describe(environment)}). Versions: "
         + ", ".join(f"{k} {v}" for k, v in environment["versions"].items() if v)
         + ".",
+        *decide_section.render(f),
         "",
         "## Model",
         "",
@@ -130,23 +132,34 @@ def render_markdown(f: dict) -> str:
             "",
             "## MLX peer",
             "",
-            "Checkpoints made by `mlx_lm.convert` (float32 scales) from the real model, run unchanged "
-            "through our in-graph dequant and compared with mlx_lm's own greedy generation "
-            "(log-probabilities; mlx_lm fuses its quantized matmul). Agreement counts tokens before the "
-            "first divergence; a divergence passes only as a near-tie (our top-2 gap below "
-            f"{2 * checks.FP32_REORDERING_ATOL:g}). At group 128 mlx_lm leaves the 576-wide inputs (q/k/v, "
-            "gate/up, the embedding) in float: they do not divide into groups of 128.",
+            "Checkpoints made by `mlx_lm.convert` from the real model (`--dtype` float32, and float16 / "
+            "bfloat16 as mlx-community ships them), run unchanged, in their own dtype, through our in-graph "
+            "dequant and compared with mlx_lm's own greedy generation (log-probabilities; mlx_lm fuses its "
+            "quantized matmul). Before any token, mlx_lm's effective model arguments are compared with our "
+            "config (`config differences`: every field that differs, by name). Agreement counts tokens "
+            "before the first divergence; a divergence passes only as a near-tie (our top-2 gap below "
+            f"{checks.near_tie_gap('float32'):g} in float32, {checks.near_tie_gap('float16'):g} in float16, "
+            f"{checks.near_tie_gap('bfloat16'):g} in bfloat16: twice the dtype's logit bound). At group 128 "
+            "mlx_lm leaves the 576-wide inputs (q/k/v, gate/up, the embedding) in float: they do not divide "
+            "into groups of 128.",
             "",
-            "| variant | weight bytes | xla-cpu vs mlx_lm | max Δlogprob | iree-cpu vs mlx_lm | max Δlogprob |",
-            "|---|---|---|---|---|---|",
+            "| variant | weight bytes | config differences | xla-cpu vs mlx_lm | max Δlogprob | iree-cpu vs mlx_lm "
+            "| max Δlogprob |",
+            "|---|---|---|---|---|---|---|",
         ]
         for e in f["mlx_peer"]:
-            cells = [e["variant"], f"{e['weight_bytes'] / 2**20:.1f} MiB"]
+            diff = e.get("config_differences") or {}
+            cells = [
+                e["variant"],
+                f"{e['weight_bytes'] / 2**20:.1f} MiB",
+                ", ".join(f"{k}: ours {v[0]}, mlx_lm {v[1]}" for k, v in diff.items()) or "none",
+            ]
             for b in ("xla-cpu", "iree-cpu"):
                 r = e[b]
                 tie = "" if r["first_divergence"] is None else f" (near-tie gap {_fmt(r['top2_gap_at_divergence'])})"
                 cells += [f"{r['agreement']}{tie}", _fmt(r["max_abs_logprob_diff"])]
             lines.append("| " + " | ".join(cells) + " |")
+    lines += half_section.render(f.get("half_precision", {}))
     q = f["int4_vs_fp32"]
     lines += [
         "",

@@ -61,15 +61,32 @@ def test_loaded_tensors_equal_what_mlx_loads(converted, dtype):
 
 
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
-def test_half_precision_scales_run_in_graph_like_host_dequant(converted, dtype):
+def test_half_precision_checkpoint_runs_in_its_dtype_in_graph_like_host_dequant(converted, dtype):
     cfg, weights = checkpoints.load(converted(dtype), "int4")
+    assert cfg.dtype == dtype  # as stored: mlx-community f16/bf16 checkpoints compute in it
     ids = [1, 5, 9, 33, 7]
     runs = [
         generate.generate(generate.make_runner(cfg, w, "xla-cpu"), ids, 6, stop_at_eos=False, keep_logits=True)
-        for w in (weights, dequantize_weights(weights))
+        for w in (weights, dequantize_weights(weights, dtype))
     ]
-    cmp = checks.compare(*runs)
-    assert cmp.agreement == "6/6" and cmp.max_abs_logit_diff <= checks.IN_GRAPH_VS_HOST_DEQUANT_ATOL
+    verdict = checks.greedy_agreement(*runs, checks.near_tie_gap(dtype))
+    assert verdict.agrees and verdict.comparison.max_abs_logit_diff <= checks.in_graph_vs_host_dequant_atol(dtype)
+
+
+def test_mlx_peer_names_a_config_field_mlx_lm_reads_differently(converted, tmp_path):
+    """transformers 5 writes rope_theta only inside rope_parameters; mlx_lm 0.32 reads only the
+    top-level key and silently runs theta 10000. The peer reports it by name."""
+    import shutil
+
+    path = shutil.copytree(converted(), tmp_path / "rope-parameters")
+    assert mlx_peer.config_differences(path) == {}
+    config = json.loads((path / "config.json").read_text())
+    theta = config.pop("rope_theta")
+    config["rope_parameters"] = {"rope_type": "default", "rope_theta": theta}
+    config.pop("rope_scaling", None)
+    (path / "config.json").write_text(json.dumps(config))
+    diff = mlx_peer.config_differences(path)
+    assert set(diff) >= {"rope_theta"} and diff["rope_theta"][0] == theta, diff
 
 
 def test_per_layer_override_is_honoured_and_agrees_with_mlx_lm(converted):

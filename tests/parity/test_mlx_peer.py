@@ -1,13 +1,15 @@
-"""Checkpoints made by mlx-lm's converter run through our in-graph int4 path unchanged and
-agree with mlx_lm's own greedy generation (the peer, which fuses its int4 matmul)."""
+"""Checkpoints made by mlx-lm's converter (float32, and float16/bfloat16 as mlx-community ships
+them) run through our in-graph int4 path unchanged, in their own dtype, and agree with
+mlx_lm's own greedy generation (the peer, which fuses its int4 matmul). mlx_lm must first build
+the same model from the config as we do."""
 
 from __future__ import annotations
 
 import pytest
 
-from model_impl import checkpoints
+from model_impl import checkpoints, checks
 from model_impl.backends import generate
-from model_impl.checks import FP32_REORDERING_ATOL, GREEDY_TOKENS, mlx_peer
+from model_impl.checks import GREEDY_TOKENS, mlx_peer
 from model_impl.llama.linears import QuantizedLinear
 
 pytestmark = pytest.mark.slow
@@ -18,11 +20,11 @@ def real_hf_dir(tmp_path_factory):
     return mlx_peer.write_hf_dir(None, tmp_path_factory.mktemp("smollm2-hf") / "hf")
 
 
-@pytest.fixture(scope="session", params=mlx_peer.VARIANTS, ids=lambda v: f"{v[0]}bit-g{v[1]}")
+@pytest.fixture(scope="session", params=mlx_peer.VARIANTS, ids=lambda v: f"{v[0]}-{v[1]}bit-g{v[2]}")
 def mlx_checkpoint(request, real_hf_dir, tmp_path_factory):
-    bits, group = request.param
-    path = mlx_peer.convert(real_hf_dir, tmp_path_factory.mktemp("mlx") / f"q{bits}g{group}", bits, group)
-    return path, bits, group
+    dtype, bits, group = request.param
+    dest = tmp_path_factory.mktemp("mlx") / f"{dtype}-q{bits}g{group}"
+    return mlx_peer.convert(real_hf_dir, dest, bits, group, dtype), dtype, bits, group
 
 
 @pytest.fixture(scope="session")
@@ -59,36 +61,42 @@ def test_mlx_checkpoint_loads_packed_with_its_own_bits_and_groups(mlx_checkpoint
 
     from model_impl.llama.weights import LINEAR_NAMES
 
-    path, bits, group = mlx_checkpoint
+    path, dtype, bits, group = mlx_checkpoint
     cfg, weights = checkpoints.load(path, "int4")
+    assert cfg.dtype == dtype  # computed in the dtype it ships in
     tensors = [weights.embed] + [getattr(layer, n) for layer in weights.layers for n in LINEAR_NAMES]
     for w in tensors:
         n_in = w.shape[1]
         if n_in % group == 0:
             assert isinstance(w, QuantizedLinear) and (w.bits, w.group_size) == (bits, group)
         else:
-            assert isinstance(w, np.ndarray) and w.dtype == np.float32
+            assert isinstance(w, np.ndarray) and np.dtype(w.dtype).name == dtype
     assert any(isinstance(w, QuantizedLinear) for w in tensors)
     assert weights.lm_head is None  # tied: the head is the (quantized) embedding
 
 
+def test_mlx_lm_builds_the_same_model_from_the_checkpoint_as_we_do(mlx_checkpoint):
+    assert mlx_peer.config_differences(mlx_checkpoint[0]) == {}
+
+
 @pytest.mark.parametrize("backend", ["xla-cpu", "iree-cpu"])
 def test_our_int4_graph_agrees_with_mlx_lm_greedy(mlx_checkpoint, backend, our_runs, peer_runs):
-    path = mlx_checkpoint[0]
-    pc = mlx_peer.compare(our_runs(path, backend), peer_runs(path))
+    path, dtype = mlx_checkpoint[:2]
+    pc = mlx_peer.compare(our_runs(path, backend), peer_runs(path), dtype)
     assert pc.agrees, (
-        f"{backend} vs mlx_lm: {pc.comparison.agreement}, divergence at {pc.comparison.first_divergence} "
-        f"with top-2 gap {pc.top2_gap_at_divergence} (near-tie bound {mlx_peer.NEAR_TIE_GAP})"
+        f"{backend} vs mlx_lm ({dtype}): {pc.comparison.agreement}, divergence at "
+        f"{pc.comparison.first_divergence} with top-2 gap {pc.top2_gap_at_divergence} "
+        f"(near-tie bound {pc.near_tie_bound:g})"
     )
 
 
 @pytest.mark.parametrize("backend", ["xla-cpu", "iree-cpu"])
 def test_our_log_probs_match_mlx_lm_prefill_and_decode(mlx_checkpoint, backend, our_runs, peer_runs):
-    path = mlx_checkpoint[0]
-    cmp = mlx_peer.compare(our_runs(path, backend), peer_runs(path)).comparison
+    path, dtype = mlx_checkpoint[:2]
+    cmp = mlx_peer.compare(our_runs(path, backend), peer_runs(path), dtype).comparison
     # Row 0 is the prefill's last position; rows up to the first divergence are decode steps.
     assert len(cmp.per_step_max_abs_diff) >= 2
-    assert max(cmp.per_step_max_abs_diff) <= FP32_REORDERING_ATOL, cmp.per_step_max_abs_diff
+    assert max(cmp.per_step_max_abs_diff) <= checks.logit_atol(dtype), cmp.per_step_max_abs_diff
 
 
 def test_near_tie_rule_rejects_a_clear_divergence():

@@ -1,0 +1,95 @@
+"""bf16 and f16 end to end on the real model: against transformers in the same dtype (loaded
+from a safetensors directory in that dtype, as it would be shipped), in-graph vs host dequant,
+int4 against dense weights of the same dtype, and IREE-CPU against XLA-CPU. Every bound comes
+from the dtype's unit roundoff (model_impl.checks)."""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from model_impl import checkpoints, checks
+from model_impl.checks.reference import greedy, prompt_logits, transformers_model
+from model_impl.llama import model
+
+pytestmark = pytest.mark.slow
+
+HALF = ["bfloat16", "float16"]
+
+
+@pytest.fixture(scope="session")
+def half_hf_dirs(real_model, tokenizer, tmp_path_factory):
+    """The real model as HF safetensors directories in each half dtype (how bf16/f16
+    checkpoints ship), made once."""
+    cfg, weights = real_model
+    return {
+        dtype: checkpoints.save_hf_dir(cfg, weights, tmp_path_factory.mktemp(f"smollm2-{dtype}"), dtype=dtype)
+        for dtype in HALF
+    }
+
+
+@pytest.fixture(scope="session")
+def transformers_half(half_hf_dirs, prompt_ids):
+    """transformers in each half dtype: its prompt logits and its greedy run, made once."""
+    out = {}
+    for dtype, directory in half_hf_dirs.items():
+        hf = transformers_model(directory, dtype)
+        out[dtype] = (prompt_logits(hf, prompt_ids), greedy(hf, prompt_ids, checks.GREEDY_TOKENS))
+        del hf
+    return out
+
+
+@pytest.mark.parametrize("dtype", HALF)
+def test_a_half_precision_safetensors_directory_loads_as_stored(half_hf_dirs, dtype):
+    cfg, weights = checkpoints.load(half_hf_dirs[dtype])
+    assert cfg.dtype == dtype
+    assert {np.dtype(w.dtype).name for w in (weights.embed, weights.final_norm, weights.layers[0].wq)} == {dtype}
+
+
+@pytest.mark.parametrize("dtype", HALF)
+def test_half_prompt_logits_match_transformers_in_the_same_dtype(
+    half_hf_dirs, transformers_half, prompt_ids, record_property, dtype
+):
+    cfg, weights = checkpoints.load(half_hf_dirs[dtype])
+    ours = np.asarray(model.all_logits(cfg, weights, jnp.asarray(prompt_ids, jnp.int32)))
+    worst = float(np.max(np.abs(ours - transformers_half[dtype][0])))
+    record_property(f"{dtype}_prefill_vs_transformers", worst)
+    assert worst <= checks.logit_atol(dtype), f"{dtype}: max |dlogit| {worst:.3g} > {checks.logit_atol(dtype):.3g}"
+
+
+@pytest.mark.parametrize("dtype", HALF)
+def test_half_greedy_agrees_with_transformers_or_parts_at_a_near_tie(greedy_runs, transformers_half, dtype):
+    ours = greedy_runs.run("xla-cpu", "dense", dtype)
+    verdict = checks.greedy_agreement(ours, transformers_half[dtype][1], checks.near_tie_gap(dtype))
+    assert verdict.agrees, verdict
+    rows = verdict.comparison.per_step_max_abs_diff  # up to and including the divergence
+    assert max(rows) <= checks.logit_atol(dtype), rows
+
+
+@pytest.mark.parametrize("dtype", HALF)
+def test_half_in_graph_dequant_matches_host_dequant_in_the_same_dtype(greedy_runs, dtype):
+    in_graph, host = greedy_runs.run("xla-cpu", "int4", dtype), greedy_runs.run("xla-cpu", "host-dequant", dtype)
+    verdict = checks.greedy_agreement(in_graph, host, checks.near_tie_gap(dtype))
+    assert verdict.agrees, verdict
+    worst = max(verdict.comparison.per_step_max_abs_diff)
+    assert worst <= checks.in_graph_vs_host_dequant_atol(dtype), (worst, verdict.comparison)
+
+
+@pytest.mark.parametrize("dtype", HALF)
+def test_half_int4_follows_dense_of_the_same_dtype_and_writes_text(greedy_runs, dtype):
+    int4, dense = greedy_runs.run("xla-cpu", "int4", dtype), greedy_runs.run("xla-cpu", "dense", dtype)
+    cmp = checks.compare(int4, dense)
+    rank = checks.rank_at_divergence(int4, dense)
+    assert cmp.first_divergence is None or cmp.first_divergence >= 1, cmp
+    assert rank is None or rank < checks.INT4_DIVERGENCE_TOP_K, (cmp.agreement, rank)
+    assert checks.degeneracy(int4.tokens).coherent
+
+
+@pytest.mark.parametrize("weights", ["dense", "int4"])
+@pytest.mark.parametrize("dtype", HALF)
+def test_half_iree_cpu_agrees_with_xla_cpu_in_the_same_dtype(greedy_runs, dtype, weights):
+    iree, xla = greedy_runs.run("iree-cpu", weights, dtype), greedy_runs.run("xla-cpu", weights, dtype)
+    verdict = checks.greedy_agreement(iree, xla, checks.near_tie_gap(dtype))
+    assert verdict.agrees, verdict
+    assert max(verdict.comparison.per_step_max_abs_diff) <= checks.logit_atol(dtype)
