@@ -148,7 +148,7 @@ def main() -> int:
     download_wheels(stage2 / "whl", WHEELS)
 
     accepted = cuda_target.accepted_by_compiler()
-    targets = sorted({cuda_target.select(args.capability, accepted), "sm_80"}, key=cuda_target.sm_number)
+    targets = [cuda_target.select(args.capability, accepted)]  # what the device picks from the bundle
     cfg, weights = checkpoints.load(model)
     bucket = generate.prompt_bucket(REFERENCE_PROMPT_TOKENS)
     shapes = [(bucket, generate.cache_length(REFERENCE_PROMPT_TOKENS, n)) for n in (GREEDY_TOKENS, 8)]

@@ -7,6 +7,7 @@ from pathlib import Path
 from .. import env
 from ..backends.spec import backend as backend_spec
 
+MODE_COLORS = {"fp32": "tab:blue", "int4": "tab:orange", "bf16": "tab:green", "int4-bf16": "tab:red"}
 TARGETS = (
     ("XLA-CUDA fp32 decode on Llama-3.2-1B at >= 85% of its roofline", "roofline"),
     ("IREE-CUDA within 1.5x of XLA-CUDA per mode", ("iree-cuda", "xla-cuda", 1.5)),
@@ -32,7 +33,7 @@ def chart(runs: list[dict], path: Path) -> Path | None:
         tps = [c["decode"]["tokens_per_s"] for _, c in rows]
         roof = [c["roofline_tokens_per_s"] for _, c in rows]
         x = range(len(rows))
-        colors = ["tab:blue" if c["quant"] == "fp32" else "tab:orange" for _, c in rows]
+        colors = [MODE_COLORS.get(c["quant"], "tab:gray") for _, c in rows]
         ax.bar(x, tps, color=colors)
         ax.scatter(x, roof, marker="_", s=600, color="black", label="roofline (measured bandwidth / bytes read)")
         ax.set_xticks(list(x), labels, fontsize=8)
@@ -40,7 +41,9 @@ def chart(runs: list[dict], path: Path) -> Path | None:
         ax.set_ylabel("decode tokens/s (batch 1)")
         ax.set_title(model)
         ax.legend(fontsize=7, loc="lower right")
-    fig.suptitle("Decode speed vs roofline (blue fp32, orange int4)")
+    fig.suptitle(
+        "Decode speed vs roofline (" + ", ".join(f"{c.split(':')[1]} {m}" for m, c in MODE_COLORS.items()) + ")"
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -72,7 +75,7 @@ def targets(runs: list[dict]) -> list[str]:
         lines.append(f"- {TARGETS[0][0]}: not measured (no XLA-CUDA Llama-3.2-1B result).")
     for text, (slow, fast, bound) in (t for t in TARGETS[1:]):
         for model in sorted({c["model"] for c in cases}):
-            for quant in ("fp32", "int4"):
+            for quant in ("fp32", "int4", "bf16", "int4-bf16"):
                 a, b = _find(cases, model, slow, quant), _find(cases, model, fast, quant)
                 if a and b:
                     ratio = b["decode"]["tokens_per_s"] / a["decode"]["tokens_per_s"]
@@ -86,14 +89,14 @@ def explanations(runs: list[dict], rows: list[dict]) -> list[str]:
     lines = []
     for run in runs:
         for c in run["cases"]:
-            if c["quant"] != "int4":
+            if not c["quant"].startswith("int4"):
                 continue
             model = c["model"] if c["model"] == "smollm2-135m" else "llama-3.2-1b (shapes)"
             low = next(
                 (
                     r
                     for r in rows
-                    if (r["model"], r["backend"], r["quant"], r["graph"]) == (model, c["backend"], "int4", "decode")
+                    if (r["model"], r["backend"], r["quant"], r["graph"]) == (model, c["backend"], c["quant"], "decode")
                 ),
                 None,
             )
