@@ -120,6 +120,19 @@ def greedy(path: Path, prompt_ids, max_new_tokens: int) -> Generation:
     return Generation(list(prompt_ids), tokens, np.stack(rows))
 
 
+def prompt_logits(path: Path, prompt_ids, float32: bool = False) -> np.ndarray:
+    """mlx_lm's logits at every prompt position, ``[t, vocab]``, as float32 numbers; with
+    ``float32`` the model's float parameters (scales and biases included) are cast to float32
+    first: the same codes computed without half-precision rounding."""
+    import mlx.core as mx
+    from mlx_lm import load
+
+    model, _ = load(str(path))
+    if float32:
+        model.set_dtype(mx.float32)
+    return np.array(model(mx.array([list(prompt_ids)]))[0].astype(mx.float32))
+
+
 def log_softmax(logits: np.ndarray) -> np.ndarray:
     shifted = logits - logits.max(axis=-1, keepdims=True)
     return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
