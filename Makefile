@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: test report bench fusion clean-cache
+.PHONY: test report bench fusion mutants clean-cache
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -33,8 +33,16 @@ bench: $(STAMP)
 fusion: $(STAMP)
 	$(PY) -m model_impl fusion --backends iree-cpu,xla-cpu --out results/fusion-cpu.json --steps 3
 
+# Mutation check (outside `make test`, ~30 min on 2 cores): mutants of the format, the analyzers and
+# the comparison helpers against their fast tests ([tool.mutmut] in pyproject.toml); the summary
+# lands in results/mutants.json.
+mutants: $(STAMP)
+	$(PY) -m pip install --quiet "mutmut==3.8.1"
+	$(VENV)/bin/mutmut run || true
+	$(PY) scripts/mutants_summary.py
+
 report: $(STAMP)
 	$(PY) -m model_impl characterize --out reports/
 
 clean-cache:
-	rm -rf .cache .pytest_cache .hypothesis
+	rm -rf .cache .pytest_cache .hypothesis mutants

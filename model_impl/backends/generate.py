@@ -7,6 +7,7 @@ compiled prefill serves many prompt lengths.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 
 import numpy as np
@@ -58,6 +59,25 @@ def require_device(backend: str) -> None:
         raise BackendUnavailable(f"backend {spec.name}: no usable CUDA device ({reason})") from None
 
 
+# What a compiler or runtime says when it has no kernel for an element type (seen: XLA-CPU,
+# jaxlib 0.10.2, "Unsupported element type for DotThunk::Execute: BF16 x BF16 = F32").
+_NO_KERNEL = ("Unsupported element type", "UNIMPLEMENTED", "unsupported element type", "is not supported")
+
+
+@contextlib.contextmanager
+def dtype_errors(backend: str, dtype: str):
+    """Turn a compiler's or runtime's "no kernel for this element type" into one
+    :class:`BackendUnavailable` line naming the backend and the compute dtype."""
+    try:
+        yield
+    except Exception as e:  # XLA, IREE compiler and runtime errors have no common base
+        text = str(e)
+        if dtype == "float32" or not any(marker in text for marker in _NO_KERNEL):
+            raise
+        reason = next((line.strip() for line in text.splitlines() if any(m in line for m in _NO_KERNEL)), text)
+        raise BackendUnavailable(f"backend {backend} cannot run compute dtype {dtype}: {reason[:300]}") from None
+
+
 def make_runner(
     cfg: Config,
     weights: Weights,
@@ -104,14 +124,15 @@ def generate(
         raise ValueError(f"prompt token ids must be in [0, {cfg.vocab_size})")
     padded = np.zeros(prompt_bucket(len(prompt)), np.int32)
     padded[: len(prompt)] = prompt
-    token, logits = runner.prefill(padded, len(prompt), cache_length(len(prompt), max_new_tokens))
     out, rows = [], []
-    for step in range(max_new_tokens):
-        tid = runner.token_id(token)  # the only device -> host transfer of a step
-        out.append(tid)
-        if keep_logits:
-            rows.append(runner.logits_row(logits))
-        if (stop_at_eos and tid in cfg.eos_token_ids) or step == max_new_tokens - 1:
-            break
-        token, logits = runner.decode(token, len(prompt) + step)
+    with dtype_errors(runner.backend, cfg.dtype):  # the first call of each graph compiles it
+        token, logits = runner.prefill(padded, len(prompt), cache_length(len(prompt), max_new_tokens))
+        for step in range(max_new_tokens):
+            tid = runner.token_id(token)  # the only device -> host transfer of a step
+            out.append(tid)
+            if keep_logits:
+                rows.append(runner.logits_row(logits))
+            if (stop_at_eos and tid in cfg.eos_token_ids) or step == max_new_tokens - 1:
+                break
+            token, logits = runner.decode(token, len(prompt) + step)
     return Generation(prompt, out, np.stack(rows) if keep_logits else None)

@@ -110,6 +110,24 @@ def test_xla_per_linear_verdict_follows_each_codes_parameter_to_its_kernels(fixt
     assert xla_hlo.xla_linears_fused((FIXTURES / fixture).read_text()) == want
 
 
+@pytest.mark.parametrize("marker", ["__triton_gemm", "__cublas$gemm"])
+def test_xla_per_linear_verdict_names_a_library_or_triton_gemm_kernel(marker):
+    """A fused linear whose kernel is a Triton or cuBLAS gemm (XLA-GPU's prefill form) is counted
+    as ``gemm``, not as a plain ``dot`` fusion."""
+    text = (FIXTURES / "xla_fused.hlo").read_text()
+    text = text.replace("kind=kCustom,", f'kind=kCustom, backend_config={{"kind":"{marker}"}},')
+    assert xla_hlo.xla_linears_fused(text) == (1, 1, {"gemm": 1})
+
+
+def test_xla_per_linear_verdict_counts_a_linear_read_by_a_non_contracting_kernel_as_unfused():
+    """Linear 1's codes read by its fused gemm and also by a kernel that only unpacks them: not
+    fused; linear 2's codes read by nothing: not fused either."""
+    text = (FIXTURES / "xla_mixed.hlo").read_text()
+    text = text.replace("fusion(%biases.2, %scales.2, %packed.2)", "fusion(%biases.2, %scales.2, %packed.1)")
+    fused, total, _ = xla_hlo.xla_linears_fused(text)
+    assert (fused, total) == (0, 2)
+
+
 @pytest.mark.parametrize("barrier,hoisted", [(True, 0), (False, 2 * 7)])
 def test_xla_decode_loop_timing_keeps_every_dequant_inside_the_loop(barrier, hoisted):
     """The XLA-CUDA step figure comes from an in-graph decode loop; without the optimization

@@ -57,3 +57,43 @@ def test_mlx_peer_table_counts_the_same_prefix():
     peer = Generation(b.prompt_tokens, b.tokens, mlx_peer.log_softmax(logits))
     pc = mlx_peer.compare(ours, peer)
     assert pc.comparison.agreement == f"5/{STEPS}" and pc.comparison.first_divergence == 5 and not pc.agrees
+
+
+def test_runs_of_different_prompts_are_refused():
+    import pytest
+
+    with pytest.raises(ValueError, match="runs of different prompts cannot be compared"):
+        checks.compare(Generation([1], [5]), Generation([2], [5]))
+
+
+def test_logit_rows_of_agreeing_runs_are_all_compared_by_their_difference():
+    a, _ = _diverging_at(5)
+    rows = np.tile(np.arange(4, dtype=np.float32), (STEPS, 1)) + 10.0  # equal, far from zero
+    shifted = rows.copy()
+    shifted[STEPS - 1, 2] += 0.5
+    cmp = checks.compare(Generation(a.prompt_tokens, a.tokens, rows), Generation(a.prompt_tokens, a.tokens, shifted))
+    assert len(cmp.per_step_max_abs_diff) == STEPS
+    assert cmp.per_step_max_abs_diff[:-1] == (0.0,) * (STEPS - 1) and cmp.max_abs_logit_diff == 0.5
+
+
+def test_rank_at_divergence_of_a_run_that_stops_early_is_none():
+    logits = np.tile(np.arange(10, dtype=np.float32), (3, 1))
+    reference = Generation([1], [9, 9, 9], logits)
+    assert checks.rank_at_divergence(Generation([1], [9]), reference) is None  # parted by stopping
+    assert checks.rank_at_divergence(Generation([1], [9, 8]), Generation([1], [9, 9, 9])) is None  # no logits
+
+
+def test_degeneracy_measures_share_longest_run_and_distinct_tokens():
+    d = checks.degeneracy([1, 2, 2, 2, 3])
+    assert (d.max_token_share, d.longest_repeat_run, d.distinct_tokens) == (0.6, 3, 3)
+    empty = checks.degeneracy([])
+    assert (empty.max_token_share, empty.longest_repeat_run, empty.distinct_tokens) == (1.0, 0, 0)
+    assert not empty.coherent
+
+
+def test_degeneracy_repeat_run_bound_is_inclusive():
+    varied = list(range(100, 100 + 40))
+    at_bound = varied[:10] + [7] * checks.MAX_REPEAT_RUN + varied[10:]
+    over = varied[:10] + [7] * (checks.MAX_REPEAT_RUN + 1) + varied[10:]
+    assert checks.degeneracy(at_bound).coherent
+    assert not checks.degeneracy(over).coherent
