@@ -103,8 +103,10 @@ def config_differences(path: Path) -> dict[str, tuple]:
     return out
 
 
-def greedy(path: Path, prompt_ids, max_new_tokens: int) -> Generation:
-    """mlx_lm's own greedy generation; ``logits`` holds its log-probabilities per step."""
+def greedy(path: Path, prompt_ids, max_new_tokens: int, until_parting_from=None) -> Generation:
+    """mlx_lm's own greedy generation; ``logits`` holds its log-probabilities per step. With
+    ``until_parting_from`` (another run's tokens) it stops at the first token that differs:
+    nothing after a first divergence is compared, and mlx's CPU float16 steps are slow."""
     import mlx.core as mx
     from mlx_lm import load
     from mlx_lm.generate import generate_step
@@ -115,22 +117,25 @@ def greedy(path: Path, prompt_ids, max_new_tokens: int) -> Generation:
     for token, logprobs in steps:
         tokens.append(int(token))
         rows.append(np.array(logprobs.astype(mx.float32)))
-        if len(tokens) == max_new_tokens:
+        k = len(tokens) - 1
+        parted = until_parting_from is not None and (k >= len(until_parting_from) or until_parting_from[k] != tokens[k])
+        if len(tokens) == max_new_tokens or parted:
             break
     return Generation(list(prompt_ids), tokens, np.stack(rows))
 
 
-def prompt_logits(path: Path, prompt_ids, float32: bool = False) -> np.ndarray:
-    """mlx_lm's logits at every prompt position, ``[t, vocab]``, as float32 numbers; with
-    ``float32`` the model's float parameters (scales and biases included) are cast to float32
-    first: the same codes computed without half-precision rounding."""
+def prompt_logits(path: Path, prompt_ids) -> tuple[np.ndarray, np.ndarray]:
+    """mlx_lm's logits at every prompt position, ``[t, vocab]`` as float32 numbers: as stored,
+    and with the model's float parameters (scales and biases included) cast to float32 first:
+    the same codes computed without half-precision rounding."""
     import mlx.core as mx
     from mlx_lm import load
 
     model, _ = load(str(path))
-    if float32:
-        model.set_dtype(mx.float32)
-    return np.array(model(mx.array([list(prompt_ids)]))[0].astype(mx.float32))
+    ids = mx.array([list(prompt_ids)])
+    stored = np.array(model(ids)[0].astype(mx.float32))
+    model.set_dtype(mx.float32)
+    return stored, np.array(model(ids)[0].astype(mx.float32))
 
 
 def log_softmax(logits: np.ndarray) -> np.ndarray:

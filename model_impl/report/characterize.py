@@ -191,7 +191,7 @@ def mlx_peer_section(model_path, prompt, n) -> list[dict]:
         hf_dir = mlx_peer.write_hf_dir(model_path, Path(tmp) / "hf")
         for dtype, bits, group in mlx_peer.VARIANTS:
             path = mlx_peer.convert(hf_dir, Path(tmp) / f"{dtype}-q{bits}g{group}", bits, group, dtype)
-            peer = mlx_peer.greedy(path, prompt, n)
+            peer = mlx_peer.greedy(path, prompt, n)  # whole: the report shows both runs' agreement
             cfg, weights = checkpoint.load(path, "int4")
             entry = {
                 "variant": f"{bits}-bit, group {group}, {dtype}",

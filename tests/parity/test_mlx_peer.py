@@ -30,12 +30,14 @@ def mlx_checkpoint(request, real_hf_dir, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def peer_runs(prompt_ids):
+    """mlx_lm's greedy run, up to where it parts from ours (nothing after is compared)."""
     cache = {}
 
-    def run(path):
-        if path not in cache:
-            cache[path] = mlx_peer.greedy(path, prompt_ids, GREEDY_TOKENS)
-        return cache[path]
+    def run(path, ours):
+        key = (path, tuple(ours.tokens))
+        if key not in cache:
+            cache[key] = mlx_peer.greedy(path, prompt_ids, GREEDY_TOKENS, until_parting_from=ours.tokens)
+        return cache[key]
 
     return run
 
@@ -83,7 +85,8 @@ def test_mlx_lm_builds_the_same_model_from_the_checkpoint_as_we_do(mlx_checkpoin
 @pytest.mark.parametrize("backend", ["xla-cpu", "iree-cpu"])
 def test_our_int4_graph_agrees_with_mlx_lm_greedy(mlx_checkpoint, backend, our_runs, peer_runs):
     path, dtype = mlx_checkpoint[:2]
-    pc = mlx_peer.compare(our_runs(path, backend), peer_runs(path), dtype)
+    ours = our_runs(path, backend)
+    pc = mlx_peer.compare(ours, peer_runs(path, ours), dtype)
     assert pc.agrees, (
         f"{backend} vs mlx_lm ({dtype}): {pc.comparison.agreement}, divergence at "
         f"{pc.comparison.first_divergence} with top-2 gap {pc.top2_gap_at_divergence} "
@@ -99,7 +102,8 @@ def test_our_log_probs_match_mlx_lm_prefill_and_decode(mlx_checkpoint, backend, 
             "half precision: mlx_lm's own rounding exceeds ours; held to the bound derived in "
             "test_mlx_lm_half_precision_differs_from_ours_only_by_its_own_rounding"
         )
-    cmp = mlx_peer.compare(our_runs(path, backend), peer_runs(path), dtype).comparison
+    ours = our_runs(path, backend)
+    cmp = mlx_peer.compare(ours, peer_runs(path, ours), dtype).comparison
     # Row 0 is the prefill's last position; rows up to the first divergence are decode steps.
     assert len(cmp.per_step_max_abs_diff) >= 2
     assert max(cmp.per_step_max_abs_diff) <= checks.logit_atol(dtype), cmp.per_step_max_abs_diff
@@ -121,17 +125,13 @@ def half_precision_errors(prompt_ids):
             ids = jnp.asarray(prompt_ids, jnp.int32)
             ours = np.asarray(model.all_logits(*checkpoints.load(path, "int4"), ids))
             ours32 = np.asarray(model.all_logits(*checkpoints.load(path, "int4", "float32"), ids))
+            mlx, mlx32 = mlx_peer.prompt_logits(path, prompt_ids)
             cache[path] = {
                 "ours": ours,
-                "mlx": mlx_peer.prompt_logits(path, prompt_ids),
+                "mlx": mlx,
                 "ours_error": float(np.abs(ours - ours32).max()),
-                "mlx_error": float(
-                    np.abs(
-                        mlx_peer.prompt_logits(path, prompt_ids)
-                        - mlx_peer.prompt_logits(path, prompt_ids, float32=True)
-                    ).max()
-                ),
-                "float32_gap": float(np.abs(ours32 - mlx_peer.prompt_logits(path, prompt_ids, float32=True)).max()),
+                "mlx_error": float(np.abs(mlx - mlx32).max()),
+                "float32_gap": float(np.abs(ours32 - mlx32).max()),
             }
         return cache[path]
 

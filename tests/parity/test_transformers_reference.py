@@ -69,7 +69,7 @@ def llama32_layout_checkpoint(tmp_path_factory):
 def test_llama32_layout_checkpoint_logits_match_transformers(llama32_layout_checkpoint):
     from model_impl.checks.reference import transformers_model
 
-    cfg, weights = checkpoints.load(llama32_layout_checkpoint)
+    cfg, weights = checkpoints.load(llama32_layout_checkpoint, "dense", "float32")  # stored bf16, run in fp32
     assert cfg.rope_scaling is not None and cfg.tie_word_embeddings and weights.lm_head is None
     hf = transformers_model(llama32_layout_checkpoint)
     ids = list(np.random.default_rng(0).integers(0, cfg.vocab_size, 40))
@@ -90,7 +90,7 @@ def test_llama32_layout_query_heads_read_kv_heads_as_transformers_does(llama32_l
     (h % kv_heads, the interleaved one) must disagree with transformers."""
     from model_impl.checks.reference import transformers_model
 
-    cfg, weights = checkpoints.load(llama32_layout_checkpoint)
+    cfg, weights = checkpoints.load(llama32_layout_checkpoint, "dense", "float32")  # stored bf16, run in fp32
     heads, kv = cfg.num_heads, cfg.num_kv_heads
     groups = heads // kv
     assert kv >= 2 and groups >= 2, "the mapping is only exercised with several KV heads and groups"
