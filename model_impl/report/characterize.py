@@ -35,6 +35,7 @@ from ..llama.weights import (
 from ..llama.weights import specs as weight_specs
 from . import bench_section, fusion_section, half_section, results
 from .markdown import render_markdown
+from .results import ROW_KEYS
 
 
 def log(msg: str) -> None:
@@ -77,24 +78,6 @@ def format_section(fp32) -> dict:
         "layer0_bit_identical": bool(identical),
         "layer0_worst_error_in_scales": worst,
     }
-
-
-ROW_KEYS = (
-    "model",
-    "backend",
-    "quant",
-    "graph",
-    "custom_call",
-    "fused",
-    "dispatches",
-    "materialized_bytes",
-    "max_abs_logit_diff",
-    "reference",
-    "token_agreement",
-    "first_divergence",
-    "compile_seconds",
-    "note",
-)
 
 
 def _row(**fields) -> dict:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from .. import checks, env
 from . import decide_section, half_section
+from .results import ROW_KEYS
 
 
 def _fmt(v):
@@ -57,21 +58,7 @@ def render_markdown(f: dict) -> str:
     else:
         lines.append(fmt["note"])
     tol = f["tolerances"]
-    cols = [
-        "model",
-        "backend",
-        "quant",
-        "graph",
-        "custom_call",
-        "fused",
-        "dispatches",
-        "materialized_bytes",
-        "max_abs_logit_diff",
-        "token_agreement",
-        "reference",
-        "compile_seconds",
-        "note",
-    ]
+    cols = [c for c in ROW_KEYS if c != "first_divergence"]
     lines += [
         "",
         "## Lowering, parity and agreement",

@@ -11,6 +11,24 @@ from .. import env
 from ..backends.spec import BACKENDS
 from ..backends.spec import backend as backend_spec
 
+# The columns of one lowering/parity row of the report (one per model x backend x mode x graph).
+ROW_KEYS = (
+    "model",
+    "backend",
+    "quant",
+    "graph",
+    "custom_call",
+    "fused",
+    "dispatches",
+    "materialized_bytes",
+    "max_abs_logit_diff",
+    "reference",
+    "token_agreement",
+    "first_divergence",
+    "compile_seconds",
+    "note",
+)
+
 RESULTS_DIR = Path(__file__).resolve().parents[2] / "results"
 
 
