@@ -16,6 +16,8 @@ import jax  # noqa: E402
 import pytest  # noqa: E402
 from hypothesis import HealthCheck, settings  # noqa: E402
 
+from model_impl.llama.weights import QUANT_ALIASES  # noqa: E402
+
 ROOT = Path(__file__).parent
 CACHE_DIR = Path(os.environ.get("MODEL_IMPL_CACHE", ROOT / ".cache"))
 
@@ -99,14 +101,13 @@ class GreedyRuns:
         "int4": "the 7 linears per layer quantized at load time (in the compute dtype), dequantized in-graph",
         "host-dequant": "the same int4 weights dequantized on the host in the compute dtype, through the dense graph",
     }
-    ALIASES = {"fp32": "dense"}
 
     def __init__(self, request):
         self._request, self._runs, self._models = request, {}, {}
 
-    def model(self, weights: str, dtype: str = "float32"):
+    def model(self, weights: str, dtype: str = "float32"):  # weights: WEIGHTS, or "fp32" for "dense"
         """(Config, Weights) of the real model in ``dtype``; ``weights`` as in :attr:`WEIGHTS`."""
-        weights = self.ALIASES.get(weights, weights)
+        weights = QUANT_ALIASES.get(weights, weights)
         if weights not in self.WEIGHTS:
             raise ValueError(f"unknown weights {weights!r}; known: {sorted(self.WEIGHTS)}")
         if (weights, dtype) not in self._models:
@@ -125,7 +126,7 @@ class GreedyRuns:
         return self._models[weights, dtype]
 
     def get(self, backend: str, weights: str, dtype: str = "float32"):
-        weights = self.ALIASES.get(weights, weights)
+        weights = QUANT_ALIASES.get(weights, weights)
         if (backend, weights, dtype) not in self._runs:
             from model_impl.backends import generate
             from model_impl.checks import GREEDY_TOKENS

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import itertools
 import statistics
 import time
 
@@ -109,7 +110,7 @@ def time_decode(
     else:
         runner.reset(max_seq)
         token, first = runner.put_token(1), start_pos
-    positions = iter(first + k % (max_seq - first) for k in range(1 << 62))
+    positions = (first + k % (max_seq - first) for k in itertools.count())
     for _ in range(warmup):
         token, _ = runner.decode(token, next(positions))
         runner.token_id(token)

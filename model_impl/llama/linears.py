@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .. import quant as quant_mod
+from .config import np_dtype
 
 # fp32 matmuls at full precision everywhere: on GPUs the default may use TF32, which
 # would make CPU/GPU agreement a property of the backend rather than of the graph.
@@ -76,7 +77,7 @@ class QuantizedLinear(Int4Form):
     def dequantize(self, dtype="float32") -> np.ndarray:
         """Host dequant in ``dtype``: scales and biases converted to it, then ``q * s + b`` with
         one rounding per op, as the graph (and MLX, when the dtypes agree) computes it."""
-        dtype = np.dtype(dtype) if not isinstance(dtype, str) else _np_dtype(dtype)
+        dtype = np_dtype(dtype) if isinstance(dtype, str) else np.dtype(dtype)
         return quant_mod.dequantize(
             self.packed,
             np.asarray(self.scales).astype(dtype),
@@ -87,12 +88,6 @@ class QuantizedLinear(Int4Form):
 
     def matmul(self, x: jax.Array) -> jax.Array:
         return dense_matmul(x, dequantize(self, x.dtype))
-
-
-def _np_dtype(name: str) -> np.dtype:
-    from .config import np_dtype
-
-    return np_dtype(name)
 
 
 def dequantize(w: QuantizedLinear, dtype=jnp.float32) -> jax.Array:

@@ -151,8 +151,7 @@ def cast_weights(weights: Weights, dtype: str) -> Weights:
 
 def float_dtype(weights: Weights) -> str:
     """The dtype name of the tree's unquantized float tensors (the final norm's)."""
-    dtype = np.dtype(weights.final_norm.dtype)
-    return "bfloat16" if dtype.name == "bfloat16" else dtype.name
+    return np.dtype(weights.final_norm.dtype).name
 
 
 def nbytes(weights: Weights) -> int:
@@ -163,11 +162,6 @@ def nbytes(weights: Weights) -> int:
 def linear_bytes(weights: Weights) -> int:
     """Bytes of the 7 linears of every layer, in whatever form they are."""
     return sum(tensor_bytes(getattr(layer, n)) for layer in weights.layers for n in LINEAR_NAMES)
-
-
-def quantized_linears(weights: Weights) -> int:
-    """How many of the per-layer linears are in some int4 form (what the analyzers must see)."""
-    return sum(isinstance(getattr(layer, n), Int4Form) for layer in weights.layers for n in LINEAR_NAMES)
 
 
 def synthetic(cfg: Config, seed: int = 0) -> Weights:
@@ -197,7 +191,7 @@ def synthetic(cfg: Config, seed: int = 0) -> Weights:
     return weights if cfg.dtype == "float32" else cast_weights(weights, cfg.dtype)
 
 
-def specs(cfg: Config, quant: str = "fp32", group_size: int = DEFAULT_GROUP_SIZE, bits: int = DEFAULT_BITS) -> Weights:
+def specs(cfg: Config, quant: str = "dense", group_size: int = DEFAULT_GROUP_SIZE, bits: int = DEFAULT_BITS) -> Weights:
     """Shape-only weights (``jax.ShapeDtypeStruct`` leaves): export and compile need no data.
     Float tensors, and the scales of packed ones, in ``cfg.dtype``."""
     dense = quant_mode(quant) == "dense"
@@ -218,22 +212,22 @@ def specs(cfg: Config, quant: str = "fp32", group_size: int = DEFAULT_GROUP_SIZE
     return Weights(leaf((cfg.vocab_size, cfg.hidden_size)), layers, leaf((cfg.hidden_size,)), head)
 
 
+def _linear_elements(cfg: Config) -> list[int]:
+    """Element count (out * in) of each of a layer's 7 linears."""
+    shapes = expected_shapes(cfg)
+    return [shapes[n][0] * shapes[n][1] for n in LINEAR_NAMES]
+
+
 def linear_weight_elements(cfg: Config) -> set[int]:
     """Element counts (out * in) of the quantized linears: the size of a rebuilt weight."""
-    shapes = expected_shapes(cfg)
-    return {shapes[n][0] * shapes[n][1] for n in LINEAR_NAMES}
+    return set(_linear_elements(cfg))
 
 
 def linear_weight_bytes_f32(cfg: Config) -> int:
     """Bytes of all quantized linears rebuilt as float32 (what full materialization writes)."""
-    return 4 * cfg.num_layers * sum(linear_weight_elements_each(cfg))
+    return 4 * cfg.num_layers * sum(_linear_elements(cfg))
 
 
 def linear_weight_bytes(cfg: Config) -> int:
     """Bytes of all quantized linears rebuilt in the compute dtype (what materialization writes)."""
-    return cfg.jnp_dtype.itemsize * cfg.num_layers * sum(linear_weight_elements_each(cfg))
-
-
-def linear_weight_elements_each(cfg: Config) -> list[int]:
-    shapes = expected_shapes(cfg)
-    return [shapes[n][0] * shapes[n][1] for n in LINEAR_NAMES]
+    return cfg.jnp_dtype.itemsize * cfg.num_layers * sum(_linear_elements(cfg))
