@@ -16,6 +16,7 @@ import jax  # noqa: E402
 import pytest  # noqa: E402
 from hypothesis import HealthCheck, settings  # noqa: E402
 
+from model_impl.llama.graphs import DECODE_CHUNK  # noqa: E402
 from model_impl.llama.weights import QUANT_ALIASES  # noqa: E402
 
 ROOT = Path(__file__).parent
@@ -125,24 +126,27 @@ class GreedyRuns:
             self._models[weights, dtype] = (cfg, model)
         return self._models[weights, dtype]
 
-    def get(self, backend: str, weights: str, dtype: str = "float32"):
+    def get(self, backend: str, weights: str, dtype: str = "float32", chunk: int | None = DECODE_CHUNK):
+        """``chunk``: steps per dispatch of the device decode loop (the default, as ``generate``
+        serves), or None for the per-step path."""
         weights = QUANT_ALIASES.get(weights, weights)
-        if (backend, weights, dtype) not in self._runs:
+        key = (backend, weights, dtype, chunk)
+        if key not in self._runs:
             from model_impl.backends import generate
             from model_impl.checks import GREEDY_TOKENS
 
             runner = generate.make_runner(*self.model(weights, dtype), backend)
             prompt = self._request.getfixturevalue("prompt_ids")
-            run = generate.generate(runner, prompt, GREEDY_TOKENS, stop_at_eos=False, keep_logits=True)
+            run = generate.generate(runner, prompt, GREEDY_TOKENS, stop_at_eos=False, keep_logits=True, chunk=chunk)
             info = {
                 "compile_seconds": dict(runner.compile_seconds),
                 "cuda_target": getattr(runner, "cuda_target", None) if backend == "iree-cuda" else None,
             }
-            self._runs[backend, weights, dtype] = (run, info)
-        return self._runs[backend, weights, dtype]
+            self._runs[key] = (run, info)
+        return self._runs[key]
 
-    def run(self, backend: str, weights: str, dtype: str = "float32"):
-        return self.get(backend, weights, dtype)[0]
+    def run(self, backend: str, weights: str, dtype: str = "float32", chunk: int | None = DECODE_CHUNK):
+        return self.get(backend, weights, dtype, chunk)[0]
 
 
 @pytest.fixture(scope="session")

@@ -9,6 +9,7 @@ import time
 from model_impl.backends import generate
 from model_impl.backends.spec import backend as backend_spec
 from model_impl.lab import roofline, timing
+from model_impl.llama.graphs import DECODE_CHUNK
 from model_impl.llama.linears import tensor_bytes
 
 from .conftest import smoke
@@ -18,6 +19,7 @@ MAX_SEQ = 512
 SMOKE_MAX_SEQ = 128  # the parity tests' cache length: a smoke run reuses their compiled modules
 PREFILL_PROMPTS = (16, 64)
 STEP_BUDGET_S = 20.0  # per case: how many decode steps we time, at most 64, at least 5
+GPU_GENERATE_STEPS = 4 * DECODE_CHUNK  # the generate path on a GPU: 4 chunks per round
 
 
 def test_decode_and_prefill(benchmark, bench_case, models, bandwidth, bench_results, request):
@@ -59,6 +61,7 @@ def test_decode_and_prefill(benchmark, bench_case, models, bandwidth, bench_resu
         steps_per_round=steps,
     )
     decode = measured.summary()
+    generate_path = generate_path_figures(runner, cfg, weights, max_seq, steps, decode)
     bw = bandwidth(spec.platform)
     need = roofline.decode_bytes_read(cfg, weights, PROMPT + steps // 2)
     roofline_tps = bw / need
@@ -68,6 +71,7 @@ def test_decode_and_prefill(benchmark, bench_case, models, bandwidth, bench_resu
         "backend": backend,
         "quant": quant,
         "decode": decode,
+        "generate": generate_path,
         "prefill_seconds": prefill,
         "compile_seconds": runner.compile_seconds,
         "setup_seconds": setup_s,
@@ -83,3 +87,26 @@ def test_decode_and_prefill(benchmark, bench_case, models, bandwidth, bench_resu
         case["iree_cuda_target"] = runner.cuda_target
     benchmark.extra_info.update({k: v for k, v in case.items() if not isinstance(v, dict)})
     bench_results["cases"].append(case)
+
+
+def generate_path_figures(runner, cfg, weights, max_seq: int, steps: int, decode: dict) -> dict:
+    """The generate path (device loop, ``DECODE_CHUNK`` steps per dispatch) against the best
+    device-bound step of this run: on a GPU the queued per-step rounds and, for XLA, the same
+    step in an in-graph loop with a static trip count (no condition read by the host); on a CPU
+    (where a step ends on the host anyway) the synced per-step figure."""
+    spec = backend_spec(runner.backend)
+    bounds = {}
+    if spec.is_cuda:
+        bounds["queued_per_step"] = decode["pipelined_step_s"]
+        if spec.is_xla:
+            loop_s, _, hoisted = timing.time_xla_decode_loop(
+                runner.backend, cfg, weights, DECODE_CHUNK, max_seq=max_seq, start_pos=PROMPT
+            )
+            assert hoisted == 0, "the device-bound loop hoisted dequants: it would time dense weights"
+            bounds["static_trip_loop"] = loop_s
+    else:
+        bounds["synced_per_step"] = decode["median_s"]
+    new_tokens = 1 + (GPU_GENERATE_STEPS if spec.is_cuda else max(DECODE_CHUNK, steps))
+    measured = timing.time_generate(runner, PROMPT, new_tokens, max_seq, DECODE_CHUNK, rounds=3 if spec.is_cuda else 1)
+    source = min(bounds, key=bounds.get)
+    return {**measured.summary(bounds[source]), "device_bound_source": source, "device_bound_candidates_s": bounds}

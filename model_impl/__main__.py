@@ -26,6 +26,8 @@ def cmd_generate(args) -> int:
     try:
         if args.max_new_tokens < 1:
             raise ValueError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
+        if args.chunk < 0:
+            raise ValueError(f"--chunk must be 0 (one dispatch per step) or more, got {args.chunk}")
         generate.require_device(args.backend)  # before anything is loaded or built
         cfg, weights = checkpoint.load(args.model, args.quant, args.dtype)
         if args.representation:
@@ -47,6 +49,7 @@ def cmd_generate(args) -> int:
             args.max_new_tokens,
             stop_at_eos=not args.ignore_eos,
             keep_logits=args.logits_out is not None,
+            chunk=args.chunk or None,
         )
     except (checkpoint.CheckpointError, ValueError) as e:  # QuantizationError is a ValueError
         print(f"error: {e}", file=sys.stderr)
@@ -81,6 +84,7 @@ def cmd_fusion(args) -> int:
 def main(argv=None) -> int:
     from .backends.spec import BACKENDS
     from .llama.config import DTYPES
+    from .llama.graphs import DECODE_CHUNK
     from .llama.representations import REPRESENTATIONS
 
     parser = argparse.ArgumentParser(prog="python -m model_impl")
@@ -111,6 +115,12 @@ def main(argv=None) -> int:
     g.add_argument("--iree-cuda-target", help="IREE CUDA target, e.g. sm_80 (default: chosen from the GPU)")
     g.add_argument("--max-new-tokens", type=int, default=48)
     g.add_argument("--ignore-eos", action="store_true", help="do not stop at an EOS token")
+    g.add_argument(
+        "--chunk",
+        type=int,
+        default=DECODE_CHUNK,
+        help=f"decode steps per dispatch of the on-device loop (default {DECODE_CHUNK}); 0: one dispatch per step",
+    )
     g.add_argument("--logits-out", metavar="FILE.npy", help="write float32 [len(tokens), vocab]")
     g.add_argument("--json", action="store_true", help="print one JSON object")
     g.set_defaults(func=cmd_generate)

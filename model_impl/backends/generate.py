@@ -1,8 +1,12 @@
 """Greedy generation over a backend that keeps weights and the KV cache on its device.
 
-Only the chosen token id crosses back to the host each step (plus the logits row when
-the caller asks for them). Prompts are padded to a power-of-two bucket so that one
-compiled prefill serves many prompt lengths.
+After the prefill, decoding runs in chunks of the device loop (:func:`graphs.greedy_decode_loop`):
+up to ``chunk`` steps per dispatch, argmax, position, cache and the step budget kept on the
+device, stopping at EOS or the limit; only the chunk's token ids come back (plus its logits
+rows when the caller asks for them: gathered in the same loop, so the path checked is the
+path served). The next chunk is queued before the current one is read. ``chunk=None`` keeps
+the per-step path (one dispatch and one token read back per step), the loop's reference.
+Prompts are padded to a power-of-two bucket so that one compiled prefill serves many lengths.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import dataclasses
 import numpy as np
 
 from ..llama.config import Config
+from ..llama.graphs import DECODE_CHUNK
 from ..llama.weights import Weights
 from .spec import backend as backend_spec
 
@@ -24,9 +29,14 @@ def prompt_bucket(length: int) -> int:
     return max(MIN_BUCKET, 1 << (max(length, 1) - 1).bit_length())
 
 
+def cache_slots_needed(prompt_len: int, max_new_tokens: int) -> int:
+    """The prompt's padded bucket, or the prompt and every new token, whichever is longer."""
+    return max(prompt_bucket(prompt_len), prompt_len + max_new_tokens)
+
+
 def cache_length(prompt_len: int, max_new_tokens: int) -> int:
-    need = max(prompt_bucket(prompt_len), prompt_len + max_new_tokens)
-    return -(-need // CACHE_ROUNDING) * CACHE_ROUNDING
+    """The default cache: :func:`cache_slots_needed` rounded up to :data:`CACHE_ROUNDING`."""
+    return -(-cache_slots_needed(prompt_len, max_new_tokens) // CACHE_ROUNDING) * CACHE_ROUNDING
 
 
 @dataclasses.dataclass
@@ -105,6 +115,78 @@ def make_runner(
     return IreeRunner(cfg, weights, spec, cuda_target=target, extra_flags=iree_flags)
 
 
+def _check_request(cfg: Config, prompt: list[int], max_new_tokens: int, chunk: int | None, max_seq) -> None:
+    if not prompt:
+        raise ValueError("the prompt must hold at least one token")
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
+    if max(prompt) >= cfg.vocab_size or min(prompt) < 0:
+        raise ValueError(f"prompt token ids must be in [0, {cfg.vocab_size})")
+    if chunk is not None and chunk < 1:
+        raise ValueError(f"chunk must be at least 1 step (or None for the per-step path), got {chunk}")
+    need = cache_slots_needed(len(prompt), max_new_tokens)
+    if max_seq is not None and max_seq < need:
+        raise ValueError(f"max_seq {max_seq} is below the {need} cache slots this request needs")
+
+
+def stream(
+    runner,
+    prompt_tokens,
+    max_new_tokens: int,
+    *,
+    stop_at_eos: bool = True,
+    keep_logits: bool = False,
+    chunk: int | None = DECODE_CHUNK,
+    max_seq: int | None = None,
+):
+    """Greedy decoding of up to ``max_new_tokens`` after ``prompt_tokens``, yielded as it
+    arrives: ``(ids, rows)`` per prefill, chunk (or step, with ``chunk=None``); ``rows`` is the
+    ``[len(ids), vocab]`` logits that chose them with ``keep_logits``, else None. ``max_seq``:
+    the KV cache's slots (default :func:`cache_length`, rounded up so that one compiled graph
+    serves many requests). A bad request raises here, before anything runs."""
+    prompt = [int(t) for t in prompt_tokens]
+    _check_request(runner.cfg, prompt, max_new_tokens, chunk, max_seq)
+    max_seq = max_seq or cache_length(len(prompt), max_new_tokens)
+    return _stream(runner, prompt, max_new_tokens, stop_at_eos, keep_logits, chunk, max_seq)
+
+
+def _stream(runner, prompt: list[int], max_new_tokens: int, stop_at_eos: bool, keep_logits: bool, chunk, max_seq):
+    cfg = runner.cfg
+    padded = np.zeros(prompt_bucket(len(prompt)), np.int32)
+    padded[: len(prompt)] = prompt
+    ended = lambda tid: stop_at_eos and tid in cfg.eos_token_ids  # noqa: E731
+    with dtype_errors(runner.backend, cfg.dtype):  # the first call of each graph compiles it
+        token, logits = runner.prefill(padded, len(prompt), max_seq)
+        tid = runner.token_id(token)
+        yield [tid], runner.logits_row(logits)[None] if keep_logits else None
+        left = max_new_tokens - 1
+        if ended(tid) or left == 0:
+            return
+        if chunk is None:
+            for step in range(left):
+                token, logits = runner.decode(token, len(prompt) + step)
+                tid = runner.token_id(token)
+                yield [tid], runner.logits_row(logits)[None] if keep_logits else None
+                if ended(tid):
+                    return
+            return
+        state = runner.loop_state(token, len(prompt), left, stop_at_eos)
+        queued, state = runner.decode_chunk(state, chunk, keep_logits)
+        unqueued = left - chunk  # steps no queued chunk covers yet
+        while True:
+            following = None
+            if unqueued > 0:  # queue the next chunk before waiting for this one
+                following, state = runner.decode_chunk(state, chunk, keep_logits)
+                unqueued -= chunk
+            ids, rows = runner.chunk_to_host(queued)
+            yield ids, rows
+            left -= len(ids)
+            # a short chunk ended at EOS or the limit; a chunk queued after it runs no step
+            if len(ids) < chunk or left == 0 or following is None:
+                return
+            queued = following
+
+
 def generate(
     runner,
     prompt_tokens,
@@ -112,27 +194,13 @@ def generate(
     *,
     stop_at_eos: bool = True,
     keep_logits: bool = False,
+    chunk: int | None = DECODE_CHUNK,
 ) -> Generation:
-    """Greedy decoding of up to ``max_new_tokens`` after ``prompt_tokens``."""
-    cfg = runner.cfg
-    prompt = [int(t) for t in prompt_tokens]
-    if not prompt:
-        raise ValueError("the prompt must hold at least one token")
-    if max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
-    if max(prompt) >= cfg.vocab_size or min(prompt) < 0:
-        raise ValueError(f"prompt token ids must be in [0, {cfg.vocab_size})")
-    padded = np.zeros(prompt_bucket(len(prompt)), np.int32)
-    padded[: len(prompt)] = prompt
+    """Greedy decoding of up to ``max_new_tokens`` after ``prompt_tokens`` (see :func:`stream`)."""
     out, rows = [], []
-    with dtype_errors(runner.backend, cfg.dtype):  # the first call of each graph compiles it
-        token, logits = runner.prefill(padded, len(prompt), cache_length(len(prompt), max_new_tokens))
-        for step in range(max_new_tokens):
-            tid = runner.token_id(token)  # the only device -> host transfer of a step
-            out.append(tid)
-            if keep_logits:
-                rows.append(runner.logits_row(logits))
-            if (stop_at_eos and tid in cfg.eos_token_ids) or step == max_new_tokens - 1:
-                break
-            token, logits = runner.decode(token, len(prompt) + step)
-    return Generation(prompt, out, np.stack(rows) if keep_logits else None)
+    parts = stream(runner, prompt_tokens, max_new_tokens, stop_at_eos=stop_at_eos, keep_logits=keep_logits, chunk=chunk)
+    for ids, part_rows in parts:
+        out.extend(ids)
+        if keep_logits:
+            rows.append(part_rows)
+    return Generation([int(t) for t in prompt_tokens], out, np.concatenate(rows) if keep_logits else None)

@@ -128,7 +128,7 @@ def graph_identity(cfg: Config, specs, graph: str, bucket: int, max_seq: int) ->
         "config": repr(cfg),
         "weights": weights_signature(specs),
         "graph": graph,
-        "bucket": bucket if graph == "prefill" else None,
+        "bucket": bucket if graph != "decode" else None,  # prefill's tokens; a loop's chunk
         "max_seq": max_seq,
         "sources": cache.source_digest(*GRAPH_SOURCES),
     }

@@ -45,6 +45,14 @@ def device_array(device, x):
     return rt.DeviceArray(device, view)
 
 
+def to_host(array) -> np.ndarray:
+    """A host copy of an IREE device array. ``DeviceArray.to_host()`` on a local (CPU) device
+    maps the device buffer instead of copying it: the mapping outlives the buffer, whose memory
+    the runtime hands to a later call (measured: the decode loop's logits rows of one chunk
+    showed a later chunk's rows), so every read copies."""
+    return np.array(array.to_host(), copy=True)
+
+
 class IreeDevice:
     """One IREE runtime device (a driver: ``local-task`` or ``cuda``) and its modules."""
 
@@ -106,7 +114,7 @@ class IreeRunner:
         self.cache = None
 
     def function(self, graph: str, bucket: int, max_seq: int):
-        key = (graph, bucket if graph == "prefill" else None, max_seq)
+        key = (graph, bucket if graph != "decode" else None, max_seq)
         if key not in self._functions:
             path, seconds = iree_compile.compiled_module(
                 self.cfg, self.specs, graph, bucket, max_seq, self.target, self.cuda_target, self.extra_flags
@@ -125,28 +133,51 @@ class IreeRunner:
 
     def reset(self, max_seq: int) -> None:
         """An empty KV cache of ``max_seq`` slots, for decoding without a prefill."""
-        self._decode = self.function("decode", 0, max_seq)
+        self._max_seq = max_seq
         self.cache = self._zero_cache(max_seq)
 
     def prefill(self, padded_tokens: np.ndarray, length: int, max_seq: int):
         fn = self.function("prefill", len(padded_tokens), max_seq)
-        self._decode = self.function("decode", 0, max_seq)
+        self._max_seq = max_seq
         k, v = self._zero_cache(max_seq)
         tokens = self.iree.put(np.asarray(padded_tokens, np.int32))
         token, logits, *self.cache = fn(*self.weights, tokens, self.iree.scalar(length), k, v)
         return token, logits
 
     def decode(self, token, pos: int):
-        token, logits, *self.cache = self._decode(*self.weights, token, self.iree.scalar(pos), *self.cache)
+        decode = self.function("decode", 0, self._max_seq)
+        token, logits, *self.cache = decode(*self.weights, token, self.iree.scalar(pos), *self.cache)
         return token, logits
 
+    def loop_state(self, token, pos: int, remaining: int, stop_at_eos: bool):
+        """The decode loop's state on the device (see ``XlaRunner.loop_state``)."""
+        return (token, self.iree.scalar(pos), self.iree.scalar(remaining), self.iree.scalar(int(stop_at_eos)))
+
+    def decode_chunk(self, state, chunk: int, keep_logits: bool = False):
+        """One chunk of the decode loop (see ``XlaRunner.decode_chunk``). IREE evaluates the
+        loop's condition in its VM, on the host, so the call returns when the chunk is done."""
+        graph = "decode_loop_logits" if keep_logits else "decode_loop"
+        fn = self.function(graph, chunk, self._max_seq)
+        token, pos, remaining, stop = state
+        tokens, steps, token, pos, remaining, *rest = fn(*self.weights, token, pos, *self.cache, remaining, stop)
+        rows = rest.pop(0) if keep_logits else None
+        self.cache = rest
+        return (tokens, steps, rows), (token, pos, remaining, stop)
+
+    @staticmethod
+    def chunk_to_host(outputs) -> tuple[list[int], np.ndarray | None]:
+        tokens, steps, rows = outputs
+        n = int(to_host(steps))
+        ids = [int(t) for t in to_host(tokens)[:n]]
+        return ids, None if rows is None else to_host(rows)[:n]
+
     def cache_to_host(self) -> list[np.ndarray]:
-        return [np.asarray(c.to_host()) for c in self.cache]
+        return [to_host(c) for c in self.cache]
 
     @staticmethod
     def token_id(token) -> int:
-        return int(token.to_host())
+        return int(to_host(token))
 
     @staticmethod
     def logits_row(logits) -> np.ndarray:
-        return np.asarray(logits.to_host(), np.float32)
+        return to_host(logits).astype(np.float32, copy=False)

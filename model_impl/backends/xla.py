@@ -10,16 +10,17 @@ import numpy as np
 
 from ..llama import model
 from ..llama.config import Config
-from ..llama.graphs import GRAPH_FUNCTIONS, graph_args
+from ..llama.graphs import LOOP_GRAPHS, graph_args, graph_function
 from ..llama.weights import Weights
 from .spec import XLA_CPU, Backend
 from .spec import backend as backend_spec
 
 
-def jit_graph(graph: str, compiler_options: dict | None = None, donate_cache: bool = True):
-    """``jax.jit`` of a graph function with ``cfg`` static and the KV cache donated."""
+def jit_graph(graph: str, compiler_options: dict | None = None, donate_cache: bool = True, bucket: int = 0):
+    """``jax.jit`` of a graph function with ``cfg`` static and the KV cache donated; ``bucket``
+    is a loop graph's chunk."""
     return jax.jit(
-        GRAPH_FUNCTIONS[graph],
+        graph_function(graph, bucket),
         static_argnums=0,
         donate_argnums=4 if donate_cache else (),
         compiler_options=compiler_options or None,
@@ -28,7 +29,7 @@ def jit_graph(graph: str, compiler_options: dict | None = None, donate_cache: bo
 
 def lower(cfg: Config, specs, graph: str, bucket: int, max_seq: int, compiler_options=None, donate_cache=True):
     """The graph lowered for these shapes (on the default device)."""
-    fn = jit_graph(graph, compiler_options, donate_cache)
+    fn = jit_graph(graph, compiler_options, donate_cache, bucket)
     return fn.lower(cfg, *graph_args(cfg, specs, graph, bucket, max_seq))
 
 
@@ -51,13 +52,19 @@ class XlaRunner:
         self.cache = None
         self.compile_seconds: dict[str, float] = {}
         self._executables = {}
-        self._jitted = {g: jit_graph(g, self.compiler_options) for g in GRAPH_FUNCTIONS}
+        self._jitted = {}
         self._seen = set()
 
-    def _call(self, graph: str, shape_key, *args):
+    def _jit(self, graph: str, bucket: int = 0):
+        key = (graph, bucket if graph in LOOP_GRAPHS else 0)
+        if key not in self._jitted:
+            self._jitted[key] = jit_graph(graph, self.compiler_options, bucket=key[1])
+        return self._jitted[key]
+
+    def _call(self, graph: str, shape_key, *args, bucket: int = 0):
         first = (graph, shape_key) not in self._seen
         start = time.perf_counter()
-        out = self._jitted[graph](self.cfg, self.weights, *args)
+        out = self._jit(graph, bucket)(self.cfg, self.weights, *args)
         if first:
             jax.block_until_ready(out)
             self.compile_seconds[graph] = time.perf_counter() - start
@@ -66,12 +73,12 @@ class XlaRunner:
 
     def lowered(self, graph: str, bucket: int, max_seq: int):
         """The jitted ``graph`` ("prefill" or "decode") lowered for these shapes."""
-        _, first, pos, cache = graph_args(self.cfg, None, graph, bucket, max_seq)
-        return jit_graph(graph, self.compiler_options).lower(self.cfg, self.weights, first, pos, cache)
+        _, *args = graph_args(self.cfg, None, graph, bucket, max_seq)
+        return self._jit(graph, bucket).lower(self.cfg, self.weights, *args)
 
     def executable(self, graph: str, bucket: int, max_seq: int):
         """The graph compiled ahead of time for these shapes (for its HLO and memory analysis)."""
-        key = (graph, bucket if graph == "prefill" else None, max_seq)
+        key = (graph, bucket if graph != "decode" else None, max_seq)
         if key not in self._executables:
             self._executables[key] = self.lowered(graph, bucket, max_seq).compile()
         return self._executables[key]
@@ -102,6 +109,30 @@ class XlaRunner:
             "decode", self._max_seq, token, jax.device_put(np.int32(pos), self.device), self.cache
         )
         return token, logits
+
+    def loop_state(self, token, pos: int, remaining: int, stop_at_eos: bool):
+        """The decode loop's state on the device: the last token (a device value), its position,
+        the steps still wanted and the EOS switch."""
+        put = lambda v: jax.device_put(np.int32(v), self.device)  # noqa: E731
+        return (token, put(pos), put(remaining), put(int(stop_at_eos)))
+
+    def decode_chunk(self, state, chunk: int, keep_logits: bool = False):
+        """Queue one chunk of the decode loop; returns (its outputs, still on the device; the
+        next chunk's state). Nothing is read back: a caller may queue the next chunk first."""
+        graph = "decode_loop_logits" if keep_logits else "decode_loop"
+        *carry, stop = state
+        tokens, steps, carry, rows, self.cache = self._call(
+            graph, (chunk, self._max_seq), carry[0], carry[1], self.cache, carry[2], stop, bucket=chunk
+        )
+        return (tokens, steps, rows), (*carry, stop)
+
+    @staticmethod
+    def chunk_to_host(outputs) -> tuple[list[int], np.ndarray | None]:
+        """A chunk's chosen ids (and logits rows) on the host: waits for the chunk."""
+        tokens, steps, rows = outputs
+        n = int(steps)
+        ids = [int(t) for t in np.asarray(tokens)[:n]]
+        return ids, None if rows is None else np.asarray(rows, np.float32)[:n]
 
     def cache_to_host(self) -> list[np.ndarray]:
         return [np.asarray(self.cache.k), np.asarray(self.cache.v)]

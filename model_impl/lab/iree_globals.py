@@ -21,7 +21,7 @@ import jax
 import numpy as np
 
 from ..analyzers import element_count
-from ..backends import cache, iree_compile
+from ..backends import cache, iree_compile, iree_runtime
 from ..backends.generate import make_runner
 from ..backends.iree_compile import target_flags, weight_specs, weights_signature
 from ..backends.iree_runtime import IreeDevice
@@ -139,7 +139,7 @@ class IreeGlobalsDecoder:
 
     @staticmethod
     def token_id(token) -> int:
-        return int(token.to_host())
+        return int(iree_runtime.to_host(token))
 
 
 def compare(cfg: Config, weights, steps: int, max_seq: int = 128) -> dict:

@@ -20,7 +20,7 @@ from ..analyzers import xla_hlo
 from ..backends import generate
 from ..backends.spec import backend as backend_spec
 from ..llama.config import Config
-from ..llama.graphs import greedy_decode
+from ..llama.graphs import loop_step
 from ..llama.model import KVCache
 from ..llama.weights import Weights
 
@@ -130,6 +130,45 @@ def time_decode(
     return DecodeTiming(synced, queued, tokens)
 
 
+@dataclasses.dataclass
+class GenerateTiming:
+    """Seconds per decode step of the generate path (:func:`generate.stream`: the device loop,
+    ``chunk`` steps per dispatch, chunks queued ahead, token ids streamed back), one figure
+    per round: from the prefill's token on the host to the last token on the host."""
+
+    chunk: int
+    new_tokens: int
+    rounds: list[float]
+    tokens: list[int]  # the last round's ids, prefill's first
+
+    def summary(self, device_bound_s: float | None) -> dict:
+        step = statistics.median(self.rounds)
+        return {
+            "chunk": self.chunk,
+            "new_tokens": self.new_tokens,
+            "step_s": step,
+            "tokens_per_s": 1.0 / step,
+            "rounds": len(self.rounds),
+            "device_bound_step_s": device_bound_s,
+            "harness_overhead": None if not device_bound_s else step / device_bound_s - 1,
+        }
+
+
+def time_generate(runner, prompt_len: int, new_tokens: int, max_seq: int, chunk: int, rounds: int = 3):
+    """:class:`GenerateTiming` of ``rounds`` greedy runs of ``new_tokens`` after a synthetic
+    prompt of ``prompt_len`` tokens in a ``max_seq`` cache, after one warm-up run (compiles)."""
+    prompt = [1 + k % (runner.cfg.vocab_size - 1) for k in range(prompt_len)]
+    times, tokens = [], []
+    for _ in range(rounds + 1):
+        parts = generate.stream(runner, prompt, new_tokens, stop_at_eos=False, chunk=chunk, max_seq=max_seq)
+        tokens = list(next(parts)[0])  # the prefill's token, on the host: the clock starts
+        t0 = time.perf_counter()
+        for ids, _ in parts:
+            tokens.extend(ids)
+        times.append((time.perf_counter() - t0) / (len(tokens) - 1))
+    return GenerateTiming(chunk, new_tokens, times[1:], tokens)
+
+
 def time_prefill(runner, prompt_len: int, max_seq: int, repeats: int) -> list[float]:
     start(runner, prompt_len, max_seq)  # compile + warm
     out = []
@@ -141,14 +180,13 @@ def time_prefill(runner, prompt_len: int, max_seq: int, repeats: int) -> list[fl
 
 
 def decode_loop(cfg: Config, steps: int, barrier: bool, weights, token, pos, cache):
-    """``steps`` greedy decode steps in one ``fori_loop``: one dispatch for all of them."""
+    """``steps`` greedy decode steps in one ``fori_loop`` with a static trip count: one dispatch
+    for all of them and no condition for the host to read, the device's own figure (the generate
+    path's loop, :func:`graphs.greedy_decode_loop`, runs the same step under a data bound)."""
 
     def body(i, carry):
         token, cache = carry
-        # Tie the weights to this step's token: without it XLA hoists every dequant out of
-        # the loop as loop-invariant (measured on XLA-CPU), and the loop would time fp32.
-        w, token = jax.lax.optimization_barrier((weights, token)) if barrier else (weights, token)
-        token, _, cache = greedy_decode(cfg, w, token, pos + i, cache)
+        token, _, cache = loop_step(cfg, weights, token, pos + i, cache, barrier)
         return token, cache
 
     return jax.lax.fori_loop(0, steps, body, (token, cache))

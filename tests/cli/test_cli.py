@@ -102,6 +102,11 @@ def test_max_new_tokens_below_one_is_one_line(capsys, n):
     assert _error_lines(capsys) == [f"error: --max-new-tokens must be at least 1, got {n}"]
 
 
+def test_a_negative_chunk_is_one_line(capsys):
+    assert main(["generate", "--token-ids", "1", "--chunk", "-1", "--model", "/nonexistent.gguf"]) == 2
+    assert _error_lines(capsys) == ["error: --chunk must be 0 (one dispatch per step) or more, got -1"]
+
+
 def test_a_truncated_gguf_names_the_tensor_where_the_data_runs_out(tmp_path, capsys):
     from model_impl import checkpoints
 

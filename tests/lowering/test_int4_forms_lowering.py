@@ -141,3 +141,24 @@ def test_xla_decode_loop_timing_keeps_every_dequant_inside_the_loop(barrier, hoi
         "xla-cpu", cfg, weights, steps=2, max_seq=128, start_pos=16, rounds=1, barrier=barrier
     )
     assert found == hoisted
+
+
+@pytest.mark.parametrize("barrier,hoisted", [(True, 0), (False, 2 * 7)])
+def test_generate_decode_loop_keeps_every_dequant_inside_the_loop(barrier, hoisted):
+    """The generate path's loop graph carries the same guard: with it, no dequant sits outside
+    the loop in XLA's compiled graph; without it, XLA hoists all 14 (the check can see them)."""
+    import functools
+
+    import jax
+
+    from model_impl.analyzers import xla_hlo
+    from model_impl.llama.graphs import graph_args, greedy_decode_loop
+    from model_impl.llama.shapes import shrunk_llama32_config
+    from model_impl.llama.weights import quantize_weights, synthetic
+
+    cfg = shrunk_llama32_config()
+    weights = quantize_weights(synthetic(cfg, 0))
+    fn = jax.jit(functools.partial(greedy_decode_loop, chunk=4, barrier=barrier), static_argnums=0)
+    _, *args = graph_args(cfg, None, "decode_loop", 4, 128)
+    hlo = fn.lower(cfg, weights, *args).compile().as_text()
+    assert xla_hlo.entry_unpack_kernels(hlo) == hoisted

@@ -43,3 +43,18 @@ def test_custom_call_detector_sees_a_real_one():
     text = jax.export.export(jax.jit(jnp.linalg.cholesky))(spec).mlir_module()
     inv = stablehlo.stablehlo_inventory(text)
     assert inv.has_custom_call and any("potrf" in t for t in inv.custom_calls), inv.custom_calls
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_decode_loop_exports_one_while_with_each_dequant_once_and_no_custom_call(model_configs, model):
+    """The generate path's graph: a ``while`` (its bound is data: the step budget and EOS), the
+    same dequant per quantized linear as the one-step graph, in its body, and no custom_call."""
+    from model_impl.analyzers import dumps
+    from model_impl.llama.graphs import DECODE_CHUNK
+    from model_impl.llama.weights import specs
+
+    cfg, (_, max_seq) = model_configs[model]
+    inv = stablehlo.stablehlo_inventory(dumps.stablehlo(cfg, specs(cfg, "int4"), "decode_loop", DECODE_CHUNK, max_seq))
+    assert not inv.has_custom_call, inv.custom_calls
+    assert inv.op_counts["while"] == 1
+    assert inv.shifts == 7 * cfg.num_layers

@@ -1,0 +1,49 @@
+"""Each compiler reproducer in reproducers/ still shows its bug with today's compiler: this
+fails the day the compiler is fixed, and names the workaround that can then go."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2] / "reproducers"
+CASES = sorted(p.parent.name for p in ROOT.glob("*/expect.json"))
+
+
+def test_every_reproducer_folder_is_checked():
+    folders = sorted(p.name for p in ROOT.iterdir() if p.is_dir())
+    assert folders == CASES and CASES
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_reproducer_shows_its_bug_with_todays_compiler(case):
+    from iree.compiler.tools.binaries import CompilerToolError
+
+    from model_impl.backends import iree_compile
+
+    folder = ROOT / case
+    expect = json.loads((folder / "expect.json").read_text())
+    assert expect["today"] == "fails"
+    with pytest.raises(CompilerToolError) as failure:
+        iree_compile.compile_mlir((folder / "input.mlir").read_text(), expect["flags"])
+    assert expect["error"] in str(failure.value), (
+        f"{case}: iree-compile {iree_compile.compiler_version()} now fails differently; see its README"
+    )
+
+
+def test_the_one_element_update_compiles_once_the_buffer_has_two_slots():
+    """The suite's workaround, on the reproducer itself: the same loop over 2 slots compiles."""
+    import jax
+    import jax.numpy as jnp
+
+    from model_impl.backends import iree_compile
+
+    def f(n, t):
+        body = lambda c: (c[0] + 1, jax.lax.dynamic_update_index_in_dim(c[1], c[0], c[0], 0))  # noqa: E731
+        return jax.lax.while_loop(lambda c: c[0] < n, body, (jnp.int32(0), t))
+
+    expect = json.loads((ROOT / "iree-while-one-element-update" / "expect.json").read_text())
+    args = (jax.ShapeDtypeStruct((), jnp.int32), jax.ShapeDtypeStruct((2,), jnp.int32))
+    assert iree_compile.compile_mlir(jax.export.export(jax.jit(f))(*args).mlir_module(), expect["flags"])
