@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import hashlib
+import itertools
 import json
 import os
 import shutil
@@ -30,6 +31,7 @@ from model_impl.backends import cuda_target, generate, iree_compile  # noqa: E40
 from model_impl.checks import GREEDY_TOKENS  # noqa: E402
 from model_impl.lab import fusion_matrix, linear_chain  # noqa: E402
 from model_impl.llama import representations  # noqa: E402
+from model_impl.llama.graphs import DECODE_CHUNK  # noqa: E402
 from model_impl.llama.shapes import llama32_config  # noqa: E402
 from model_impl.llama.weights import parse_mode_label, specs  # noqa: E402
 
@@ -39,6 +41,9 @@ WHEELS = ("iree-base-runtime==3.13.0", "gguf==0.19.0")
 REFERENCE_PROMPT_TOKENS = 7  # the parity prompt's length with the embedded tokenizer
 BENCH_MAX_SEQ = 512  # benchmarks/test_decode.py MAX_SEQ
 MODES = ("fp32", "int4", "bf16", "int4-bf16")  # weight modes the CUDA tests and benchmarks run
+# (graph, bucket) the CUDA tests run: the agreement runs' loop (logits kept), its per-step
+# reference, and the prefill (bucket None: the prompt's).
+GRAPHS = (("prefill", None), ("decode", 0), ("decode_loop_logits", DECODE_CHUNK))
 
 
 def download_wheels(dest: Path, wheels) -> None:
@@ -156,14 +161,14 @@ def main() -> int:
         for mode in MODES:
             quant, dtype = parse_mode_label(mode)
             mcfg = dataclasses.replace(cfg, dtype=dtype)
-            for bucket_, max_seq in shapes:
-                for graph in ("prefill", "decode"):
-                    path, seconds = iree_compile.compiled_module(
-                        mcfg, specs(mcfg, quant), graph, bucket_, max_seq, "cuda", target
-                    )
-                    print(f"{target} {mode} {graph} max_seq={max_seq}: {path.name} ({seconds or 0:.1f} s)")
-                    for f in (path, path.with_suffix(".json")):
-                        shutil.copy(f, stage2 / "cache" / "iree" / f.name)
+            for (bucket_, max_seq), (graph, graph_bucket) in itertools.product(sorted(set(shapes)), GRAPHS):
+                graph_bucket = bucket_ if graph_bucket is None else graph_bucket  # prefill: the prompt's
+                path, seconds = iree_compile.compiled_module(
+                    mcfg, specs(mcfg, quant), graph, graph_bucket, max_seq, "cuda", target
+                )
+                print(f"{target} {mode} {graph} max_seq={max_seq}: {path.name} ({seconds or 0:.1f} s)")
+                for f in (path, path.with_suffix(".json")):
+                    shutil.copy(f, stage2 / "cache" / "iree" / f.name)
     if args.bench:
         stage3 = BUNDLE / "stage3" / "cache" / "iree"
         stage3.mkdir(parents=True)
@@ -172,7 +177,7 @@ def main() -> int:
             for mode in MODES:
                 quant, dtype = parse_mode_label(mode)
                 mcfg = dataclasses.replace(bench_cfg, dtype=dtype)
-                for graph, bucket_ in (("prefill", 16), ("prefill", 64), ("decode", 16)):
+                for graph, bucket_ in (("prefill", 16), ("prefill", 64), ("decode", 0), ("decode_loop", DECODE_CHUNK)):
                     path, seconds = iree_compile.compiled_module(
                         mcfg,
                         specs(mcfg, quant),

@@ -17,6 +17,7 @@ SHAPES_MODEL = "llama-3.2-1b (shapes)"
 def _bench(runs: list[dict], backend: str, mode: str) -> dict | None:
     cases = [(r, c) for r in runs for c in r.get("cases", [])]
     found = [(r, c) for r, c in cases if (c["model"], c["backend"], c["quant"]) == (MODEL, backend, mode)]
+    found.sort(key=lambda rc: rc[0]["environment"]["date"])  # the newest run of the case
     return found[-1] if found else None
 
 
@@ -25,6 +26,13 @@ def _speed(runs: list[dict], backend: str) -> str:
     if not a or not b:
         return "not measured"
     ca, cb = a[1], b[1]
+    ga, gb = ca.get("generate"), cb.get("generate")
+    if ga and gb:  # the generate path (device loop) and the best device-bound step of the run
+        text = f"generate {ga['tokens_per_s']:.0f} vs {gb['tokens_per_s']:.0f} tok/s"
+        text += f" (**{gb['step_s'] / ga['step_s']:.2f}x**, {ga['chunk']} steps per dispatch)"
+        da, db = ga["device_bound_step_s"], gb["device_bound_step_s"]
+        text += f"; device-bound {1 / da:.0f} vs {1 / db:.0f} tok/s (**{db / da:.2f}x**)"
+        return text + f" [`{a[0]['file']}`]"
     text = f"{ca['decode']['tokens_per_s']:.1f} vs {cb['decode']['tokens_per_s']:.1f} tok/s synced"
     text += f" (**{ca['decode']['tokens_per_s'] / cb['decode']['tokens_per_s']:.2f}x**)"
     pa, pb = ca["decode"].get("pipelined_step_s"), cb["decode"].get("pipelined_step_s")

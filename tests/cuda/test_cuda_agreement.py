@@ -68,3 +68,28 @@ def test_prefill_kv_cache_write_lowers_and_runs_on_cuda(real_model_int4, prompt_
     for cpu, gpu in zip(caches["xla-cpu"], caches[backend]):
         assert np.abs(gpu[:, :, :n]).max() > 0  # the prompt's slots were written
         np.testing.assert_allclose(gpu[:, :, :n], cpu[:, :, :n], atol=FP32_REORDERING_ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("backend", CUDA_BACKENDS)
+def test_cuda_decode_loop_equals_per_step_path(greedy_runs, cuda_record, backend, mode):
+    """The agreement runs above use the device loop (32 steps per dispatch: a full chunk and a
+    short one); the per-step path chooses the same 48 tokens on the same GPU. Logits: inside a
+    loop body the compiler may fuse the step differently, so rows are held to the dtype's
+    reordering bound and whether they are bit-identical is recorded."""
+    quant, dtype = parse_mode_label(mode)
+    loop = greedy_runs.run(backend, quant, dtype)
+    stepped = greedy_runs.run(backend, quant, dtype, chunk=None)
+    verdict = checks.greedy_agreement(loop, stepped, checks.near_tie_gap(dtype))
+    cmp = verdict.comparison
+    shared = cmp.per_step_max_abs_diff[: (cmp.first_divergence or GREEDY_TOKENS) + 1]  # same context
+    cuda_record["loop_vs_per_step"][f"{backend}/{mode}"] = {
+        "token_agreement": cmp.agreement,
+        "first_divergence": cmp.first_divergence,
+        "bit_identical_logits": bool(np.array_equal(loop.logits, stepped.logits)),
+        "max_abs_logit_diff_shared_context": max(shared),
+    }
+    if dtype == "float32":
+        assert cmp.agreement == f"{GREEDY_TOKENS}/{GREEDY_TOKENS}", cmp
+    assert verdict.agrees, verdict
+    assert max(shared) <= checks.logit_atol(dtype), shared
