@@ -71,6 +71,12 @@ def test_graph_key_digest_of_a_host_cpu_module_names_the_cpu(monkeypatch):
     assert _digest(target=("llvm-cpu",)) != before
 
 
+def test_loop_key_changes_with_its_chunk():
+    """A decode loop's bucket is its chunk: the shape of the token ids it returns."""
+    assert _digest(graph="decode_loop", bucket=16) != _digest(graph="decode_loop", bucket=32)
+    assert _digest(graph="decode_loop", bucket=32) != _digest(graph="decode_loop_logits", bucket=32)
+
+
 def test_decode_key_ignores_the_prompt_bucket():
     """Decode has no prompt: one module serves every bucket."""
     assert _digest(graph="decode", bucket=16) == _digest(graph="decode", bucket=64)
