@@ -18,7 +18,7 @@ import numpy as np
 
 from .. import env
 from ..llama.config import Config
-from ..llama.graphs import GRAPH_SOURCES, export_stablehlo
+from ..llama.graphs import GRAPH_SOURCES, export_stablehlo, shape_bucket
 from ..llama.linears import QuantizedLinear
 from . import cache
 
@@ -128,7 +128,7 @@ def graph_identity(cfg: Config, specs, graph: str, bucket: int, max_seq: int) ->
         "config": repr(cfg),
         "weights": weights_signature(specs),
         "graph": graph,
-        "bucket": bucket if graph != "decode" else None,  # prefill's tokens; a loop's chunk
+        "bucket": shape_bucket(graph, bucket),
         "max_seq": max_seq,
         "sources": cache.source_digest(*GRAPH_SOURCES),
     }

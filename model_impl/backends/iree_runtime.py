@@ -14,6 +14,7 @@ import jax
 import numpy as np
 
 from ..llama.config import Config
+from ..llama.graphs import shape_bucket
 from . import iree_compile
 from .spec import IREE_CPU, Backend
 from .spec import backend as backend_spec
@@ -114,7 +115,7 @@ class IreeRunner:
         self.cache = None
 
     def function(self, graph: str, bucket: int, max_seq: int):
-        key = (graph, bucket if graph != "decode" else None, max_seq)
+        key = (graph, shape_bucket(graph, bucket), max_seq)
         if key not in self._functions:
             path, seconds = iree_compile.compiled_module(
                 self.cfg, self.specs, graph, bucket, max_seq, self.target, self.cuda_target, self.extra_flags

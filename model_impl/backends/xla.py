@@ -10,7 +10,7 @@ import numpy as np
 
 from ..llama import model
 from ..llama.config import Config
-from ..llama.graphs import LOOP_GRAPHS, graph_args, graph_function
+from ..llama.graphs import LOOP_GRAPHS, graph_args, graph_function, shape_bucket
 from ..llama.weights import Weights
 from .spec import XLA_CPU, Backend
 from .spec import backend as backend_spec
@@ -78,7 +78,7 @@ class XlaRunner:
 
     def executable(self, graph: str, bucket: int, max_seq: int):
         """The graph compiled ahead of time for these shapes (for its HLO and memory analysis)."""
-        key = (graph, bucket if graph != "decode" else None, max_seq)
+        key = (graph, shape_bucket(graph, bucket), max_seq)
         if key not in self._executables:
             self._executables[key] = self.lowered(graph, bucket, max_seq).compile()
         return self._executables[key]

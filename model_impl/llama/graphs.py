@@ -114,6 +114,12 @@ GRAPH_FUNCTIONS = {
 LOOP_GRAPHS = ("decode_loop", "decode_loop_logits")
 
 
+def shape_bucket(graph: str, bucket: int) -> int | None:
+    """The part of ``bucket`` that shapes ``graph``'s module: prefill's prompt length, a loop's
+    chunk; None for decode (one module serves every bucket)."""
+    return None if graph == "decode" else bucket
+
+
 def graph_function(graph: str, bucket: int):
     """The function of ``graph`` with its static shape bound: ``bucket`` is the chunk of a loop
     graph (prefill's bucket is the shape of its tokens argument; decode has none)."""
