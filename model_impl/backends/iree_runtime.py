@@ -14,7 +14,7 @@ import jax
 import numpy as np
 
 from ..llama.config import Config
-from ..llama.graphs import shape_bucket
+from ..llama.graphs import loop_graph, shape_bucket
 from . import iree_compile
 from .spec import IREE_CPU, Backend
 from .spec import backend as backend_spec
@@ -157,8 +157,7 @@ class IreeRunner:
     def decode_chunk(self, state, chunk: int, keep_logits: bool = False):
         """One chunk of the decode loop (see ``XlaRunner.decode_chunk``). IREE evaluates the
         loop's condition in its VM, on the host, so the call returns when the chunk is done."""
-        graph = "decode_loop_logits" if keep_logits else "decode_loop"
-        fn = self.function(graph, chunk, self._max_seq)
+        fn = self.function(loop_graph(keep_logits), chunk, self._max_seq)
         token, pos, remaining, stop = state
         tokens, steps, token, pos, remaining, *rest = fn(*self.weights, token, pos, *self.cache, remaining, stop)
         rows = rest.pop(0) if keep_logits else None

@@ -10,7 +10,7 @@ import numpy as np
 
 from ..llama import model
 from ..llama.config import Config
-from ..llama.graphs import LOOP_GRAPHS, graph_args, graph_function, shape_bucket
+from ..llama.graphs import LOOP_GRAPHS, graph_args, graph_function, loop_graph, shape_bucket
 from ..llama.weights import Weights
 from .spec import XLA_CPU, Backend
 from .spec import backend as backend_spec
@@ -119,12 +119,11 @@ class XlaRunner:
     def decode_chunk(self, state, chunk: int, keep_logits: bool = False):
         """Queue one chunk of the decode loop; returns (its outputs, still on the device; the
         next chunk's state). Nothing is read back: a caller may queue the next chunk first."""
-        graph = "decode_loop_logits" if keep_logits else "decode_loop"
-        *carry, stop = state
-        tokens, steps, carry, rows, self.cache = self._call(
-            graph, (chunk, self._max_seq), carry[0], carry[1], self.cache, carry[2], stop, bucket=chunk
+        token, pos, remaining, stop = state
+        tokens, steps, (token, pos, remaining), rows, self.cache = self._call(
+            loop_graph(keep_logits), (chunk, self._max_seq), token, pos, self.cache, remaining, stop, bucket=chunk
         )
-        return (tokens, steps, rows), (*carry, stop)
+        return (tokens, steps, rows), (token, pos, remaining, stop)
 
     @staticmethod
     def chunk_to_host(outputs) -> tuple[list[int], np.ndarray | None]:

@@ -114,6 +114,11 @@ GRAPH_FUNCTIONS = {
 LOOP_GRAPHS = ("decode_loop", "decode_loop_logits")
 
 
+def loop_graph(keep_logits: bool) -> str:
+    """The decode loop's graph name, with or without the logits rows."""
+    return LOOP_GRAPHS[1] if keep_logits else LOOP_GRAPHS[0]
+
+
 def shape_bucket(graph: str, bucket: int) -> int | None:
     """The part of ``bucket`` that shapes ``graph``'s module: prefill's prompt length, a loop's
     chunk; None for decode (one module serves every bucket)."""
