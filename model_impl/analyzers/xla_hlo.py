@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import re
 
+from ..llama.linears import REDUCE_SCOPE
 from . import FLOAT_BYTES, FUSED, MATERIALIZED, NO_DEQUANT, element_count
 
 _HLO_SHAPE = re.compile(r"\b(f32|bf16|f16)\[([\d,]*)\]")
@@ -80,8 +81,9 @@ def _unpack_predicate(comp: list[HloInstruction]):
 
 
 # XLA rewrites a dot with a size-1 dimension (a GEMV: decode's M=1) into multiply + reduce;
-# the reduce keeps the dot's op_name, which is how it is told apart from other reductions.
-_DOT_OP_NAME = re.compile(r'op_name="[^"]*dot_general"')
+# the reduce keeps the dot's op_name, which is how it is told apart from other reductions. The
+# model's own multiply + reduce GEMV (linears.reduce_matmul) runs under a name scope, kept too.
+_DOT_OP_NAME = re.compile(rf'op_name="[^"]*(dot_general|{REDUCE_SCOPE}/reduce_sum)"')
 
 
 def _is_contraction(i: HloInstruction) -> bool:

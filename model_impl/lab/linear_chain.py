@@ -17,6 +17,7 @@ from ..backends import cache, iree_compile
 from ..llama.graphs import GRAPH_SOURCES
 from ..llama.linears import QuantizedLinear, linear, quantized_linear_spec
 from ..llama.representations import convert_linear
+from ..llama.weights import LINEAR_NAMES, expected_shapes
 
 LINEAR_SHAPE = (8192, 2048)
 LINEAR_CHAIN = 16
@@ -68,3 +69,31 @@ def iree_module(representation: str | None, flags: list[str]):
 
     path, _ = iree_compile.compile_cached(identity, export, flags)
     return path
+
+
+def step_linears(cfg, batch: int, steps: int, barrier: bool = True):
+    """A function of the weights timing a decode step's linears alone: the 7 of every layer and
+    the head, at ``batch`` activation rows, ``steps`` times in one ``fori_loop``. Inputs are
+    fixed per width; every output is carried (nothing is dead), and the weights pass an
+    optimization barrier with the carry each step (XLA cannot hoist a dequant out of the loop)."""
+    widths = {n: shape[1] for n, shape in expected_shapes(cfg).items() if n in LINEAR_NAMES}
+    rng = np.random.default_rng(0)
+    xs = {
+        w: jnp.asarray(rng.standard_normal((batch, w), dtype=np.float32)).astype(cfg.jnp_dtype)
+        for w in {*widths.values(), cfg.hidden_size}
+    }
+
+    def one_step(w, xs):
+        ys = [linear(xs[widths[n]], getattr(layer, n)) for layer in w.layers for n in LINEAR_NAMES]
+        return [*ys, linear(xs[cfg.hidden_size], w.embed if w.lm_head is None else w.lm_head)]
+
+    def fn(w):
+        ys0 = [jnp.zeros(y.shape, y.dtype) for y in jax.eval_shape(one_step, w, xs)]
+
+        def body(_, carry):
+            ww, xx, _ = jax.lax.optimization_barrier((w, xs, carry)) if barrier else (w, xs, carry)
+            return one_step(ww, xx)
+
+        return jax.lax.fori_loop(0, steps, body, ys0)
+
+    return fn

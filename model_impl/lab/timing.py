@@ -14,6 +14,7 @@ import statistics
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from ..analyzers import xla_hlo
@@ -21,7 +22,7 @@ from ..backends import generate
 from ..backends.spec import backend as backend_spec
 from ..llama.config import Config
 from ..llama.graphs import loop_step
-from ..llama.model import KVCache
+from ..llama.model import KVCache, decode_batch
 from ..llama.weights import Weights
 
 DECODE_ROUNDS = 5  # device-bound timing: rounds of queued steps, median of rounds
@@ -182,12 +183,21 @@ def time_prefill(runner, prompt_len: int, max_seq: int, repeats: int) -> list[fl
 def decode_loop(cfg: Config, steps: int, barrier: bool, weights, token, pos, cache):
     """``steps`` greedy decode steps in one ``fori_loop`` with a static trip count: one dispatch
     for all of them and no condition for the host to read, the device's own figure (the generate
-    path's loop, :func:`graphs.greedy_decode_loop`, runs the same step under a data bound)."""
+    path's loop, :func:`graphs.greedy_decode_loop`, runs the same step under a data bound).
+
+    ``token [b]`` and a cache with a leading batch axis decode ``b`` sequences at once: the step
+    is :func:`model.decode_batch` (every linear sees ``b`` activation rows), all at ``pos``."""
+    batched = token.ndim == 1
 
     def body(i, carry):
         token, cache = carry
-        token, _, cache = loop_step(cfg, weights, token, pos + i, cache, barrier)
-        return token, cache
+        if not batched:
+            token, _, cache = loop_step(cfg, weights, token, pos + i, cache, barrier)
+            return token, cache
+        w, token = jax.lax.optimization_barrier((weights, token)) if barrier else (weights, token)
+        positions = jnp.full(token.shape, pos + i, jnp.int32)
+        logits, cache = decode_batch(cfg, w, token, positions, cache)
+        return jnp.argmax(logits, axis=-1).astype(jnp.int32), cache
 
     return jax.lax.fori_loop(0, steps, body, (token, cache))
 
@@ -203,11 +213,13 @@ def time_xla_decode_loop(
     xla_options: dict | None = None,
     rounds: int = DECODE_ROUNDS,
     barrier: bool = True,
+    batch: int | None = None,
 ) -> tuple[float, list[float], int]:
     """(median seconds per step, [min, max], dequant kernels hoisted out of the loop) for
     ``steps`` greedy decode steps inside one jitted :func:`decode_loop`: one dispatch per round,
     so the figure is the device's, not the host's. A dequant XLA hoisted out of the loop would
-    run once per round instead of once per step; the count says whether that happened."""
+    run once per round instead of once per step; the count says whether that happened.
+    ``batch``: that many sequences per step (:func:`decode_loop`), seconds per batched step."""
     device = jax.devices(backend_spec(backend).platform)[0]
     fn = jax.jit(
         functools.partial(decode_loop, cfg, steps, barrier),
@@ -215,8 +227,12 @@ def time_xla_decode_loop(
         compiler_options=xla_options or None,
     )
     w = jax.device_put(weights, device)
-    token, pos = jax.device_put(np.int32(1), device), jax.device_put(np.int32(start_pos), device)
-    cache = jax.device_put(KVCache.zeros(cfg, max_seq), device)
+    token = np.int32(1) if batch is None else np.arange(1, batch + 1, dtype=np.int32)
+    cache = KVCache.zeros(cfg, max_seq)
+    if batch is not None:
+        cache = jax.tree_util.tree_map(lambda a: jnp.broadcast_to(a, (batch, *a.shape)), cache)
+    token, pos = jax.device_put(token, device), jax.device_put(np.int32(start_pos), device)
+    cache = jax.device_put(cache, device)
     hoisted = xla_hlo.entry_unpack_kernels(fn.lower(w, token, pos, cache).compile().as_text())
     token, cache = fn(w, token, pos, cache)
     token.block_until_ready()

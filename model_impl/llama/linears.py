@@ -1,8 +1,10 @@
 """The linear layer in every weight form: float, MLX's packed words, and the other int4 forms.
 
-A float weight is an array ``[out, in]``. Every int4 form is a registered dataclass pytree
-deriving from :class:`Int4Form`, whose ``matmul`` computes ``x @ dequant(W).T`` in the graph;
-:func:`linear` dispatches on that one base class, so the model never branches on the form.
+A float weight is an array ``[out, in]``. Every other form is a registered dataclass pytree
+deriving from :class:`LinearForm`, whose ``matmul`` computes ``x @ W.T`` in the graph (for the
+int4 forms, :class:`Int4Form`, ``x @ dequant(W).T``); :func:`linear` dispatches on that one base
+class, so the model never branches on the form. :class:`DenseReduceLinear` is a float weight
+whose GEMV is written as multiply + reduce.
 :class:`QuantizedLinear` is the checkpoint's own form (MLX's uint32 words, documented in
 :mod:`model_impl.quant`); :mod:`model_impl.llama.representations` converts it to the others.
 """
@@ -29,11 +31,19 @@ DEFAULT_GROUP_SIZE = 64
 DEFAULT_BITS = 4
 
 
-class Int4Form:
-    """Base of every in-graph int4 weight form: one ``matmul``, ``[t, in] -> [t, out]``."""
+class LinearForm:
+    """Base of every weight form with its own ``matmul``, ``[t, in] -> [t, out]``."""
 
     def matmul(self, x: jax.Array) -> jax.Array:
         raise NotImplementedError
+
+
+class Int4Form(LinearForm):
+    """Base of every in-graph int4 weight form."""
+
+    def mlx_words(self) -> QuantizedLinear:
+        """The same weight as MLX's words (what an embedding lookup gathers rows of)."""
+        raise TypeError(f"{type(self).__name__} has no row gather: it cannot serve as a tied embedding")
 
 
 def contract(spec: str, a: jax.Array, b: jax.Array) -> jax.Array:
@@ -46,9 +56,44 @@ def dense_matmul(x: jax.Array, w: jax.Array) -> jax.Array:
     return contract("ti,oi->to", x, w).astype(x.dtype)
 
 
+# The GEMV written as multiply + reduce applies at one activation row (decode at batch 1, and
+# each row of a vmapped batch); more rows go through the dot (a reduce would read W per row).
+REDUCE_MAX_ROWS = 1
+# The name scope of the GEMV's reduce: in XLA's HLO its op_name carries it, which is how the
+# analyzers tell this contraction from other reductions (as they tell XLA's own GEMV rewrite
+# by the dot's op_name).
+REDUCE_SCOPE = "gemv_reduce"
+
+
+def reduce_matmul(x: jax.Array, w: jax.Array) -> jax.Array:
+    """``x [t, in] @ w [out, in].T`` as float32 products summed in float32 (every half-precision
+    product is exact in float32), in ``x``'s dtype; the same sum as :func:`contract` in another
+    order. XLA-GPU runs it as one reduction kernel into which a dequant of ``w`` fuses; at
+    ``t > REDUCE_MAX_ROWS`` it is the dot."""
+    if x.shape[0] > REDUCE_MAX_ROWS:
+        return contract("ti,oi->to", x, w).astype(x.dtype)
+    f32 = jnp.float32
+    with jax.named_scope(REDUCE_SCOPE):
+        y = jnp.sum(x.astype(f32)[:, None, :] * w.astype(f32)[None], axis=-1)
+    return y.astype(x.dtype)
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class DenseReduceLinear(LinearForm):
+    """A float weight ``[out, in]`` whose decode GEMV is written as multiply + reduce
+    (:func:`reduce_matmul`): the dense baseline's other form, so int4 is set against the
+    fastest dense GEMV, not only the dot."""
+
+    w: jax.Array
+
+    def matmul(self, x: jax.Array) -> jax.Array:
+        return reduce_matmul(x, self.w.astype(x.dtype))
+
+
 def linear(x: jax.Array, w) -> jax.Array:
-    """``x [t, in] @ W[out, in].T`` for a float ``W`` or any :class:`Int4Form`, in ``x``'s dtype."""
-    return w.matmul(x) if isinstance(w, Int4Form) else dense_matmul(x, w)
+    """``x [t, in] @ W[out, in].T`` for a float ``W`` or any :class:`LinearForm`, in ``x``'s dtype."""
+    return w.matmul(x) if isinstance(w, LinearForm) else dense_matmul(x, w)
 
 
 def unpack_codes(packed: jax.Array, bits: int) -> jax.Array:
@@ -73,6 +118,9 @@ class QuantizedLinear(Int4Form):
     @property
     def shape(self) -> tuple[int, int]:
         return (self.packed.shape[0], self.packed.shape[1] * quant_mod.codes_per_word(self.bits))
+
+    def mlx_words(self) -> QuantizedLinear:
+        return self
 
     def dequantize(self, dtype="float32") -> np.ndarray:
         """Host dequant in ``dtype``: scales and biases converted to it, then ``q * s + b`` with

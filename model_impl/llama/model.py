@@ -4,7 +4,9 @@ Compute dtype ``cfg.dtype`` (float32, bfloat16 or float16): activations, the unq
 weights, the KV cache and dequantized int4 weights are in it; every matmul accumulates in
 float32 (:func:`linears.contract`); the logits come out in float32.
 
-Batch 1. The KV cache is static, ``[layers, kv_heads, max_seq, head_dim]`` for K and V,
+One sequence per call (``forward``), or one token of each of ``b`` sequences
+(:func:`decode_batch`: the linears see ``b`` activation rows; the cache write and attention run
+per sequence). The KV cache is static, ``[layers, kv_heads, max_seq, head_dim]`` for K and V,
 written with ``dynamic_update_slice`` (IREE's CUDA backend rejects the scatter that
 ``.at[].set`` lowers to). Layers are unrolled in Python so that each quantized linear is
 its own dequant + ``dot_general`` in the exported graph.
@@ -19,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .config import Config, rope_inv_freq
-from .linears import Int4Form, QuantizedLinear, contract, dequantize, linear
+from .linears import DenseReduceLinear, Int4Form, LinearForm, QuantizedLinear, contract, dequantize, linear
 from .weights import Weights
 
 
@@ -41,6 +43,10 @@ class KVCache:
 
 def embed(cfg: Config, table, tokens: jax.Array) -> jax.Array:
     """Rows of the embedding for ``tokens [t]``; a packed table is gathered, then dequantized."""
+    if isinstance(table, DenseReduceLinear):  # a tied head in its multiply + reduce form
+        table = table.w
+    if isinstance(table, Int4Form):  # a quantized tied head in any int4 form: MLX's rows
+        table = table.mlx_words()
     if isinstance(table, QuantizedLinear):
         take = lambda a: jnp.take(a, tokens, axis=0)  # noqa: E731
         table = dataclasses.replace(
@@ -86,11 +92,28 @@ def attention(cfg: Config, q, k_cache, v_cache, positions):
     return out.reshape(t, cfg.q_size)
 
 
-def forward(cfg: Config, weights: Weights, tokens, start, cache: KVCache):
-    """Run ``tokens [t]`` at positions ``start..start+t-1``; returns (hidden [t, h], cache)."""
+def _write_and_attend(cfg: Config, i: int, q, k, v, k_all, v_all, start, positions):
+    """Write ``k``/``v`` ``[t, kv, d]`` of one sequence at (layer ``i``, slot ``start``), then
+    its attention: ``[t, q_size]`` and the updated caches."""
+    at = (jnp.int32(i), jnp.int32(0), start, jnp.int32(0))  # [t, kv, d] -> [1, kv, t, d]
+    k_all = jax.lax.dynamic_update_slice(k_all, k.transpose(1, 0, 2)[None], at)
+    v_all = jax.lax.dynamic_update_slice(v_all, v.transpose(1, 0, 2)[None], at)
+    return attention(cfg, q, k_all[i], v_all[i], positions), k_all, v_all
+
+
+def forward(cfg: Config, weights: Weights, tokens, start, cache: KVCache, batched: bool = False):
+    """Run ``tokens [t]`` at positions ``start..start+t-1``; returns (hidden [t, h], cache).
+
+    ``batched``: ``tokens [b]`` are one token of each of ``b`` sequences, at positions
+    ``start [b]``, with a cache of a leading batch axis; the linears see the ``b`` rows at once."""
     t = tokens.shape[0]
     inv_freq = rope_inv_freq(cfg)
-    positions = start + jnp.arange(t, dtype=jnp.int32)
+    positions = start if batched else start + jnp.arange(t, dtype=jnp.int32)
+    # per row: its own sequence (batched) or the one sequence's rows together
+    attend = jax.vmap(
+        lambda i, q, k, v, ka, va, s: _write_and_attend(cfg, i, q[None], k[None], v[None], ka, va, s, s[None]),
+        in_axes=(None, 0, 0, 0, 0, 0, 0),
+    )
     x = embed(cfg, weights.embed, tokens)
     k_all, v_all = cache.k, cache.v
     for i, layer in enumerate(weights.layers):
@@ -98,11 +121,12 @@ def forward(cfg: Config, weights: Weights, tokens, start, cache: KVCache):
         q = rope(linear(h, layer.wq).reshape(t, cfg.num_heads, cfg.head_dim), positions, inv_freq)
         k = rope(linear(h, layer.wk).reshape(t, cfg.num_kv_heads, cfg.head_dim), positions, inv_freq)
         v = linear(h, layer.wv).reshape(t, cfg.num_kv_heads, cfg.head_dim)
-        # [t, kv, d] -> [1, kv, t, d] written at (layer i, slot start)
-        at = (jnp.int32(i), jnp.int32(0), start, jnp.int32(0))
-        k_all = jax.lax.dynamic_update_slice(k_all, k.transpose(1, 0, 2)[None], at)
-        v_all = jax.lax.dynamic_update_slice(v_all, v.transpose(1, 0, 2)[None], at)
-        x = x + linear(attention(cfg, q, k_all[i], v_all[i], positions), layer.wo)
+        if batched:
+            out, k_all, v_all = attend(i, q, k, v, k_all, v_all, positions)
+            out = out.reshape(t, cfg.q_size)
+        else:
+            out, k_all, v_all = _write_and_attend(cfg, i, q, k, v, k_all, v_all, start, positions)
+        x = x + linear(out, layer.wo)
         h = rms_norm(x, layer.mlp_norm, cfg.rms_norm_eps)
         x = x + linear(jax.nn.silu(linear(h, layer.w_gate)) * linear(h, layer.w_up), layer.w_down)
     return rms_norm(x, weights.final_norm, cfg.rms_norm_eps), KVCache(k_all, v_all)
@@ -111,7 +135,7 @@ def forward(cfg: Config, weights: Weights, tokens, start, cache: KVCache):
 def logits(weights: Weights, hidden: jax.Array) -> jax.Array:
     """``[t, vocab]`` float32: a float head's float32 accumulator is kept, not rounded."""
     head = weights.embed if weights.lm_head is None else weights.lm_head
-    if isinstance(head, Int4Form):
+    if isinstance(head, LinearForm):
         return head.matmul(hidden).astype(jnp.float32)
     return contract("ti,oi->to", hidden, head)
 
@@ -132,6 +156,13 @@ def decode_step(cfg: Config, weights: Weights, token, pos, cache: KVCache):
     """One token (scalar int32) at position ``pos``; returns (logits [vocab], cache)."""
     hidden, cache = forward(cfg, weights, token.reshape(1), pos, cache)
     return logits(weights, hidden)[0], cache
+
+
+def decode_batch(cfg: Config, weights: Weights, tokens, positions, cache: KVCache):
+    """One token of each of ``b`` sequences: ``tokens [b]`` at ``positions [b]``, the cache with
+    a leading batch axis; returns (logits [b, vocab], cache)."""
+    hidden, cache = forward(cfg, weights, tokens, positions, cache, batched=True)
+    return logits(weights, hidden), cache
 
 
 def all_logits(cfg: Config, weights: Weights, tokens) -> jax.Array:

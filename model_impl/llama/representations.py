@@ -15,6 +15,24 @@ is produced from it at load time by :func:`convert` and changes only how ``linea
                    dotted per group with no arithmetic between load and dot; scale and bias
                    (``b + 8 s``) applied to the ``[groups, t, out]`` partial sums after it
 ``u4-grouped``     the same with unsigned ``uint4`` codes and the bias as stored
+``u4-reduce``      ``u4-affine``'s codes, the GEMV written as multiply + reduce (one XLA
+                   reduction kernel with the dequant inside)
+``u4-magic``       the same, each code made a float by bit manipulation (``q | exponent``,
+                   bitcast, minus the exponent's value: exact) instead of an int-to-float convert
+``u4-magic-f32``   the same with the dequant ``q * s + b`` in float32 whatever the compute dtype
+                   (in half precision the weight is not rounded to the dtype: not bit-identical
+                   to the host dequant, within the dtype's parity bound)
+``u32-magic``      MLX's own uint32 words (no conversion at load), shift + mask + magic, reduce
+``u32-planar``     uint32 words with nibble ``e`` of word ``j`` holding input ``e * in/8 + j``
+                   (the Pallas kernel's layout), shift + mask + magic, reduce
+``u32-word``       MLX's words; each reduced element is one word: its 8 codes (magic floats)
+                   times 8 activations summed in straight-line code, then ``* s + b * sum(x)``
+                   over those 8 activations (scale and bias per word, reassociated); the
+                   reduction runs over words, 8x fewer elements than over codes
+``u32-group``      the same with one quantization group (8 words, 64 codes) per element
+``u32-word-split`` ``u32-word`` with each row's reduction split in ``S`` parts (partial sums,
+                   then a sum of ``S``) so that ``out * S`` rows keep the GPU busy where ``out``
+                   is small (the 2048-row and 512-row linears)
 ``pallas-u32``     the other route, for comparison: a hand-written Pallas GEMV over uint32
                    words (a ``custom_call`` in the graph; see :mod:`model_impl.pallas_int4`)
 =================  ==========================================================================
@@ -32,14 +50,29 @@ import jax.numpy as jnp
 import numpy as np
 
 from .. import quant as quant_mod
-from .linears import Int4Form, QuantizedLinear, contract
-from .weights import LINEAR_NAMES, Weights
+from .linears import REDUCE_SCOPE, DenseReduceLinear, Int4Form, QuantizedLinear, contract, reduce_matmul
+from .weights import LINEAR_NAMES, Weights, map_linears
 
 BASELINE = "u32-affine"
 GROUPED_FORMS = ("s4-grouped", "u4-grouped")
 NATIVE_FORMS = ("u4-affine", "u4-affine-io", "s4-scale-gsum", *GROUPED_FORMS)
+REDUCE_FORMS = ("u4-reduce", "u4-magic", "u4-magic-f32", "u32-magic", "u32-planar")
+WORD_FORMS = {"u32-word": 1, "u32-group": 8, "u32-word-split": 1}  # form -> words per reduced element
+# ``u32-word-split``: rows of the split reduction a linear is given at least (out * S); 8192 is
+# the gate/up projections' own row count, the linears XLA already runs fastest per byte.
+SPLIT_ROWS = 8192
 PALLAS = "pallas-u32"
-REPRESENTATIONS = (BASELINE, *NATIVE_FORMS, PALLAS)
+REPRESENTATIONS = (BASELINE, *NATIVE_FORMS, *REDUCE_FORMS, *WORD_FORMS, PALLAS)
+
+# A 4-bit code q placed in the low mantissa bits under a fixed exponent reads as ``2^m + q``
+# exactly (m = mantissa bits: the unit in the last place is 1 there); subtracting ``2^m`` is
+# exact too. dtype -> (unsigned type of its width, the exponent's bits, 2^m). The trick fused int4
+# kernels use in place of an integer-to-float convert (a quarter-rate instruction on GPUs).
+MAGIC = {
+    np.dtype(np.float32): (jnp.uint32, 0x4B000000, 2.0**23),
+    np.dtype(jnp.bfloat16): (jnp.uint16, 0x4300, 2.0**7),
+    np.dtype(np.float16): (jnp.uint16, 0x6400, 2.0**10),
+}
 
 
 @jax.tree_util.register_dataclass
@@ -90,6 +123,139 @@ class NativeInt4Linear(Int4Form):
         raise ValueError(f"unknown native int4 form {self.form!r}; known: {NATIVE_FORMS}")
 
 
+def magic_codes(codes: jax.Array, dtype) -> jax.Array:
+    """Integer codes in ``[0, 16)`` as exact floats of ``dtype``, by bit manipulation: or-ed into
+    the mantissa under the exponent of :data:`MAGIC`, bitcast, minus that exponent's value."""
+    utype, bits, offset = MAGIC[np.dtype(dtype)]
+    v = jax.lax.bitcast_convert_type(codes.astype(utype) | utype(bits), dtype)
+    return v - jnp.asarray(offset, dtype)
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class ReduceInt4Linear(Int4Form):
+    """The decode GEMV written as multiply + reduce over a dequant of these codes (forms in
+    :data:`REDUCE_FORMS`). ``codes``: uint4 ``[out, in]`` (``u4-*``) or uint32 words
+    ``[out, in / 8]`` (``u32-*``); ``scales``/``biases``: ``[out, groups]`` as the checkpoint
+    stores them (converted in the graph, as the baseline does)."""
+
+    codes: jax.Array
+    scales: jax.Array
+    biases: jax.Array
+    group_size: int = dataclasses.field(metadata=dict(static=True), default=64)
+    form: str = dataclasses.field(metadata=dict(static=True), default="u4-magic")
+
+    def float_codes(self, dtype) -> jax.Array:
+        """The codes ``[out, in]`` in input order as exact floats of ``dtype``."""
+        if self.form == "u4-reduce":
+            return self.codes.astype(dtype)
+        if self.form in ("u4-magic", "u4-magic-f32"):
+            return magic_codes(self.codes, dtype)
+        out, words = self.codes.shape
+        shifts = jnp.arange(8, dtype=jnp.uint32) * jnp.uint32(4)
+        if self.form == "u32-magic":  # code k = nibble k % 8 of word k // 8 (MLX)
+            nibbles = (self.codes[:, :, None] >> shifts) & jnp.uint32(15)
+        elif self.form == "u32-planar":  # code k = nibble k // words of word k % words
+            nibbles = (self.codes[:, None, :] >> shifts[:, None]) & jnp.uint32(15)
+        else:
+            raise ValueError(f"unknown reduce int4 form {self.form!r}; known: {REDUCE_FORMS}")
+        return magic_codes(nibbles, dtype).reshape(out, words * 8)
+
+    def dequantize(self, dtype) -> jax.Array:
+        """``q * s + b`` in ``dtype`` ``[out, in]`` (float32 for ``u4-magic-f32``)."""
+        dt = jnp.float32 if self.form == "u4-magic-f32" else dtype
+        q = self.float_codes(dt)
+        out, n_in = q.shape
+        s, b = self.scales.astype(dt)[:, :, None], self.biases.astype(dt)[:, :, None]
+        return (q.reshape(out, n_in // self.group_size, self.group_size) * s + b).reshape(out, n_in)
+
+    def matmul(self, x: jax.Array) -> jax.Array:
+        return reduce_matmul(x, self.dequantize(x.dtype))
+
+
+# Up to this many activation rows the word forms unroll one reduction per row over the same
+# dequantized words (XLA fuses sibling reductions of one input into one kernel); more rows
+# (prefill) dot the dequantized weight.
+WORD_MAX_ROWS = 16
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class WordInt4Linear(Int4Form):
+    """MLX's words ``[out, in / 8]`` with scales/biases ``[out, groups]`` as stored; the GEMV's
+    reduced element is ``words`` whole words (:data:`WORD_FORMS`), their codes dequantized and
+    multiplied in float32 straight-line code (see the module table)."""
+
+    packed: jax.Array
+    scales: jax.Array
+    biases: jax.Array
+    group_size: int = dataclasses.field(metadata=dict(static=True), default=64)
+    words: int = dataclasses.field(metadata=dict(static=True), default=1)
+    split: bool = dataclasses.field(metadata=dict(static=True), default=False)
+
+    def mlx_words(self) -> QuantizedLinear:
+        return QuantizedLinear(self.packed, self.scales, self.biases, self.group_size, 4)
+
+    def matmul(self, x: jax.Array) -> jax.Array:
+        t, dt, f32 = x.shape[0], x.dtype, jnp.float32
+        out, n_words = self.packed.shape
+        per_group = self.group_size // 8
+        if t > WORD_MAX_ROWS or per_group * 8 != self.group_size or per_group % self.words:
+            deq = ReduceInt4Linear(self.packed, self.scales, self.biases, self.group_size, "u32-magic")
+            return contract("ti,oi->to", x, deq.dequantize(dt)).astype(dt)
+        n = n_words // self.words  # reduced elements per row
+        w = self.packed.reshape(out, n, self.words)
+        xs = x.astype(f32).reshape(t, n, self.words, 8)
+        codes = [
+            magic_codes((w[:, :, k] >> jnp.uint32(4 * e)) & jnp.uint32(15), f32)
+            for k in range(self.words)
+            for e in range(8)
+        ]  # [out, n] each, code 8 * k + e of every element
+        per_element = n_words // self.scales.shape[1] // self.words  # elements per group
+        s = jnp.repeat(self.scales.astype(f32), per_element, axis=1)  # [out, n]
+        b = jnp.repeat(self.biases.astype(f32), per_element, axis=1)
+        rows = []
+        for r in range(t):
+            xr = xs[r].reshape(n, self.words * 8)
+            dot = codes[0] * xr[:, 0]
+            for c in range(1, self.words * 8):
+                dot = dot + codes[c] * xr[:, c]
+            elements = dot * s + b * xr.sum(axis=1)  # [out, n]
+            parts = _split_parts(out, n) if self.split else 1
+            with jax.named_scope(REDUCE_SCOPE):
+                partial = jnp.sum(elements.reshape(out, parts, n // parts), axis=2)
+            rows.append(partial.sum(axis=1))
+        return jnp.stack(rows).astype(dt)
+
+
+def _split_parts(out: int, n: int) -> int:
+    """The largest power of two ``S <= SPLIT_ROWS / out`` that divides ``n``."""
+    parts = 1
+    while out * parts * 2 <= SPLIT_ROWS and n % (parts * 2) == 0:
+        parts *= 2
+    return parts
+
+
+def _reduce(w: QuantizedLinear, form: str) -> ReduceInt4Linear:
+    if w.bits != 4:
+        raise quant_mod.QuantizationError(f"representation {form!r} needs 4-bit codes, got {w.bits}")
+    if form == "u32-magic":
+        codes = np.asarray(w.packed)
+    elif form == "u32-planar":
+        from .pallas_int4 import to_planar
+
+        codes = to_planar(quant_mod.unpack(np.asarray(w.packed), 4))
+    else:
+        codes = quant_mod.unpack(np.asarray(w.packed), 4).astype(jnp.uint4)
+    return ReduceInt4Linear(codes, np.asarray(w.scales), np.asarray(w.biases), w.group_size, form)
+
+
+def _reduce_spec(w: QuantizedLinear, form: str) -> ReduceInt4Linear:
+    out, n_in = w.shape
+    codes = w.packed if form.startswith("u32") else jax.ShapeDtypeStruct((out, n_in), jnp.uint4)
+    return ReduceInt4Linear(codes, w.scales, w.biases, w.group_size, form)
+
+
 def _native(w: QuantizedLinear, form: str) -> NativeInt4Linear:
     if w.bits != 4:
         raise quant_mod.QuantizationError(f"representation {form!r} needs 4-bit codes, got {w.bits}")
@@ -136,6 +302,13 @@ def convert_linear(w, representation: str):
     is_spec = isinstance(w.packed, jax.ShapeDtypeStruct)
     if representation in NATIVE_FORMS:
         return _native_spec(w, representation) if is_spec else _native(w, representation)
+    if representation in REDUCE_FORMS:
+        return _reduce_spec(w, representation) if is_spec else _reduce(w, representation)
+    if representation in WORD_FORMS:
+        if w.bits != 4:
+            raise quant_mod.QuantizationError(f"representation {representation!r} needs 4-bit codes, got {w.bits}")
+        words, split = WORD_FORMS[representation], representation == "u32-word-split"
+        return WordInt4Linear(w.packed, w.scales, w.biases, w.group_size, words, split)
     if representation == PALLAS:
         from .pallas_int4 import PallasInt4Linear
 
@@ -143,13 +316,51 @@ def convert_linear(w, representation: str):
     raise ValueError(f"unknown representation {representation!r}; known: {REPRESENTATIONS}")
 
 
-def convert(weights: Weights, representation: str) -> Weights:
-    """The 7 quantized linears of every layer in ``representation`` (arrays or shape specs).
+DENSE_FORMS = ("dot", "reduce")  # a float linear's GEMV: XLA's dot, or multiply + reduce
+# the head: a float one as either dense form; "int4": a quantized one in the representation
+HEAD_FORMS = (*DENSE_FORMS, "int4")
+
+
+def _float_form(w, form: str):
+    if form not in DENSE_FORMS:
+        raise ValueError(f"unknown dense form {form!r}; known: {DENSE_FORMS}")
+    is_float = w is not None and not isinstance(w, (Int4Form, DenseReduceLinear))
+    return DenseReduceLinear(w) if form == "reduce" and is_float else w
+
+
+def with_head(weights: Weights, head: str, representation: str | None = None) -> Weights:
+    """A float head (the embedding when tied; it is still gathered as the table) as the dot
+    (``head="dot"``, as loaded) or as multiply + reduce (``"reduce"``); ``"int4"``: a quantized
+    head (:func:`weights.quantize_weights` with ``embedding=True``) in ``representation``."""
+    if head == "int4":
+        if not isinstance(weights.embed, QuantizedLinear):
+            raise ValueError("head 'int4' needs a quantized embedding (quantize_weights(..., embedding=True))")
+        h = weights.lm_head
+        return dataclasses.replace(
+            weights,
+            embed=convert_linear(weights.embed, representation),
+            lm_head=None if h is None else convert_linear(h, representation),
+        )
+    return dataclasses.replace(
+        weights, embed=_float_form(weights.embed, head), lm_head=_float_form(weights.lm_head, head)
+    )
+
+
+def convert_dense(weights: Weights, form: str) -> Weights:
+    """Every float linear and the float head as ``form`` (:data:`DENSE_FORMS`); the dense
+    baseline's other forms, so int4 is held to the fastest dense GEMV measured."""
+    return with_head(map_linears(weights, lambda w: _float_form(w, form)), form)
+
+
+def convert(weights: Weights, representation: str, head: str = "dot") -> Weights:
+    """The 7 quantized linears of every layer in ``representation`` (arrays or shape specs),
+    the float head as ``head`` (:func:`with_head`).
 
     The embedding keeps its checkpoint form (it is gathered, not multiplied).
     """
     if representation not in REPRESENTATIONS:
         raise ValueError(f"unknown representation {representation!r}; known: {REPRESENTATIONS}")
+    weights = with_head(weights, head, representation)
     layers = []
     for i, layer in enumerate(weights.layers):
         fields = {}

@@ -107,9 +107,13 @@ def map_linears(weights: Weights, fn) -> Weights:
     return dataclasses.replace(weights, layers=layers)
 
 
-def quantize_weights(weights: Weights, group_size: int = DEFAULT_GROUP_SIZE, bits: int = DEFAULT_BITS) -> Weights:
+def quantize_weights(
+    weights: Weights, group_size: int = DEFAULT_GROUP_SIZE, bits: int = DEFAULT_BITS, embedding: bool = False
+) -> Weights:
     """Quantize the 7 linears of every layer with :func:`quant.quantize`, each in its own dtype
-    (bfloat16 weights give bfloat16 scales and biases, as ``mlx.core.quantize`` does)."""
+    (bfloat16 weights give bfloat16 scales and biases, as ``mlx.core.quantize`` does);
+    ``embedding``: the embedding (the tied head) and an untied head too, as mlx-community
+    checkpoints ship them."""
 
     def q(w):
         if isinstance(w, QuantizedLinear):
@@ -117,7 +121,10 @@ def quantize_weights(weights: Weights, group_size: int = DEFAULT_GROUP_SIZE, bit
         packed, scales, biases = quant_mod.quantize(np.asarray(w), group_size, bits)
         return QuantizedLinear(packed, scales, biases, group_size, bits)
 
-    return map_linears(weights, q)
+    out = map_linears(weights, q)
+    if not embedding:
+        return out
+    return dataclasses.replace(out, embed=q(out.embed), lm_head=None if out.lm_head is None else q(out.lm_head))
 
 
 def dequantize_weights(weights: Weights, dtype: str = "float32") -> Weights:
