@@ -73,11 +73,17 @@ def cmd_characterize(args) -> int:
 def cmd_fusion(args) -> int:
     from .lab import fusion, fusion_matrix
 
-    rows = fusion_matrix.ROWS
+    rows = fusion_matrix.ROWS if args.dtype == "float32" else fusion_matrix.ROWS_VS_BF16
     if args.rows:
-        wanted = {tuple(r.split(":", 1)) if ":" in r else (r, "default") for r in args.rows.split(",")}
-        rows = tuple(r for r in fusion_matrix.ROWS if r in wanted)
-    fusion.run(args.backends.split(","), args.out, args.parity_model, args.steps, rows)
+        given = [r.split(":") for r in args.rows.split(",")]
+        wanted = {fusion_matrix.row_parts((p + ["default"])[:2] + p[2:3]) for p in given}
+        rows = tuple(r for r in rows if fusion_matrix.row_parts(r) in wanted)
+    parts = tuple(args.parts.split(","))
+    unknown = sorted(set(parts) - set(fusion.PARTS))
+    if unknown:
+        print(f"error: --parts: unknown {', '.join(unknown)}; known: {', '.join(fusion.PARTS)}", file=sys.stderr)
+        return 2
+    fusion.run(args.backends.split(","), args.out, args.parity_model, args.steps, rows, dtype=args.dtype, parts=parts)
     return 0
 
 
@@ -139,7 +145,14 @@ def main(argv=None) -> int:
         help="checkpoint for the parity runs: a path, 'default' (SmolLM2) or 'synthetic'",
     )
     f.add_argument("--steps", type=int, default=8, help="decode steps timed per cell")
-    f.add_argument("--rows", help="only these rows: representation[:option],...")
+    f.add_argument("--rows", help="only these rows: representation[:option[:head]],...")
+    f.add_argument(
+        "--dtype",
+        choices=DTYPES,
+        default="float32",
+        help="compute dtype; bfloat16: the matrix against the fastest dense bf16 form, with the torch anchors on a GPU",
+    )
+    f.add_argument("--parts", default="anchors,cells,batch", help="what to measure (half precision on a GPU)")
     f.set_defaults(func=cmd_fusion)
 
     args = parser.parse_args(argv)

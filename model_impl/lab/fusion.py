@@ -17,13 +17,16 @@ from ..backends import generate
 from ..backends.iree_runtime import IreeDevice
 from ..backends.spec import backend as backend_spec
 from ..llama.config import Config
-from ..llama.representations import convert
+from ..llama.representations import DENSE_FORMS, convert, convert_dense
 from ..llama.shapes import llama32_config
-from ..llama.weights import Weights, dequantize_weights, quantize_weights, synthetic
+from ..llama.weights import Weights, cast_weights, dequantize_weights, quantize_weights, synthetic
 from ..llama.weights import specs as weight_specs
-from . import linear_chain, timing
+from . import anchors, linear_chain, roofline, timing
 from .fusion_matrix import (
+    BATCH_ROWS,
+    BATCHES,
     MAX_SEQ,
+    PREFILL_BUCKET,
     PROMPT_TOKENS,
     ROWS,
     Cell,
@@ -32,6 +35,7 @@ from .fusion_matrix import (
     error_line,
     iree_flags,
     lowering_cell,
+    row_parts,
     settings,
     summary_line,
 )
@@ -84,56 +88,126 @@ def parity_prompt(cfg: Config) -> list[int]:
 class Setup:
     """What every cell of one backend shares: the 1B-shape weights, the parity model, baselines."""
 
-    cfg: Config  # Llama-3.2-1B shapes
+    cfg: Config  # Llama-3.2-1B shapes, in the run's compute dtype
     int4: Weights  # synthetic, quantized (MLX format)
-    fp32: Weights  # the same, float
+    fp32: Weights  # the same, float (in the run's compute dtype: the name is historical)
     parity_name: str
     parity_cfg: Config
     parity_int4: Weights
     steps: int  # decode steps timed per cell
+    int4_head: Weights | None = None  # int4 with the embedding (tied head) quantized too
+    parity_int4_head: Weights | None = None
+
+    def quantized(self, head: str, parity: bool = False) -> Weights:
+        if head != "int4":
+            return self.parity_int4 if parity else self.int4
+        if self.int4_head is None:  # made on first use (packed linears pass through unchanged)
+            self.int4_head = quantize_weights(self.int4, embedding=True)
+            self.parity_int4_head = quantize_weights(self.parity_int4, embedding=True)
+        return self.parity_int4_head if parity else self.int4_head
 
 
-def measure_backend(backend: str, setup: Setup, rows=ROWS, log=print) -> list[Cell]:
-    """Every row's cell on ``backend``, plus the fp32 references the cells are set against."""
-    fp32_linear = time_linear(backend, None, "default")
-    fp32_decode = decode_timing(backend, setup.cfg, setup.fp32, "default", setup.steps)["seconds"]
+# The dense steps every run sets its cells against: the run's dtype in every dense form, and the
+# other two dtypes as the dot (the "f16 and fp32 kept as columns" of the matrix vs bf16).
+BASELINE_DTYPES = ("float32", "float16", "bfloat16")
+
+
+def dense_baselines(backend: str, setup: Setup, log=print) -> dict:
+    """``{"<dtype>:<form>": {"seconds", "spread"}}``: dense decode steps on ``backend``."""
+    out = {}
+    for dtype in BASELINE_DTYPES:
+        forms = DENSE_FORMS if dtype == setup.cfg.dtype else ("dot",)
+        if setup.cfg.dtype == "float32" and dtype != "float32":
+            continue  # the fp32 matrix keeps its one fp32 reference
+        cfg = dataclasses.replace(setup.cfg, dtype=dtype)
+        weights = cast_weights(setup.fp32, dtype)
+        for form in forms:
+            t = decode_timing(backend, cfg, convert_dense(weights, form), "default", setup.steps, per_call=False)
+            out[f"{dtype}:{form}"] = {"seconds": t["seconds"], "spread": t["spread"]}
+            log(f"{backend}: dense {dtype} {form} decode {t['seconds'] * 1e3:.3f} ms")
+        del weights
+        gc.collect()
+    return out
+
+
+def best_dense(baselines: dict, dtype: str) -> float | None:
+    """The fastest dense form's step of ``dtype`` in the run."""
+    times = [v["seconds"] for k, v in baselines.items() if k.split(":")[0] == dtype and v.get("seconds")]
+    return min(times) if times else None
+
+
+def measure_backend(
+    backend: str, setup: Setup, rows=ROWS, log=print, bandwidth: float | None = None, on_cell=lambda cell: None
+):
+    """Every row's cell on ``backend``, plus the dense references the cells are set against:
+    (cells, dense baselines)."""
+    fp32 = setup.cfg.dtype == "float32"
+    fp32_linear = time_linear(backend, None, "default") if fp32 else None
+    baselines = dense_baselines(backend, setup, log)
+    fp32_decode = best_dense(baselines, "float32")
+    bf16_decode = best_dense(baselines, "bfloat16")
     gc.collect()
-    log(f"{backend}: fp32 linear {fp32_linear * 1e3:.3f} ms, decode {fp32_decode * 1e3:.2f} ms")
     prompt = parity_prompt(setup.parity_cfg)
-    host = dequantize_weights(setup.parity_int4)
-    host_run = greedy_by_decode(generate.make_runner(setup.parity_cfg, host, backend), prompt, checks.GREEDY_TOKENS)
-    baseline_run = greedy_by_decode(
-        generate.make_runner(setup.parity_cfg, setup.parity_int4, backend), prompt, checks.GREEDY_TOKENS
-    )
+    runs = {}  # head -> (host-dequant run, baseline-representation run)
+
+    def references(head):
+        if head not in runs:
+            q = setup.quantized(head, parity=True)
+            host = dequantize_weights(q, setup.parity_cfg.dtype)
+            greedy = lambda w: greedy_by_decode(  # noqa: E731
+                generate.make_runner(setup.parity_cfg, w, backend), prompt, checks.GREEDY_TOKENS
+            )
+            runs[head] = (greedy(host), greedy(q))
+        return runs[head]
+
     cells = []
-    for representation, option in rows:
-        cell = Cell(backend, representation, option, linear_fp32_seconds=fp32_linear, decode_fp32_seconds=fp32_decode)
+    for row in rows:
+        representation, option, head = row_parts(row)
+        cell = Cell(
+            backend,
+            representation,
+            option,
+            head,
+            setup.cfg.dtype,
+            linear_fp32_seconds=fp32_linear,
+            decode_fp32_seconds=fp32_decode,
+            decode_bf16_seconds=bf16_decode,
+            bandwidth_bytes_per_s=bandwidth,
+        )
         cell.skipped = applicability(representation, option, backend)
         cells.append(cell)
         if cell.skipped:
             continue
         try:
-            _measure_cell(cell, setup, prompt, host_run, baseline_run)
+            _measure_cell(cell, setup, prompt, references)
         except Exception as e:  # a compiler or runtime failure is a finding of the cell
             cell.error = error_line(e)
         gc.collect()
-        log(f"{backend} {representation} {option}: {summary_line(cell)}")
-    return cells
+        log(f"{backend} {representation} {option} head={head}: {summary_line(cell)}")
+        on_cell(cell)
+    return cells, baselines
 
 
-def _measure_cell(cell: Cell, setup: Setup, prompt, host_run, baseline_run) -> None:
-    backend, representation, option = cell.backend, cell.representation, cell.option
-    lowering_cell(cell, setup.cfg, convert(weight_specs(setup.cfg, "int4"), representation))
-    cell.linear_seconds = time_linear(backend, representation, option)
-    weights = convert(setup.int4, representation)
-    timing = decode_timing(backend, setup.cfg, weights, option, setup.steps)
+def _measure_cell(cell: Cell, setup: Setup, prompt, references) -> None:
+    backend, representation, option, head = cell.backend, cell.representation, cell.option, cell.head
+    spec = backend_spec(backend)
+    int4_head = head == "int4"
+    specs = convert(weight_specs(setup.cfg, "int4", embedding=int4_head), representation, head)
+    lowering_cell(cell, setup.cfg, specs)
+    if setup.cfg.dtype == "float32" and head == "dot":
+        cell.linear_seconds = time_linear(backend, representation, option)
+    weights = convert(setup.quantized(head), representation, head)
+    cell.bytes_per_step = roofline.decode_bytes_read(setup.cfg, weights, PROMPT_TOKENS)
+    timing = decode_timing(backend, setup.cfg, weights, option, setup.steps, per_call=setup.cfg.dtype == "float32")
     cell.decode_seconds, cell.decode_spread = timing["seconds"], timing["spread"]
     cell.decode_per_call_seconds, cell.loop_hoisted_dequants = timing.get("per_call"), timing.get("hoisted")
+    if spec.is_xla and spec.is_cuda and setup.cfg.dtype != "float32":
+        cell.step_linears_seconds = step_linears_seconds(backend, setup.cfg, weights, setup.steps, option)
     del weights
     gc.collect()
     cell.parity_model = setup.parity_name
     try:
-        parity_weights = convert(setup.parity_int4, representation)
+        parity_weights = convert(setup.quantized(head, parity=True), representation, head)
     except Exception as e:  # e.g. the Pallas layout needs in % 512 == 0
         cell.parity_model = f"{setup.parity_name}: {error_line(e)}"
         return
@@ -142,18 +216,96 @@ def _measure_cell(cell: Cell, setup: Setup, prompt, host_run, baseline_run) -> N
         prompt,
         checks.GREEDY_TOKENS,
     )
+    host_run, baseline_run = references(head)
     vs_host = checks.compare(host_run, run)
     cell.max_abs_logit_diff_vs_host = vs_host.max_abs_logit_diff
-    cell.parity_within_atol = vs_host.max_abs_logit_diff <= checks.IN_GRAPH_VS_HOST_DEQUANT_ATOL
+    cell.parity_atol = parity_atol(setup.cfg.dtype)
+    cell.parity_within_atol = vs_host.max_abs_logit_diff <= cell.parity_atol
     cell.tokens_vs_baseline = checks.compare(baseline_run, run).agreement
 
 
-def decode_timing(backend: str, cfg: Config, weights: Weights, option: str, steps: int) -> dict:
-    """Per-step decode time as the cells report it. XLA on a GPU: the in-graph loop (device
-    time), with the per-call figure (one dispatch per step, queued) beside it. Elsewhere:
-    one call per step, each ending with its token on the host (CPU compute dwarfs dispatch;
-    IREE-CUDA steps are tens of milliseconds)."""
+def parity_atol(dtype: str) -> float:
+    """A cell's bound against host dequant: fp32, the in-graph-vs-host bound (1e-4); in half
+    precision the dtype's logit parity bound, since most forms reorder the GEMV's sum (or keep
+    the dequantized weight in float32) and one reordered half-precision rounding inside the
+    network moves the logits by more than the same-order bound."""
+    return checks.IN_GRAPH_VS_HOST_DEQUANT_ATOL if dtype == "float32" else checks.logit_atol(dtype)
+
+
+def step_linears_seconds(backend: str, cfg: Config, weights: Weights, steps: int, option: str, batch: int = 1):
+    """Seconds per step of the step's linears alone (:func:`linear_chain.step_linears`), median
+    of rounds; the figure set beside torch's linears (the anchors)."""
+    device = jax.devices(backend_spec(backend).platform)[0]
+    fn = jax.jit(
+        linear_chain.step_linears(cfg, batch, steps),
+        compiler_options=settings(option, backend).get("xla_options") or None,
+    )
+    w = jax.device_put(weights, device)
+    jax.block_until_ready(fn(w))
+    times = []
+    for _ in range(timing.DECODE_ROUNDS):
+        t0 = time.perf_counter()
+        jax.block_until_ready(fn(w))
+        times.append((time.perf_counter() - t0) / steps)
+    return float(np.median(times))
+
+
+def batch_timings(backend: str, setup: Setup, rows=BATCH_ROWS, log=print) -> dict:
+    """``{"<representation>:<option>:<head>" | "dense:<form>": {"decode-B": s, "prefill-64": s}}``
+    on XLA-CUDA: the batched decode loop (:func:`model.decode_batch`) and one prefill call."""
     spec = backend_spec(backend)
+    if not (spec.is_xla and spec.is_cuda):
+        return {"skipped": "batched figures are measured on XLA-CUDA only (the CPU's step is compute-bound)"}
+    # the dense dot only: at more than one row the multiply + reduce form is the dot
+    cases = [("dense:dot", lambda: setup.fp32, {})]
+    for row in rows:
+        representation, option, head = row_parts(row)
+        make = lambda r=representation, h=head: convert(setup.quantized(h), r, h)  # noqa: E731
+        cases.append((f"{representation}:{option}:{head}", make, settings(option, backend)))
+    out = {}
+    for name, make, opts in cases:
+        weights, figures = make(), {}
+        try:
+            for b in BATCHES:
+                figures[f"decode-{b}"] = timing.time_xla_decode_loop(
+                    backend,
+                    setup.cfg,
+                    weights,
+                    setup.steps,
+                    max_seq=MAX_SEQ,
+                    start_pos=PROMPT_TOKENS,
+                    xla_options=opts.get("xla_options"),
+                    batch=b,
+                )[0]
+            figures[f"prefill-{PREFILL_BUCKET}"] = timing.time_xla_prefill(
+                backend, setup.cfg, weights, PREFILL_BUCKET, MAX_SEQ, xla_options=opts.get("xla_options")
+            )
+        except Exception as e:  # a failure is a finding of the case
+            figures["error"] = error_line(e)
+        out[name] = figures
+        log(f"{backend} batch {name}: {figures}")
+        del weights
+        gc.collect()
+    return out
+
+
+def decode_timing(backend: str, cfg: Config, weights: Weights, option: str, steps: int, per_call: bool = True) -> dict:
+    """Per-step decode time as the cells report it. XLA on a GPU: the in-graph loop (device
+    time), with the per-call figure (one dispatch per step, queued) beside it (``per_call``).
+    Elsewhere: one call per step, each ending with its token on the host (CPU compute dwarfs
+    dispatch; IREE-CUDA steps are tens of milliseconds)."""
+    spec = backend_spec(backend)
+    if spec.is_xla and spec.is_cuda and not per_call:
+        seconds, spread, hoisted = timing.time_xla_decode_loop(
+            backend,
+            cfg,
+            weights,
+            steps,
+            max_seq=MAX_SEQ,
+            start_pos=PROMPT_TOKENS,
+            xla_options=settings(option, backend).get("xla_options"),
+        )
+        return {"seconds": seconds, "spread": spread, "hoisted": hoisted}
     runner = generate.make_runner(cfg, weights, backend, **settings(option, backend))
     measured = timing.time_decode(
         runner,
@@ -180,10 +332,11 @@ def decode_timing(backend: str, cfg: Config, weights: Weights, option: str, step
     return {"seconds": seconds, "spread": spread, "per_call": per_call, "hoisted": hoisted}
 
 
-def make_setup(parity_model: str | None, steps: int, log=print) -> Setup:
-    """Llama-3.2-1B shapes with seeded synthetic weights; parity on ``parity_model`` (a path,
-    "default" for the embedded SmolLM2, or "synthetic" for the 1B-shape weights)."""
-    cfg = llama32_config()
+def make_setup(parity_model: str | None, steps: int, log=print, dtype: str = "float32") -> Setup:
+    """Llama-3.2-1B shapes with seeded synthetic weights in compute ``dtype``; parity on
+    ``parity_model`` (a path, "default" for the embedded SmolLM2, or "synthetic" for the
+    1B-shape weights), in the same dtype."""
+    cfg = dataclasses.replace(llama32_config(), dtype=dtype)
     t0 = time.perf_counter()
     fp32 = synthetic(cfg, seed=0)
     int4 = quantize_weights(fp32)
@@ -191,7 +344,7 @@ def make_setup(parity_model: str | None, steps: int, log=print) -> Setup:
     if parity_model == "synthetic":
         return Setup(cfg, int4, fp32, "llama-3.2-1b-synthetic", cfg, int4, steps)
     path = None if parity_model in (None, "default") else parity_model
-    pcfg, pint4 = checkpoints.load(path, "int4")
+    pcfg, pint4 = checkpoints.load(path, "int4", dtype)
     name = "smollm2-135m" if path is None else str(path)
     return Setup(cfg, int4, fp32, name, pcfg, pint4, steps)
 
@@ -215,22 +368,64 @@ def _log(message: str) -> None:
     print(message, flush=True)
 
 
-def run(backends, out_path, parity_model=None, steps: int = 8, rows=ROWS, log=_log) -> dict:
-    setup = make_setup(parity_model, steps, log)
+PARTS = ("anchors", "cells", "batch")
+
+
+def run(
+    backends,
+    out_path,
+    parity_model=None,
+    steps: int = 8,
+    rows=ROWS,
+    log=_log,
+    dtype: str = "float32",
+    parts=PARTS,
+) -> dict:
+    """The matrix on ``backends``, written to ``out_path`` after every cell. In half precision
+    (the matrix vs bf16) a GPU run also records the torch anchors (:mod:`.anchors`), the
+    run's copy bandwidth (the better of a memcpy-class copy and XLA's own) and the batched
+    figures (:func:`batch_timings`). ``parts``: which of :data:`PARTS` to measure (a GPU run
+    of ten minutes at most holds a part of the matrix; the report merges the files)."""
+    setup = make_setup(parity_model, steps, log, dtype)
     result = {
         "environment": environment(backends),
+        "dtype": dtype,
         "linear_shape": list(LINEAR_SHAPE),
         "linear_chain": LINEAR_CHAIN,
         "max_seq": MAX_SEQ,
         "decode_steps": steps,
-        "parity_atol": checks.IN_GRAPH_VS_HOST_DEQUANT_ATOL,
+        "parity_atol": parity_atol(dtype),
+        "parts": list(parts),
         "greedy_tokens": checks.GREEDY_TOKENS,
+        "baselines": {},
+        "batched": {},
         "cells": [],
     }
     out = Path(out_path)
     out.parent.mkdir(parents=True, exist_ok=True)
+    write = lambda: out.write_text(json.dumps(result, indent=1))  # noqa: E731  (partial results survive a timeout)
+    cuda = [b for b in backends if backend_spec(b).is_cuda]
+    bandwidth = None
+    if dtype != "float32" and cuda and "anchors" in parts:
+        result["anchors"] = anchors.measure(setup.cfg, batches=(1, *BATCHES, PREFILL_BUCKET))
+        xla_copy = roofline.copy_bandwidth("cuda")
+        result["xla_copy_bytes_per_s"] = xla_copy
+        bandwidth = max(xla_copy, result["anchors"].get("bandwidth_bytes_per_s") or 0.0)
+        result["bandwidth_bytes_per_s"] = bandwidth
+        log(f"bandwidth: memcpy {result['anchors'].get('bandwidth_bytes_per_s')}, XLA copy {xla_copy}")
+        write()
+
+    def on_cell(cell):
+        result["cells"].append(cell_record(cell))
+        write()
+
     for backend in backends:
-        for cell in measure_backend(backend, setup, rows, log):
-            result["cells"].append(cell_record(cell))
-            out.write_text(json.dumps(result, indent=1))  # partial results survive a timeout
+        if "cells" in parts:
+            _, result["baselines"][backend] = measure_backend(
+                backend, setup, rows, log, bandwidth if backend in cuda else None, on_cell
+            )
+            write()
+        if dtype != "float32" and "batch" in parts:
+            result["batched"][backend] = batch_timings(backend, setup, log=log)
+            write()
     return result

@@ -66,6 +66,35 @@ ROWS = (
     (PALLAS, "default"),
 )
 
+# The matrix against half precision (``fusion --dtype bfloat16``): the same cells in bf16
+# compute, each set against the fastest dense bf16 form of the same run (the dot and the GEMV
+# written as multiply + reduce), with float16 and float32 dense steps beside them. A row's third
+# element is the head: the float head as the dot or as multiply + reduce, or "int4" (the tied
+# embedding quantized too, in the row's representation, as mlx-community checkpoints ship it).
+ROWS_VS_BF16 = (
+    (BASELINE, "default", "dot"),
+    ("u4-magic", "default", "reduce"),
+    ("u4-magic-f32", "default", "reduce"),
+    ("u32-word", "default", "reduce"),
+    ("u32-word-split", "default", "reduce"),
+    ("u32-word-split", "default", "int4"),
+)
+# Rows also timed at decode batch 4 and 16 and at a 64-token prefill (XLA-CUDA), with the dense
+# forms of the run's dtype beside them: where int4 stops beating bf16.
+BATCHES = (4, 16)
+PREFILL_BUCKET = 64
+BATCH_ROWS = (
+    (BASELINE, "default", "dot"),
+    ("u4-magic-f32", "default", "reduce"),
+    ("u32-word-split", "default", "reduce"),
+)
+
+
+def row_parts(row) -> tuple[str, str, str]:
+    """(representation, option, head) of a matrix row (a 2-tuple's head is the dot)."""
+    return (*row, "dot") if len(row) == 2 else tuple(row)
+
+
 MAX_SEQ = 128  # the parity runs' cache length; timing uses the same compiled decode graph
 PROMPT_TOKENS = 16
 
@@ -110,6 +139,8 @@ class Cell:
     backend: str
     representation: str
     option: str
+    head: str = "dot"  # the head's form (representations.HEAD_FORMS)
+    dtype: str = "float32"  # compute dtype
     skipped: str | None = None  # why the cell does not apply
     error: str | None = None  # what failed, if measuring did
     custom_call: bool | None = None
@@ -126,8 +157,14 @@ class Cell:
     decode_spread: list | None = None  # [min, max] seconds per step over the timed rounds
     decode_per_call_seconds: float | None = None  # xla-cuda: one dispatch per step, queued
     loop_hoisted_dequants: int | None = None  # xla-cuda: dequant kernels XLA moved out of the loop
+    decode_bf16_seconds: float | None = None  # the fastest dense bf16 form, same run and loop
+    step_linears_seconds: float | None = None  # the step's linears alone (lab.linear_chain.step_linears)
+    bytes_per_step: int | None = None  # the least a decode step reads (lab.roofline.decode_bytes_read)
+    bandwidth_bytes_per_s: float | None = None  # the run's best copy (anchors' memcpy or XLA's)
+    batch_seconds: dict | None = None  # "decode-4", "decode-16": s per batched step; "prefill-64": s
     parity_model: str | None = None
     max_abs_logit_diff_vs_host: float | None = None
+    parity_atol: float | None = None  # the bound the cell is held to (lab.fusion.parity_atol)
     parity_within_atol: bool | None = None
     tokens_vs_baseline: str | None = None
 
@@ -135,6 +172,20 @@ class Cell:
     def decode_speedup(self) -> float | None:
         if self.decode_seconds and self.decode_fp32_seconds:
             return self.decode_fp32_seconds / self.decode_seconds
+        return None
+
+    @property
+    def speedup_vs_bf16(self) -> float | None:
+        """The fastest dense bf16 step of the run / this cell's step."""
+        if self.decode_seconds and self.decode_bf16_seconds:
+            return self.decode_bf16_seconds / self.decode_seconds
+        return None
+
+    @property
+    def roofline_fraction(self) -> float | None:
+        """(least bytes a step reads / the run's copy bandwidth) / the step's time."""
+        if self.decode_seconds and self.bytes_per_step and self.bandwidth_bytes_per_s:
+            return self.bytes_per_step / self.bandwidth_bytes_per_s / self.decode_seconds
         return None
 
 
@@ -209,10 +260,16 @@ def summary_line(cell: Cell) -> str:
         )
     if cell.decode_seconds:
         lo, hi = cell.decode_spread or (cell.decode_seconds, cell.decode_seconds)
-        parts.append(
-            f"decode {cell.decode_seconds * 1e3:.2f} ms [{lo * 1e3:.2f}-{hi * 1e3:.2f}] "
-            f"({cell.decode_speedup:.2f}x fp32)"
-        )
+        vs = f"{cell.decode_speedup:.2f}x fp32" if cell.decode_speedup else ""
+        if cell.speedup_vs_bf16:
+            vs += f", {cell.speedup_vs_bf16:.2f}x bf16"
+        if cell.roofline_fraction:
+            vs += f", {cell.roofline_fraction:.0%} of roofline"
+        parts.append(f"decode {cell.decode_seconds * 1e3:.2f} ms [{lo * 1e3:.2f}-{hi * 1e3:.2f}] ({vs})")
+    if cell.step_linears_seconds:
+        parts.append(f"linears {cell.step_linears_seconds * 1e3:.2f} ms")
+    if cell.batch_seconds:
+        parts.append(", ".join(f"{k} {v * 1e3:.2f} ms" for k, v in cell.batch_seconds.items()))
     if cell.loop_hoisted_dequants:
         parts.append(f"{cell.loop_hoisted_dequants} dequants hoisted out of the loop")
     if cell.fused_kernels:
@@ -225,4 +282,9 @@ def summary_line(cell: Cell) -> str:
 
 
 def cell_record(cell: Cell) -> dict:
-    return {**dataclasses.asdict(cell), "decode_speedup": cell.decode_speedup}
+    return {
+        **dataclasses.asdict(cell),
+        "decode_speedup": cell.decode_speedup,
+        "speedup_vs_bf16": cell.speedup_vs_bf16,
+        "roofline_fraction": cell.roofline_fraction,
+    }

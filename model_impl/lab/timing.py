@@ -21,7 +21,7 @@ from ..analyzers import xla_hlo
 from ..backends import generate
 from ..backends.spec import backend as backend_spec
 from ..llama.config import Config
-from ..llama.graphs import loop_step
+from ..llama.graphs import greedy_prefill, loop_step
 from ..llama.model import KVCache, decode_batch
 from ..llama.weights import Weights
 
@@ -243,3 +243,22 @@ def time_xla_decode_loop(
         token.block_until_ready()
         times.append((time.perf_counter() - t0) / steps)
     return statistics.median(times), [min(times), max(times)], hoisted
+
+
+def time_xla_prefill(
+    backend: str, cfg: Config, weights: Weights, bucket: int, max_seq: int, xla_options=None, rounds: int = 10
+) -> float:
+    """Median seconds of one jitted greedy prefill of ``bucket`` tokens (synced by
+    ``block_until_ready``; a prefill is long enough that one dispatch per call is its cost)."""
+    device = jax.devices(backend_spec(backend).platform)[0]
+    fn = jax.jit(functools.partial(greedy_prefill, cfg), compiler_options=xla_options or None)
+    args = jax.device_put(
+        (weights, np.arange(1, bucket + 1, dtype=np.int32), np.int32(bucket), KVCache.zeros(cfg, max_seq)), device
+    )
+    jax.block_until_ready(fn(*args))
+    times = []
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)

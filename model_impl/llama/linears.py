@@ -34,7 +34,9 @@ DEFAULT_BITS = 4
 class LinearForm:
     """Base of every weight form with its own ``matmul``, ``[t, in] -> [t, out]``."""
 
-    def matmul(self, x: jax.Array) -> jax.Array:
+    def matmul(self, x: jax.Array, out_dtype=None) -> jax.Array:
+        """In ``x``'s dtype, or ``out_dtype`` (the head's float32 logits: the float32
+        accumulator kept, not rounded)."""
         raise NotImplementedError
 
 
@@ -51,9 +53,9 @@ def contract(spec: str, a: jax.Array, b: jax.Array) -> jax.Array:
     return jnp.einsum(spec, a, b, precision=PRECISION, preferred_element_type=ACCUMULATE)
 
 
-def dense_matmul(x: jax.Array, w: jax.Array) -> jax.Array:
-    """``x [t, in] @ w [out, in].T`` in ``x``'s dtype (accumulated in float32)."""
-    return contract("ti,oi->to", x, w).astype(x.dtype)
+def dense_matmul(x: jax.Array, w: jax.Array, out_dtype=None) -> jax.Array:
+    """``x [t, in] @ w [out, in].T`` in ``x``'s dtype or ``out_dtype`` (accumulated in float32)."""
+    return contract("ti,oi->to", x, w).astype(out_dtype or x.dtype)
 
 
 # The GEMV written as multiply + reduce applies at one activation row (decode at batch 1, and
@@ -65,17 +67,17 @@ REDUCE_MAX_ROWS = 1
 REDUCE_SCOPE = "gemv_reduce"
 
 
-def reduce_matmul(x: jax.Array, w: jax.Array) -> jax.Array:
+def reduce_matmul(x: jax.Array, w: jax.Array, out_dtype=None) -> jax.Array:
     """``x [t, in] @ w [out, in].T`` as float32 products summed in float32 (every half-precision
     product is exact in float32), in ``x``'s dtype; the same sum as :func:`contract` in another
-    order. XLA-GPU runs it as one reduction kernel into which a dequant of ``w`` fuses; at
+    order (or in ``out_dtype``). XLA-GPU runs it as one reduction kernel into which a dequant of ``w`` fuses; at
     ``t > REDUCE_MAX_ROWS`` it is the dot."""
     if x.shape[0] > REDUCE_MAX_ROWS:
-        return contract("ti,oi->to", x, w).astype(x.dtype)
+        return dense_matmul(x, w, out_dtype)
     f32 = jnp.float32
     with jax.named_scope(REDUCE_SCOPE):
         y = jnp.sum(x.astype(f32)[:, None, :] * w.astype(f32)[None], axis=-1)
-    return y.astype(x.dtype)
+    return y.astype(out_dtype or x.dtype)
 
 
 @jax.tree_util.register_dataclass
@@ -87,8 +89,8 @@ class DenseReduceLinear(LinearForm):
 
     w: jax.Array
 
-    def matmul(self, x: jax.Array) -> jax.Array:
-        return reduce_matmul(x, self.w.astype(x.dtype))
+    def matmul(self, x: jax.Array, out_dtype=None) -> jax.Array:
+        return reduce_matmul(x, self.w.astype(x.dtype), out_dtype)
 
 
 def linear(x: jax.Array, w) -> jax.Array:
@@ -134,8 +136,8 @@ class QuantizedLinear(Int4Form):
             self.bits,
         )
 
-    def matmul(self, x: jax.Array) -> jax.Array:
-        return dense_matmul(x, dequantize(self, x.dtype))
+    def matmul(self, x: jax.Array, out_dtype=None) -> jax.Array:
+        return dense_matmul(x, dequantize(self, x.dtype), out_dtype)
 
 
 def dequantize(w: QuantizedLinear, dtype=jnp.float32) -> jax.Array:

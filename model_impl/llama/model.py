@@ -136,7 +136,7 @@ def logits(weights: Weights, hidden: jax.Array) -> jax.Array:
     """``[t, vocab]`` float32: a float head's float32 accumulator is kept, not rounded."""
     head = weights.embed if weights.lm_head is None else weights.lm_head
     if isinstance(head, LinearForm):
-        return head.matmul(hidden).astype(jnp.float32)
+        return head.matmul(hidden, jnp.float32)
     return contract("ti,oi->to", hidden, head)
 
 

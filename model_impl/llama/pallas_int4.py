@@ -82,12 +82,12 @@ class PallasInt4Linear(Int4Form):
         codes = codes.astype(jnp.float32).reshape(out, -1, self.group_size)
         return (codes * self.scales[:, :, None] + self.biases[:, :, None]).reshape(out, words * PLANES)
 
-    def matmul(self, x: jax.Array) -> jax.Array:
+    def matmul(self, x: jax.Array, out_dtype=None) -> jax.Array:
         """The kernel computes in float32 whatever ``x``'s dtype; the result is rounded to it."""
         x32 = x.astype(jnp.float32)
         if x.shape[0] != 1:
-            return jnp.einsum("ti,oi->to", x32, self.dequantize(), precision=PRECISION).astype(x.dtype)
-        return gemv(x32[0], self.words, self.scales, self.biases, self.group_size)[None].astype(x.dtype)
+            return jnp.einsum("ti,oi->to", x32, self.dequantize(), precision=PRECISION).astype(out_dtype or x.dtype)
+        return gemv(x32[0], self.words, self.scales, self.biases, self.group_size)[None].astype(out_dtype or x.dtype)
 
 
 def _kernel(x_ref, w_ref, s_ref, b_ref, o_ref, *, group_size: int, words: int):

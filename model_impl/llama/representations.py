@@ -92,9 +92,10 @@ class NativeInt4Linear(Int4Form):
     group_size: int = dataclasses.field(metadata=dict(static=True), default=64)
     form: str = dataclasses.field(metadata=dict(static=True), default="u4-affine")
 
-    def matmul(self, x: jax.Array) -> jax.Array:
+    def matmul(self, x: jax.Array, out_dtype=None) -> jax.Array:
         """In ``x``'s dtype: a rebuilt weight in it, every contraction accumulated in float32."""
         t, g, dt = x.shape[0], self.group_size, x.dtype
+        od = out_dtype or dt
         f32 = jnp.float32
         if self.form in GROUPED_FORMS:
             groups, out, _ = self.codes.shape
@@ -103,23 +104,23 @@ class NativeInt4Linear(Int4Form):
             partial = contract("Gtg,Gog->Gto", xg, codes)  # float32 partial sums per group
             y = contract("Gto,Go->to", partial, self.scales.astype(f32))
             y = y + contract("Gt,Go->to", xg.astype(f32).sum(axis=-1), self.biases.astype(f32))
-            return y.astype(dt)
+            return y.astype(od)
         if self.form == "u4-affine-io":
             n_in, out = self.codes.shape
             w = self.codes.astype(dt).reshape(n_in // g, g, out)
             w = (w * self.scales.astype(dt)[:, None, :] + self.biases.astype(dt)[:, None, :]).reshape(n_in, out)
-            return contract("ti,io->to", x, w).astype(dt)
+            return contract("ti,io->to", x, w).astype(od)
         out, n_in = self.codes.shape
         groups = n_in // g
         codes = self.codes.astype(dt).reshape(out, groups, g)
         if self.form == "u4-affine":
             w = (codes * self.scales.astype(dt)[:, :, None] + self.biases.astype(dt)[:, :, None]).reshape(out, n_in)
-            return contract("ti,oi->to", x, w).astype(dt)
+            return contract("ti,oi->to", x, w).astype(od)
         if self.form == "s4-scale-gsum":
             x_sums = x.astype(f32).reshape(t, groups, g).sum(axis=-1)  # [t, groups]
             w = (codes * self.scales.astype(dt)[:, :, None]).reshape(out, n_in)
             bias_term = contract("tG,oG->to", x_sums, self.biases.astype(f32))
-            return (contract("ti,oi->to", x, w) + bias_term).astype(dt)
+            return (contract("ti,oi->to", x, w) + bias_term).astype(od)
         raise ValueError(f"unknown native int4 form {self.form!r}; known: {NATIVE_FORMS}")
 
 
@@ -169,8 +170,8 @@ class ReduceInt4Linear(Int4Form):
         s, b = self.scales.astype(dt)[:, :, None], self.biases.astype(dt)[:, :, None]
         return (q.reshape(out, n_in // self.group_size, self.group_size) * s + b).reshape(out, n_in)
 
-    def matmul(self, x: jax.Array) -> jax.Array:
-        return reduce_matmul(x, self.dequantize(x.dtype))
+    def matmul(self, x: jax.Array, out_dtype=None) -> jax.Array:
+        return reduce_matmul(x, self.dequantize(x.dtype), out_dtype)
 
 
 # Up to this many activation rows the word forms unroll one reduction per row over the same
@@ -196,13 +197,14 @@ class WordInt4Linear(Int4Form):
     def mlx_words(self) -> QuantizedLinear:
         return QuantizedLinear(self.packed, self.scales, self.biases, self.group_size, 4)
 
-    def matmul(self, x: jax.Array) -> jax.Array:
+    def matmul(self, x: jax.Array, out_dtype=None) -> jax.Array:
         t, dt, f32 = x.shape[0], x.dtype, jnp.float32
+        od = out_dtype or dt
         out, n_words = self.packed.shape
         per_group = self.group_size // 8
         if t > WORD_MAX_ROWS or per_group * 8 != self.group_size or per_group % self.words:
             deq = ReduceInt4Linear(self.packed, self.scales, self.biases, self.group_size, "u32-magic")
-            return contract("ti,oi->to", x, deq.dequantize(dt)).astype(dt)
+            return contract("ti,oi->to", x, deq.dequantize(dt)).astype(od)
         n = n_words // self.words  # reduced elements per row
         w = self.packed.reshape(out, n, self.words)
         xs = x.astype(f32).reshape(t, n, self.words, 8)
@@ -225,7 +227,7 @@ class WordInt4Linear(Int4Form):
             with jax.named_scope(REDUCE_SCOPE):
                 partial = jnp.sum(elements.reshape(out, parts, n // parts), axis=2)
             rows.append(partial.sum(axis=1))
-        return jnp.stack(rows).astype(dt)
+        return jnp.stack(rows).astype(od)
 
 
 def _split_parts(out: int, n: int) -> int:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from .. import quant as quant_mod
@@ -144,7 +145,7 @@ def cast_weights(weights: Weights, dtype: str) -> Weights:
     target = np_dtype(dtype)
 
     def cast(x):
-        if isinstance(x, (np.ndarray, jax.Array)) and np.issubdtype(np.asarray(x).dtype, np.floating):
+        if isinstance(x, (np.ndarray, jax.Array)) and jnp.issubdtype(np.asarray(x).dtype, jnp.floating):
             return np.asarray(x).astype(target, copy=False)
         if isinstance(x, jax.ShapeDtypeStruct) and x.dtype != np.uint32:
             return jax.ShapeDtypeStruct(x.shape, target)
@@ -198,9 +199,16 @@ def synthetic(cfg: Config, seed: int = 0) -> Weights:
     return weights if cfg.dtype == "float32" else cast_weights(weights, cfg.dtype)
 
 
-def specs(cfg: Config, quant: str = "dense", group_size: int = DEFAULT_GROUP_SIZE, bits: int = DEFAULT_BITS) -> Weights:
+def specs(
+    cfg: Config,
+    quant: str = "dense",
+    group_size: int = DEFAULT_GROUP_SIZE,
+    bits: int = DEFAULT_BITS,
+    embedding: bool = False,
+) -> Weights:
     """Shape-only weights (``jax.ShapeDtypeStruct`` leaves): export and compile need no data.
-    Float tensors, and the scales of packed ones, in ``cfg.dtype``."""
+    Float tensors, and the scales of packed ones, in ``cfg.dtype``; ``embedding`` (int4 only):
+    the embedding and head packed too (:func:`quantize_weights`)."""
     dense = quant_mode(quant) == "dense"
     dtype = cfg.jnp_dtype
 
@@ -215,8 +223,10 @@ def specs(cfg: Config, quant: str = "dense", group_size: int = DEFAULT_GROUP_SIZ
         Layer(**{n: linear(s) if n in LINEAR_NAMES else leaf(s) for n, s in shapes.items()})
         for _ in range(cfg.num_layers)
     )
-    head = None if cfg.tie_word_embeddings else leaf((cfg.vocab_size, cfg.hidden_size))
-    return Weights(leaf((cfg.vocab_size, cfg.hidden_size)), layers, leaf((cfg.hidden_size,)), head)
+    table = (cfg.vocab_size, cfg.hidden_size)
+    vocab = linear if embedding and not dense else leaf
+    head = None if cfg.tie_word_embeddings else vocab(table)
+    return Weights(vocab(table), layers, leaf((cfg.hidden_size,)), head)
 
 
 def _linear_elements(cfg: Config) -> list[int]:
