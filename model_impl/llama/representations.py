@@ -223,14 +223,14 @@ class WordInt4Linear(Int4Form):
             for c in range(1, self.words * 8):
                 dot = dot + codes[c] * xr[:, c]
             elements = dot * s + b * xr.sum(axis=1)  # [out, n]
-            parts = _split_parts(out, n) if self.split else 1
+            parts = split_parts(out, n) if self.split else 1
             with jax.named_scope(REDUCE_SCOPE):
                 partial = jnp.sum(elements.reshape(out, parts, n // parts), axis=2)
             rows.append(partial.sum(axis=1))
         return jnp.stack(rows).astype(od)
 
 
-def _split_parts(out: int, n: int) -> int:
+def split_parts(out: int, n: int) -> int:
     """The largest power of two ``S <= SPLIT_ROWS / out`` that divides ``n``."""
     parts = 1
     while out * parts * 2 <= SPLIT_ROWS and n % (parts * 2) == 0:

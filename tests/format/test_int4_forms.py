@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from model_impl import quant
 from model_impl.llama import representations
-from model_impl.llama.linears import QuantizedLinear, linear
+from model_impl.llama.linears import DenseReduceLinear, QuantizedLinear, linear
 from model_impl.llama.pallas_int4 import PLANES, PallasInt4Linear, to_planar
 from model_impl.llama.representations import BASELINE, GROUPED_FORMS, NATIVE_FORMS, convert, convert_linear
 from model_impl.llama.shapes import shrunk_llama32_config
@@ -100,3 +100,79 @@ def test_convert_names_the_tensor_it_cannot_convert():
         convert(weights, representations.PALLAS)
     with pytest.raises(ValueError, match="unknown representation 'int3'"):
         convert(weights, "int3")
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float16"])
+def test_magic_number_dequant_turns_every_code_into_its_exact_float(dtype):
+    codes = jnp.arange(16, dtype=jnp.uint32)
+    got = np.asarray(jax.jit(lambda c: representations.magic_codes(c, jnp.dtype(dtype)))(codes))
+    assert got.dtype == jnp.dtype(dtype)
+    np.testing.assert_array_equal(got.astype(np.float32), np.arange(16, dtype=np.float32))
+
+
+def test_magic_number_dequant_of_a_code_wider_than_the_mantissa_is_wrong():
+    """The other answer: the trick holds only while the code fits under the exponent (bf16 has
+    7 mantissa bits: 129 = 0x81 sets the exponent's low bit and reads as 256 + 2, minus 128)."""
+    got = float(representations.magic_codes(jnp.asarray([129], jnp.uint32), jnp.bfloat16)[0])
+    assert got == 130.0
+
+
+def _reduce_codes(r) -> np.ndarray:
+    """A reduce or word form's codes back in MLX order [out, in]."""
+    c = np.asarray(r.codes if hasattr(r, "codes") else r.packed)
+    if c.dtype == jnp.uint4:
+        return c.astype(np.uint8)
+    if getattr(r, "form", None) == "u32-planar":  # nibble k of word j: input k * p + j
+        return np.concatenate([(c >> np.uint32(4 * k)) & 15 for k in range(PLANES)], axis=1).astype(np.uint8)
+    return quant.unpack(c, 4)
+
+
+@settings(max_examples=20, deadline=None)
+@given(
+    out=st.sampled_from([16, 48]),
+    groups=st.integers(1, 4),
+    form=st.sampled_from([*representations.REDUCE_FORMS, *representations.WORD_FORMS]),
+    seed=st.integers(0, 2**16),
+)
+def test_reduce_and_word_forms_store_exactly_the_mlx_codes_scales_and_biases(out, groups, form, seed):
+    q = _quantized(np.random.default_rng(seed), out, groups * 64)
+    r = convert_linear(q, form)
+    np.testing.assert_array_equal(_reduce_codes(r), quant.unpack(q.packed, 4))
+    np.testing.assert_array_equal(np.asarray(r.scales), q.scales)
+    np.testing.assert_array_equal(np.asarray(r.biases), q.biases)
+
+
+@pytest.mark.parametrize("rows", [1, 3, 20])
+@pytest.mark.parametrize("form", [*representations.REDUCE_FORMS, *representations.WORD_FORMS])
+def test_reduce_and_word_forms_compute_the_host_dequant_linear(form, rows):
+    """1 row: the multiply + reduce GEMV; 3: the word forms' unrolled rows; 20: past
+    WORD_MAX_ROWS, the dot of the dequantized weight."""
+    rng = np.random.default_rng(0)
+    q = _quantized(rng, 96, 1024)
+    x = rng.standard_normal((rows, 1024), dtype=np.float32)
+    got = np.asarray(jax.jit(linear)(x, convert_linear(q, form)))
+    np.testing.assert_allclose(got, x @ q.dequantize().T, atol=LINEAR_ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("out,n,parts", [(8192, 256, 1), (2048, 256, 4), (512, 256, 16), (512, 8, 8), (100, 3, 1)])
+def test_split_reduction_gives_small_linears_enough_rows(out, n, parts):
+    assert representations.split_parts(out, n) == parts
+
+
+def test_dense_reduce_form_is_the_dot_in_another_order_and_the_dot_itself_past_one_row():
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((64, 512), dtype=np.float32)
+    x = rng.standard_normal((1, 512), dtype=np.float32)
+    form = DenseReduceLinear(w)
+    np.testing.assert_allclose(np.asarray(linear(x, form)), x @ w.T, atol=LINEAR_ATOL * 10, rtol=0)
+    x3 = rng.standard_normal((3, 512), dtype=np.float32)
+    np.testing.assert_array_equal(np.asarray(jax.jit(linear)(x3, form)), np.asarray(jax.jit(linear)(x3, w)))
+
+
+def test_int4_head_needs_a_quantized_embedding_and_a_form_that_gathers_rows():
+    cfg = shrunk_llama32_config(layers=1)
+    with pytest.raises(ValueError, match="needs a quantized embedding"):
+        convert(quantize_weights(synthetic(cfg, 0)), "u32-word", head="int4")
+    packed = quantize_weights(synthetic(cfg, 0), embedding=True)
+    with pytest.raises(TypeError, match="NativeInt4Linear has no row gather"):
+        convert(packed, "u4-affine", head="int4").embed.mlx_words()

@@ -162,3 +162,22 @@ def test_generate_decode_loop_keeps_every_dequant_inside_the_loop(barrier, hoist
     _, *args = graph_args(cfg, None, "decode_loop", 4, 128)
     hlo = fn.lower(cfg, weights, *args).compile().as_text()
     assert xla_hlo.entry_unpack_kernels(hlo) == hoisted
+
+
+@pytest.mark.parametrize(
+    "op_name,want",
+    [
+        ("jit(decode_loop)/while/body/gemv_reduce/reduce_sum", (1, 1, {"reduction": 1})),
+        ("jit(greedy_decode)/reduce_sum", (0, 1, {})),
+    ],
+)
+def test_xla_per_linear_verdict_counts_the_models_own_multiply_reduce_gemv_and_no_other_reduce(op_name, want):
+    """The GEMV written as multiply + reduce (linears.reduce_matmul) runs under a name scope that
+    XLA keeps in the reduce's op_name: that reduce is the linear's contraction. Any other
+    reduce_sum reading the codes (a norm, a softmax) is not."""
+    text = (FIXTURES / "xla_fused_gemv.hlo").read_text()
+    text = text.replace(
+        'to_apply=%region_add, metadata={op_name="jit(greedy_decode)/ti,oi->to/dot_general"}',
+        f'to_apply=%region_add, metadata={{op_name="{op_name}"}}',
+    )
+    assert xla_hlo.xla_linears_fused(text) == want
