@@ -70,7 +70,8 @@ def test_iree_cpu_reads_fused_uint4_codes_as_signed():
     """iree-compile 3.13 lowers convert(ui4 -> f32) + dot_general to one linalg contraction
     with an i4 operand and the default signed cast: codes 8..15 count as -8..-1. The same
     codes through a dequant of their own (u4-affine) are right. This test pins the bug; when
-    it fails, IREE has fixed it and the fusion matrix's u4-grouped cells should agree again."""
+    it fails, IREE has fixed it and the fusion matrix's u4-grouped cells should agree again
+    (standalone: reproducers/iree-fused-uint4-read-as-signed)."""
     rng = np.random.default_rng(0)
     x = rng.standard_normal((1, 512), dtype=np.float32)
     codes = rng.integers(0, 16, (256, 512))
