@@ -37,9 +37,12 @@ def weights_for(case, dense, int4):
     return convert_dense(dense, form) if kind == "dense" else convert(int4, form, head)
 
 
-def step_case(cfg, w, batch=None):
+BLOCK_LEVEL = {"xla_gpu_experimental_enable_fusion_block_level_rewriter": True}
+
+
+def step_case(cfg, w, batch=None, xla_options=None):
     s, spread, hoisted = timing.time_xla_decode_loop(
-        "xla-cuda", cfg, w, STEPS, max_seq=MAX_SEQ, start_pos=START, batch=batch
+        "xla-cuda", cfg, w, STEPS, max_seq=MAX_SEQ, start_pos=START, batch=batch, xla_options=xla_options
     )
     return {"step_s": s, "spread": spread, "hoisted": hoisted}
 
@@ -126,6 +129,10 @@ def main(out: str, part: str) -> int:
         pick = ("dot", "u4-magic-f32", "u32-word", "u32-group")
         jobs = [(what, c, 1) for what in ("step", "linears") for c in step_cases if c[1] in pick]
         jobs += [("profile", c, 1) for c in step_cases if c[1] in ("u32-word", "u32-group")]
+    elif part == "flags":  # XLA's flag sending every fusion, reductions included, to Triton
+        pick = ("dot", "u4-magic-f32", "u32-word")
+        jobs = [("step", ("int4", "u4-magic-f32", "reduce"), 1)]
+        jobs += [("step-block-level", c, 1) for c in step_cases if c[1] in pick]
     elif part == "profile":
         jobs = [("profile", c, 1) for c in step_cases if c[1] in ("dot", "reduce", "u4-reduce", "u4-magic-f32")]
     for what, case, batch in jobs:
@@ -134,6 +141,8 @@ def main(out: str, part: str) -> int:
             w = weights_for(case, dense, int4)
             if what == "step":
                 row.update(step_case(cfg, w))
+            elif what == "step-block-level":
+                row.update(step_case(cfg, w, xla_options=BLOCK_LEVEL), xla_options=BLOCK_LEVEL)
             elif what == "batch":
                 row.update(step_case(cfg, w, batch))
             elif what == "profile":
