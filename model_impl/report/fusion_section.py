@@ -36,6 +36,8 @@ def load(results_dir: Path) -> dict:
     """All fusion results: cells merged by (backend, representation, option), later files win."""
     cells, environments = {}, {}
     for data in results.load(results_dir, "fusion-*.json"):
+        if data.get("dtype", "float32") != "float32":
+            continue  # the matrix against bf16: vs_bf16_section
         backends = sorted({c["backend"] for c in data["cells"]})
         for b in backends:
             environments[b] = {

@@ -50,3 +50,51 @@ def test_dense_baselines_cast_half_precision_weights_to_the_other_half_precision
 def test_a_half_precision_cell_is_held_to_the_dtypes_logit_bound_and_fp32_to_the_in_graph_bound():
     assert fusion.parity_atol("float32") == checks.IN_GRAPH_VS_HOST_DEQUANT_ATOL
     assert fusion.parity_atol("bfloat16") == checks.logit_atol("bfloat16")
+
+
+def _cell(**kw):
+    cell = {
+        "backend": "xla-cuda",
+        "representation": "u4-magic",
+        "option": "default",
+        "head": "reduce",
+        "speedup_vs_bf16": 1.12,
+        "roofline_fraction": 0.36,
+        "custom_call": False,
+        "verdict": "fused",
+        "linears_fused": 112,
+        "linears_total": 112,
+        "parity_within_atol": True,
+        "tokens_vs_baseline": "48/48",
+    }
+    return {**cell, **kw}
+
+
+def _runs(*cells):
+    return [{"file": "results/x.json", "environment": {"date": "2026-11-25"}, "cells": list(cells)}]
+
+
+def test_vs_bf16_target_is_met_by_a_qualifying_cell_and_not_by_a_faster_unqualified_one():
+    from model_impl.report import vs_bf16_section as v
+
+    assert v.target(_runs(_cell(speedup_vs_bf16=1.6)))["met"]
+    not_met = v.target(_runs(_cell(), _cell(representation="u32-word", speedup_vs_bf16=1.7, linears_fused=48)))
+    assert not not_met["met"]
+    assert not_met["best_qualifying"]["representation"] == "u4-magic"
+    assert not_met["fastest"]["representation"] == "u32-word"
+    for spoiler in (
+        {"custom_call": True},
+        {"parity_within_atol": False},
+        {"tokens_vs_baseline": "47/48"},
+        {"verdict": "materialized"},
+    ):
+        assert not v.target(_runs(_cell(speedup_vs_bf16=1.6, **spoiler)))["met"], spoiler
+
+
+def test_the_half_precision_matrix_files_stay_out_of_the_fp32_matrix():
+    from model_impl.report import fusion_section, results, vs_bf16_section
+
+    half = vs_bf16_section.load(results.RESULTS_DIR)
+    assert half and all(r["dtype"] == "bfloat16" for r in half)
+    fp32_files = {e["file"] for e in fusion_section.load(results.RESULTS_DIR)["environments"].values()}
+    assert not fp32_files & {r["file"].removeprefix("results/") for r in half}

@@ -1,0 +1,186 @@
+"""The matrix against half precision in the report: int4 forms set against the fastest dense
+bf16 form of the same run (``results/fusion-*.json`` with ``"dtype": "bfloat16"``), the torch
+anchors and the copy bandwidth of the same run, the batched figures, and the target's verdict."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .. import checks
+from ..analyzers import FUSED
+from . import results
+
+TARGET, STRETCH = 1.5, 2.0  # speedup_vs_bf16 of the XLA-CUDA int4 decode step, batch 1
+ROOFLINE_TARGET = 0.5
+
+
+def load(results_dir: Path = results.RESULTS_DIR) -> list[dict]:
+    """The half-precision matrix files, oldest first."""
+    runs = [r for r in results.load(results_dir, "fusion-*.json") if r.get("dtype", "float32") != "float32"]
+    return sorted(runs, key=lambda r: r["environment"]["date"])
+
+
+def qualifies(cell: dict) -> bool:
+    """A cell that may carry the target: no custom_call, every quantized linear fused, logits
+    within the dtype's parity bound of host dequant, 48/48 tokens against the baseline form."""
+    return bool(
+        not cell.get("skipped")
+        and not cell.get("error")
+        and cell.get("speedup_vs_bf16")
+        and not cell.get("custom_call")
+        and cell.get("verdict") == FUSED
+        and cell.get("linears_fused") == cell.get("linears_total")
+        and cell.get("parity_within_atol")
+        and cell.get("tokens_vs_baseline") == f"{checks.GREEDY_TOKENS}/{checks.GREEDY_TOKENS}"
+    )
+
+
+def target(runs: list[dict]) -> dict:
+    """The best qualifying XLA-CUDA cell and the fastest cell at all, with whether each target
+    is met."""
+    cells = [(r, c) for r in runs for c in r["cells"] if c["backend"] == "xla-cuda" and c.get("speedup_vs_bf16")]
+    ok = [(r, c) for r, c in cells if qualifies(c)]
+    best = max(ok, key=lambda rc: rc[1]["speedup_vs_bf16"], default=None)
+    fastest = max(cells, key=lambda rc: rc[1]["speedup_vs_bf16"], default=None)
+
+    def brief(rc):
+        if rc is None:
+            return None
+        r, c = rc
+        return {
+            "representation": c["representation"],
+            "option": c["option"],
+            "head": c["head"],
+            "speedup_vs_bf16": c["speedup_vs_bf16"],
+            "roofline_fraction": c.get("roofline_fraction"),
+            "file": r["file"],
+        }
+
+    s = best[1]["speedup_vs_bf16"] if best else 0.0
+    return {
+        "best_qualifying": brief(best),
+        "fastest": brief(fastest),
+        "met": s >= TARGET,
+        "stretch_met": s >= STRETCH,
+        "roofline_met": bool(best and (best[1].get("roofline_fraction") or 0) >= ROOFLINE_TARGET),
+    }
+
+
+def _ms(s) -> str:
+    return "—" if not s else f"{s * 1e3:.2f}"
+
+
+def _anchor_lines(run: dict) -> list[str]:
+    a = run.get("anchors") or {}
+    if not a or a.get("skipped"):
+        return [f"Torch anchors: not measured ({a.get('skipped', 'no GPU in the run')})."]
+    lines = [
+        f"Torch anchors, same run ({a['device']}, torch {a['torch']}; tinygemm checked against a bf16 dequant: "
+        f"max error {a['tinygemm_check']['max_abs_err']:g}); the step's linears alone (7 per layer + the head), "
+        "one CUDA graph:",
+        "",
+        "| batch | torch bf16 (cuBLAS) ms | torch int4 tinygemm ms | tinygemm vs torch bf16 |",
+        "|---|---|---|---|",
+    ]
+    for b, row in a["batches"].items():
+        t, i = row["torch-bf16"], row["torch-int4-tinygemm"]
+        lines.append(
+            f"| {b} | {_ms(t['step_linears_seconds'])} | {_ms(i['step_linears_seconds'])} | "
+            f"{i['speedup_vs_torch_bf16']:.2f}x |"
+        )
+    return lines
+
+
+def _batch_lines(run: dict) -> list[str]:
+    rows = [(b, v) for b, v in (run.get("batched") or {}).items() if isinstance(v, dict) and "skipped" not in v]
+    if not rows:
+        return []
+    lines = ["", "Batched decode (per batched step) and a 64-token prefill, same run; ratio = dense bf16 / int4:", ""]
+    for backend, cases in rows:
+        dense = cases.get("dense:dot", {})
+        keys = [k for k in dense if k != "error"]
+        lines += ["| " + backend + " form | " + " | ".join(keys) + " |", "|---|" + "---|" * len(keys)]
+        for name, figs in cases.items():
+            cols = []
+            for k in keys:
+                v = figs.get(k)
+                ratio = f" ({dense[k] / v:.2f}x)" if v and name != "dense:dot" else ""
+                cols.append(f"{_ms(v)}{ratio}")
+            lines.append(f"| {name} | " + " | ".join(cols) + " |")
+    return lines
+
+
+def render(runs: list[dict]) -> list[str]:
+    if not runs:
+        return ["", "## int4 against bf16: the matrix", "", "No half-precision matrix results committed."]
+    t = target(runs)
+    lines = [
+        "",
+        "## int4 against bf16: the matrix (XLA-CUDA, Llama-3.2-1B shapes, bf16 compute, decode batch 1)",
+        "",
+        "Each cell's `vs bf16` is the fastest dense bf16 form measured in the same run (the dot and the GEMV "
+        "written as multiply + reduce) / the cell's step, both in the same 32-step in-graph loop; the roofline "
+        "uses the run's best copy (a memcpy-class torch copy or XLA's own, whichever moved more). `linears`: the "
+        "step's linears alone. Parity: max |Δlogit| against the host dequant in bf16, held to the bf16 logit "
+        f"bound ({checks.logit_atol('bfloat16'):g}); tokens against the baseline form (u32-affine).",
+        "",
+    ]
+    for run in runs:
+        base = run.get("baselines", {})
+        for backend, b in base.items():
+            parts = ", ".join(f"{k} {_ms(v['seconds'])} ms" for k, v in b.items())
+            lines.append(f"- `{run['file']}` {backend} dense steps: {parts}")
+        if run.get("bandwidth_bytes_per_s"):
+            memcpy = (run.get("anchors") or {}).get("bandwidth_bytes_per_s")
+            lines.append(
+                f"  bandwidth {run['bandwidth_bytes_per_s'] / 1e12:.2f} TB/s "
+                f"(memcpy {memcpy / 1e12 if memcpy else 0:.2f}, XLA copy {run['xla_copy_bytes_per_s'] / 1e12:.2f})"
+            )
+    lines += [
+        "",
+        "| form | head | step ms | vs bf16 | roofline | linears ms | dequant | |Δlogit| vs host | tokens | file |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for run in runs:
+        for c in run["cells"]:
+            if c.get("skipped"):
+                continue
+            rep = c["representation"] + ("" if c["option"] == "default" else f" [{c['option']}]")
+            if c.get("error"):
+                lines.append(f"| {rep} | {c['head']} | error: {c['error']} |||||||`{run['file']}` |")
+                continue
+            vs = f"**{c['speedup_vs_bf16']:.2f}x**" if c.get("speedup_vs_bf16") else "—"
+            roof = f"{c['roofline_fraction']:.0%}" if c.get("roofline_fraction") else "—"
+            diff = c.get("max_abs_logit_diff_vs_host")
+            within = "" if c.get("parity_within_atol") else " (over)"
+            lines.append(
+                f"| {rep} | {c['head']} | {_ms(c['decode_seconds'])} | {vs} | {roof} | "
+                f"{_ms(c.get('step_linears_seconds'))} | {c['verdict']} {c['linears_fused']}/{c['linears_total']} | "
+                f"{'—' if diff is None else f'{diff:.2g}'}{within} | {c.get('tokens_vs_baseline') or '—'} | "
+                f"`{run['file']}` |"
+            )
+    best, fastest = t["best_qualifying"], t["fastest"]
+    verdict = "met" if t["met"] else "**not met**"
+    lines += [
+        "",
+        f"Target: int4 >= {TARGET}x the best bf16 (stretch {STRETCH}x), every linear fused, no custom_call, "
+        f"parity within bound, 48/48: {verdict}. "
+        + (
+            f"Best qualifying: {best['representation']} (head {best['head']}) {best['speedup_vs_bf16']:.2f}x. "
+            if best
+            else "No cell qualifies. "
+        )
+        + (
+            f"Fastest of all: {fastest['representation']} (head {fastest['head']}) {fastest['speedup_vs_bf16']:.2f}x."
+            if fastest
+            else ""
+        ),
+        "",
+    ]
+    newest = runs[-1]
+    lines += _anchor_lines(newest) + _batch_lines(newest)
+    return lines
+
+
+def findings(runs: list[dict]) -> dict:
+    return {"files": [r["file"] for r in runs], "target": target(runs) if runs else None}
