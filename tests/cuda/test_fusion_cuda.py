@@ -90,3 +90,36 @@ def test_fusion_xla_cuda_verdict_per_representation(gpu, cuda_record, row):
     }
     assert not cell.custom_call
     assert (cell.verdict, cell.linears_fused, cell.linears_total) == (*EXPECTED_XLA_CUDA[row], 112), cell
+
+
+# The matrix against bf16 (bf16 compute), as measured on the H100 (jax 0.11.2,
+# results/fusion-h100-xla-cuda-bf16-*.json): (verdict, fused linears, quantized linears). The word
+# forms are the mixed case: XLA keeps gate/up/down's straight-line word products inside the
+# reduction but gives q/k/v/o (and, split, down too) a loop fusion that writes the per-word
+# products ([out, in / 8] float32), then reduces them.
+EXPECTED_XLA_CUDA_BF16 = {
+    ("u32-affine", "default", "dot"): (analyzers.FUSED, 112, 112),
+    ("u4-magic", "default", "reduce"): (analyzers.FUSED, 112, 112),
+    ("u4-magic-f32", "default", "reduce"): (analyzers.FUSED, 112, 112),
+    ("u32-word", "default", "reduce"): (analyzers.MATERIALIZED, 48, 112),
+    ("u32-word-split", "default", "reduce"): (analyzers.MATERIALIZED, 32, 112),
+    ("u32-word-split", "default", "int4"): (analyzers.MATERIALIZED, 32, 113),
+}
+
+
+@pytest.mark.parametrize("row", list(EXPECTED_XLA_CUDA_BF16), ids=lambda r: "-".join(r))
+def test_fusion_xla_cuda_bf16_verdict_per_representation(gpu, cuda_record, row):
+    import dataclasses
+
+    representation, option, head = row
+    cfg = dataclasses.replace(load_hf_config(LLAMA32_CONFIG_PATH), dtype="bfloat16")
+    cell = fusion_matrix.Cell("xla-cuda", representation, option, head, "bfloat16")
+    weights = convert(specs(cfg, "int4", embedding=head == "int4"), representation, head)
+    fusion_matrix.lowering_cell(cell, cfg, weights)
+    cuda_record["lowering"][f"fusion-bf16/xla-cuda/{'/'.join(row)}"] = {
+        "verdict": cell.verdict,
+        "linears_fused": cell.linears_fused,
+        "linears_total": cell.linears_total,
+    }
+    assert not cell.custom_call
+    assert (cell.verdict, cell.linears_fused, cell.linears_total) == EXPECTED_XLA_CUDA_BF16[row], cell
