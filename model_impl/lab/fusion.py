@@ -295,31 +295,22 @@ def decode_timing(backend: str, cfg: Config, weights: Weights, option: str, step
     Elsewhere: one call per step, each ending with its token on the host (CPU compute dwarfs
     dispatch; IREE-CUDA steps are tens of milliseconds)."""
     spec = backend_spec(backend)
-    if spec.is_xla and spec.is_cuda and not per_call:
-        seconds, spread, hoisted = timing.time_xla_decode_loop(
-            backend,
-            cfg,
-            weights,
-            steps,
-            max_seq=MAX_SEQ,
+    out = {}
+    if per_call or not (spec.is_xla and spec.is_cuda):
+        runner = generate.make_runner(cfg, weights, backend, **settings(option, backend))
+        measured = timing.time_decode(
+            runner,
+            MAX_SEQ,
             start_pos=PROMPT_TOKENS,
-            xla_options=settings(option, backend).get("xla_options"),
-        )
-        return {"seconds": seconds, "spread": spread, "hoisted": hoisted}
-    runner = generate.make_runner(cfg, weights, backend, **settings(option, backend))
-    measured = timing.time_decode(
-        runner,
-        MAX_SEQ,
-        start_pos=PROMPT_TOKENS,
-        synced_steps=0 if spec.is_cuda else steps,
-        queued_rounds=timing.DECODE_ROUNDS if spec.is_cuda else 0,
-        steps_per_round=steps,
-    ).device_bound
-    per_call, spread = float(np.median(measured)), [min(measured), max(measured)]
-    del runner
-    gc.collect()
-    if not (spec.is_xla and spec.is_cuda):
-        return {"seconds": per_call, "spread": spread}
+            synced_steps=0 if spec.is_cuda else steps,
+            queued_rounds=timing.DECODE_ROUNDS if spec.is_cuda else 0,
+            steps_per_round=steps,
+        ).device_bound
+        del runner
+        gc.collect()
+        out = {"seconds": float(np.median(measured)), "spread": [min(measured), max(measured)]}
+        if not (spec.is_xla and spec.is_cuda):
+            return out
     seconds, spread, hoisted = timing.time_xla_decode_loop(
         backend,
         cfg,
@@ -329,7 +320,7 @@ def decode_timing(backend: str, cfg: Config, weights: Weights, option: str, step
         start_pos=PROMPT_TOKENS,
         xla_options=settings(option, backend).get("xla_options"),
     )
-    return {"seconds": seconds, "spread": spread, "per_call": per_call, "hoisted": hoisted}
+    return {"seconds": seconds, "spread": spread, "per_call": out.get("seconds"), "hoisted": hoisted}
 
 
 def make_setup(parity_model: str | None, steps: int, log=print, dtype: str = "float32") -> Setup:
