@@ -90,4 +90,15 @@ def render(f: dict) -> list[str]:
     ]
     for b in BACKENDS:
         lines.append(f"| {b} | {_speed(runs, b)} | {_agreement(half, cuda, b)} | {_fused(rows, cuda, b)} |")
+    t = (f.get("int4_vs_bf16_matrix") or {}).get("target")
+    if t and t.get("fastest"):
+        best, fastest = t["best_qualifying"], t["fastest"]
+        lines += [
+            "",
+            "The int4 forms against the fastest dense bf16 form of the same run (XLA-CUDA, section "
+            '"int4 against bf16: the matrix"): '
+            + (f"best qualifying {best['representation']} **{best['speedup_vs_bf16']:.2f}x**, " if best else "")
+            + f"fastest {fastest['representation']} (head {fastest['head']}) **{fastest['speedup_vs_bf16']:.2f}x**; "
+            + ("the 1.5x target is met." if t["met"] else "the 1.5x target is **not met**."),
+        ]
     return lines
