@@ -116,7 +116,7 @@ def render(runs: list[dict]) -> list[str]:
     t = target(runs)
     lines = [
         "",
-        "## int4 against bf16: the matrix (XLA-CUDA, Llama-3.2-1B shapes, bf16 compute, decode batch 1)",
+        "## int4 against bf16: the matrix (Llama-3.2-1B shapes, bf16 compute, decode batch 1)",
         "",
         "Each cell's `vs bf16` is the fastest dense bf16 form measured in the same run (the dot and the GEMV "
         "written as multiply + reduce) / the cell's step, both in the same 32-step in-graph loop; the roofline "
@@ -138,8 +138,8 @@ def render(runs: list[dict]) -> list[str]:
             )
     lines += [
         "",
-        "| form | head | step ms | vs bf16 | roofline | linears ms | dequant | |Δlogit| vs host | tokens | file |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| backend | form | head | step ms | vs bf16 | roofline | linears ms | dequant | |Δlogit| vs host | tokens | file |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for run in runs:
         for c in run["cells"]:
@@ -147,14 +147,14 @@ def render(runs: list[dict]) -> list[str]:
                 continue
             rep = c["representation"] + ("" if c["option"] == "default" else f" [{c['option']}]")
             if c.get("error"):
-                lines.append(f"| {rep} | {c['head']} | error: {c['error']} |||||||`{run['file']}` |")
+                lines.append(f"| {c['backend']} | {rep} | {c['head']} | error: {c['error']} |||||||`{run['file']}` |")
                 continue
             vs = f"**{c['speedup_vs_bf16']:.2f}x**" if c.get("speedup_vs_bf16") else "—"
             roof = f"{c['roofline_fraction']:.0%}" if c.get("roofline_fraction") else "—"
             diff = c.get("max_abs_logit_diff_vs_host")
             within = "" if c.get("parity_within_atol") else " (over)"
             lines.append(
-                f"| {rep} | {c['head']} | {_ms(c['decode_seconds'])} | {vs} | {roof} | "
+                f"| {c['backend']} | {rep} | {c['head']} | {_ms(c['decode_seconds'])} | {vs} | {roof} | "
                 f"{_ms(c.get('step_linears_seconds'))} | {c['verdict']} {c['linears_fused']}/{c['linears_total']} | "
                 f"{'—' if diff is None else f'{diff:.2g}'}{within} | {c.get('tokens_vs_baseline') or '—'} | "
                 f"`{run['file']}` |"
@@ -163,7 +163,7 @@ def render(runs: list[dict]) -> list[str]:
     verdict = "met" if t["met"] else "**not met**"
     lines += [
         "",
-        f"Target: int4 >= {TARGET}x the best bf16 (stretch {STRETCH}x), every linear fused, no custom_call, "
+        f"Target (XLA-CUDA): int4 >= {TARGET}x the best bf16 (stretch {STRETCH}x), every linear fused, no custom_call, "
         f"parity within bound, 48/48: {verdict}. "
         + (
             f"Best qualifying: {best['representation']} (head {best['head']}) {best['speedup_vs_bf16']:.2f}x. "
