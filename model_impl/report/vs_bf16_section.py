@@ -138,7 +138,8 @@ def render(runs: list[dict]) -> list[str]:
             )
     lines += [
         "",
-        "| backend | form | head | step ms | vs bf16 | roofline | linears ms | dequant | |Δlogit| vs host | tokens | file |",
+        "| backend | form | head | step ms | vs bf16 | roofline | linears ms | dequant | |Δlogit| vs host | tokens "
+        "| file |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for run in runs:
