@@ -178,9 +178,41 @@ def render(runs: list[dict]) -> list[str]:
         ),
         "",
     ]
+    if not t["met"]:
+        lines += _what_stops(runs)
     newest = runs[-1]
     lines += _anchor_lines(newest) + _batch_lines(newest)
     return lines
+
+
+def _what_stops(runs: list[dict]) -> list[str]:
+    """The measurements that say why the target is missed: the step's linears alone against
+    tinygemm in the same run, how many of them the whole step fuses, and (from the probe's
+    per-kernel profile) the time of one fused int4 reduction against its bf16 twin."""
+    lines = ["What stops it, from these runs:", ""]
+    cells = [(r, c) for r in runs for c in r["cells"] if c.get("step_linears_seconds")]
+    if cells:
+        r, c = min(cells, key=lambda rc: rc[1]["step_linears_seconds"])
+        tiny = (((r.get("anchors") or {}).get("batches") or {}).get("1") or {}).get("torch-int4-tinygemm")
+        versus = f" (torch tinygemm in the same run: {_ms(tiny['step_linears_seconds'])} ms)" if tiny else ""
+        lines.append(
+            f"- The fastest int4 linears alone: {c['representation']} (head {c['head']}) "
+            f"{_ms(c['step_linears_seconds'])} ms{versus}; in the whole decode step XLA fuses "
+            f"{c['linears_fused']} of its {c['linears_total']} linears that way and the step takes "
+            f"{_ms(c['decode_seconds'])} ms ({c['speedup_vs_bf16']:.2f}x)."
+        )
+    probe = next(iter(results.load(results.RESULTS_DIR, "probe-int4-vs-bf16.json")), None)
+    profile = (probe or {}).get("runs", {}).get("profile-h200")
+    if profile:
+        top = {tuple(map(str, c["case"])): c["top"][0] for c in profile["cases"] if c.get("top")}
+        dense, int4 = top.get(("dense", "dot", "None")), top.get(("int4", "u4-magic-f32", "reduce"))
+        if dense and int4:
+            lines.append(
+                f"- The int4 GEMV is not byte-bound: the costliest kernel of the step (the fused gate/up "
+                f"reduction) takes {dense[2] * 1e6:.0f} us per step in bf16 and {int4[2] * 1e6:.0f} us in int4 "
+                f"(u4-magic-f32) for a quarter of the bytes (`{probe['file']}`, run `profile-h200`, an H200)."
+            )
+    return lines + [""]
 
 
 def findings(runs: list[dict]) -> dict:

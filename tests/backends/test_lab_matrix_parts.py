@@ -98,3 +98,12 @@ def test_the_half_precision_matrix_files_stay_out_of_the_fp32_matrix():
     assert half and all(r["dtype"] == "bfloat16" for r in half)
     fp32_files = {e["file"] for e in fusion_section.load(results.RESULTS_DIR)["environments"].values()}
     assert not fp32_files & {r["file"].removeprefix("results/") for r in half}
+
+
+def test_the_report_says_the_committed_h100_matrix_misses_the_target_and_shows_why():
+    from model_impl.report import results, vs_bf16_section
+
+    runs = vs_bf16_section.load(results.RESULTS_DIR)
+    text = "\n".join(vs_bf16_section.render(runs))
+    assert not vs_bf16_section.target(runs)["met"]
+    assert "**not met**" in text and "What stops it" in text and "torch tinygemm in the same run" in text
