@@ -180,8 +180,10 @@ def render(runs: list[dict]) -> list[str]:
     ]
     if not t["met"]:
         lines += _what_stops(runs)
-    newest = runs[-1]
-    lines += _anchor_lines(newest) + _batch_lines(newest)
+    with_anchors = [r for r in runs if (r.get("anchors") or {}).get("batches")] or runs[-1:]
+    measured = lambda r: any(isinstance(v, dict) and "skipped" not in v for v in r.get("batched", {}).values())  # noqa: E731
+    with_batches = [r for r in runs if measured(r)]
+    lines += _anchor_lines(with_anchors[-1]) + (_batch_lines(with_batches[-1]) if with_batches else [])
     return lines
 
 
