@@ -222,6 +222,8 @@ def _measure_cell(cell: Cell, setup: Setup, prompt, references) -> None:
     cell.parity_atol = parity_atol(setup.cfg.dtype)
     cell.parity_within_atol = vs_host.max_abs_logit_diff <= cell.parity_atol
     cell.tokens_vs_baseline = checks.compare(baseline_run, run).agreement
+    greedy = checks.greedy_agreement(run, baseline_run, checks.near_tie_gap(setup.cfg.dtype))
+    cell.tokens_gap_at_divergence, cell.tokens_agree_or_near_tie = greedy.top2_gap_at_divergence, greedy.agrees
 
 
 def parity_atol(dtype: str) -> float:

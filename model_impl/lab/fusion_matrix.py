@@ -167,6 +167,8 @@ class Cell:
     parity_atol: float | None = None  # the bound the cell is held to (lab.fusion.parity_atol)
     parity_within_atol: bool | None = None
     tokens_vs_baseline: str | None = None
+    tokens_gap_at_divergence: float | None = None  # this cell's top-2 logit gap where it parted
+    tokens_agree_or_near_tie: bool | None = None  # 48/48, or parted at a near-tie (checks.near_tie_gap)
 
     @property
     def decode_speedup(self) -> float | None:

@@ -86,9 +86,12 @@ def test_vs_bf16_target_is_met_by_a_qualifying_cell_and_not_by_a_faster_unqualif
         {"custom_call": True},
         {"parity_within_atol": False},
         {"tokens_vs_baseline": "47/48"},
+        {"tokens_vs_baseline": "47/48", "tokens_agree_or_near_tie": False},
         {"verdict": "materialized"},
     ):
         assert not v.target(_runs(_cell(speedup_vs_bf16=1.6, **spoiler)))["met"], spoiler
+    near_tie = {"tokens_vs_baseline": "20/48", "tokens_agree_or_near_tie": True}
+    assert v.target(_runs(_cell(speedup_vs_bf16=1.6, **near_tie)))["met"]
 
 
 def test_the_half_precision_matrix_files_stay_out_of_the_fp32_matrix():
