@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
-import statistics
 import sys
 import time
 import traceback
@@ -21,9 +20,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from model_impl import env  # noqa: E402
-from model_impl.analyzers import xla_hlo  # noqa: E402
-from model_impl.lab import anchors, linear_chain, profile, timing  # noqa: E402
-from model_impl.llama import graphs  # noqa: E402
+from model_impl.lab import anchors, fusion, profile, timing  # noqa: E402
 from model_impl.llama.model import KVCache  # noqa: E402
 from model_impl.llama.representations import convert, convert_dense  # noqa: E402
 from model_impl.llama.shapes import llama32_config  # noqa: E402
@@ -48,34 +45,11 @@ def step_case(cfg, w, batch=None, xla_options=None):
 
 
 def linears_case(cfg, w, batch=1):
-    dev = jax.devices("cuda")[0]
-    fn = jax.jit(linear_chain.step_linears(cfg, batch, STEPS))
-    w = jax.device_put(w, dev)
-    hlo = fn.lower(w).compile().as_text()
-    fused = xla_hlo.xla_linears_fused(hlo)
-    jax.block_until_ready(fn(w))
-    times = []
-    for _ in range(5):
-        t0 = time.perf_counter()
-        jax.block_until_ready(fn(w))
-        times.append((time.perf_counter() - t0) / STEPS)
-    return {"step_linears_s": statistics.median(times), "spread": [min(times), max(times)], "fused": fused[:2]}
+    return {"step_linears_s": fusion.step_linears_seconds("xla-cuda", cfg, w, STEPS, "default", batch)}
 
 
 def prefill_case(cfg, w, bucket=64):
-    dev = jax.devices("cuda")[0]
-    fn = jax.jit(functools.partial(graphs.greedy_prefill, cfg))
-    w = jax.device_put(w, dev)
-    tokens = jax.device_put(np.arange(1, bucket + 1, dtype=np.int32), dev)
-    cache = jax.device_put(KVCache.zeros(cfg, MAX_SEQ), dev)
-    length = jax.device_put(np.int32(bucket), dev)
-    jax.block_until_ready(fn(w, tokens, length, cache))
-    times = []
-    for _ in range(10):
-        t0 = time.perf_counter()
-        jax.block_until_ready(fn(w, tokens, length, cache))
-        times.append(time.perf_counter() - t0)
-    return {"prefill_s": statistics.median(times), "spread": [min(times), max(times)]}
+    return {"prefill_s": timing.time_xla_prefill("xla-cuda", cfg, w, bucket, MAX_SEQ)}
 
 
 def profile_case(cfg, w, out_dir: Path, name: str):

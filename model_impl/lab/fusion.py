@@ -115,10 +115,9 @@ BASELINE_DTYPES = ("float32", "float16", "bfloat16")
 def dense_baselines(backend: str, setup: Setup, log=print) -> dict:
     """``{"<dtype>:<form>": {"seconds", "spread"}}``: dense decode steps on ``backend``."""
     out = {}
-    for dtype in BASELINE_DTYPES:
+    dtypes = ("float32",) if setup.cfg.dtype == "float32" else BASELINE_DTYPES  # fp32: its one reference
+    for dtype in dtypes:
         forms = DENSE_FORMS if dtype == setup.cfg.dtype else ("dot",)
-        if setup.cfg.dtype == "float32" and dtype != "float32":
-            continue  # the fp32 matrix keeps its one fp32 reference
         cfg = dataclasses.replace(setup.cfg, dtype=dtype)
         weights = cast_weights(setup.fp32, dtype)
         for form in forms:
@@ -243,13 +242,8 @@ def step_linears_seconds(backend: str, cfg: Config, weights: Weights, steps: int
         compiler_options=settings(option, backend).get("xla_options") or None,
     )
     w = jax.device_put(weights, device)
-    jax.block_until_ready(fn(w))
-    times = []
-    for _ in range(timing.DECODE_ROUNDS):
-        t0 = time.perf_counter()
-        jax.block_until_ready(fn(w))
-        times.append((time.perf_counter() - t0) / steps)
-    return float(np.median(times))
+    call = lambda: jax.block_until_ready(fn(w))  # noqa: E731
+    return timing.median_seconds(call, timing.DECODE_ROUNDS, float("inf"), warmup=1) / steps
 
 
 def batch_timings(backend: str, setup: Setup, rows=BATCH_ROWS, log=print) -> dict:

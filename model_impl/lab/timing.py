@@ -255,10 +255,4 @@ def time_xla_prefill(
     args = jax.device_put(
         (weights, np.arange(1, bucket + 1, dtype=np.int32), np.int32(bucket), KVCache.zeros(cfg, max_seq)), device
     )
-    jax.block_until_ready(fn(*args))
-    times = []
-    for _ in range(rounds):
-        t0 = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    return median_seconds(lambda: jax.block_until_ready(fn(*args)), rounds, float("inf"), warmup=1)

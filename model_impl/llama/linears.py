@@ -58,8 +58,8 @@ def dense_matmul(x: jax.Array, w: jax.Array, out_dtype=None) -> jax.Array:
     return contract("ti,oi->to", x, w).astype(out_dtype or x.dtype)
 
 
-# The GEMV written as multiply + reduce applies at one activation row (decode at batch 1, and
-# each row of a vmapped batch); more rows go through the dot (a reduce would read W per row).
+# The GEMV written as multiply + reduce applies at one activation row (decode at batch 1); more
+# rows (a batched decode, a prefill) go through the dot (a reduce would read W once per row).
 REDUCE_MAX_ROWS = 1
 # The name scope of the GEMV's reduce: in XLA's HLO its op_name carries it, which is how the
 # analyzers tell this contraction from other reductions (as they tell XLA's own GEMV rewrite
@@ -69,9 +69,9 @@ REDUCE_SCOPE = "gemv_reduce"
 
 def reduce_matmul(x: jax.Array, w: jax.Array, out_dtype=None) -> jax.Array:
     """``x [t, in] @ w [out, in].T`` as float32 products summed in float32 (every half-precision
-    product is exact in float32), in ``x``'s dtype; the same sum as :func:`contract` in another
-    order (or in ``out_dtype``). XLA-GPU runs it as one reduction kernel into which a dequant of ``w`` fuses; at
-    ``t > REDUCE_MAX_ROWS`` it is the dot."""
+    product is exact in float32), in ``x``'s dtype or ``out_dtype``: the same sum as
+    :func:`contract` in another order. XLA-GPU runs it as one reduction kernel into which a
+    dequant of ``w`` fuses; at ``t > REDUCE_MAX_ROWS`` it is the dot."""
     if x.shape[0] > REDUCE_MAX_ROWS:
         return dense_matmul(x, w, out_dtype)
     f32 = jnp.float32

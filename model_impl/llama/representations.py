@@ -50,7 +50,15 @@ import jax.numpy as jnp
 import numpy as np
 
 from .. import quant as quant_mod
-from .linears import REDUCE_SCOPE, DenseReduceLinear, Int4Form, QuantizedLinear, contract, reduce_matmul
+from .linears import (
+    REDUCE_SCOPE,
+    DenseReduceLinear,
+    Int4Form,
+    QuantizedLinear,
+    contract,
+    reduce_matmul,
+    unpack_codes,
+)
 from .weights import LINEAR_NAMES, Weights, map_linears
 
 BASELINE = "u32-affine"
@@ -152,15 +160,14 @@ class ReduceInt4Linear(Int4Form):
             return self.codes.astype(dtype)
         if self.form in ("u4-magic", "u4-magic-f32"):
             return magic_codes(self.codes, dtype)
-        out, words = self.codes.shape
-        shifts = jnp.arange(8, dtype=jnp.uint32) * jnp.uint32(4)
         if self.form == "u32-magic":  # code k = nibble k % 8 of word k // 8 (MLX)
-            nibbles = (self.codes[:, :, None] >> shifts) & jnp.uint32(15)
-        elif self.form == "u32-planar":  # code k = nibble k // words of word k % words
-            nibbles = (self.codes[:, None, :] >> shifts[:, None]) & jnp.uint32(15)
-        else:
-            raise ValueError(f"unknown reduce int4 form {self.form!r}; known: {REDUCE_FORMS}")
-        return magic_codes(nibbles, dtype).reshape(out, words * 8)
+            return magic_codes(unpack_codes(self.codes, 4), dtype)
+        if self.form == "u32-planar":  # code k = nibble k // words of word k % words
+            out, words = self.codes.shape
+            shifts = jnp.arange(8, dtype=jnp.uint32)[:, None] * jnp.uint32(4)
+            nibbles = (self.codes[:, None, :] >> shifts) & jnp.uint32(15)
+            return magic_codes(nibbles, dtype).reshape(out, words * 8)
+        raise ValueError(f"unknown reduce int4 form {self.form!r}; known: {REDUCE_FORMS}")
 
     def dequantize(self, dtype) -> jax.Array:
         """``q * s + b`` in ``dtype`` ``[out, in]`` (float32 for ``u4-magic-f32``)."""
@@ -239,8 +246,6 @@ def split_parts(out: int, n: int) -> int:
 
 
 def _reduce(w: QuantizedLinear, form: str) -> ReduceInt4Linear:
-    if w.bits != 4:
-        raise quant_mod.QuantizationError(f"representation {form!r} needs 4-bit codes, got {w.bits}")
     if form == "u32-magic":
         codes = np.asarray(w.packed)
     elif form == "u32-planar":
@@ -259,8 +264,6 @@ def _reduce_spec(w: QuantizedLinear, form: str) -> ReduceInt4Linear:
 
 
 def _native(w: QuantizedLinear, form: str) -> NativeInt4Linear:
-    if w.bits != 4:
-        raise quant_mod.QuantizationError(f"representation {form!r} needs 4-bit codes, got {w.bits}")
     codes = quant_mod.unpack(np.asarray(w.packed), 4)  # uint8 [out, in]
     scales = np.asarray(w.scales).astype(np.float32)
     biases = np.asarray(w.biases).astype(np.float32)
@@ -302,13 +305,13 @@ def convert_linear(w, representation: str):
     if not isinstance(w, QuantizedLinear) or representation == BASELINE:
         return w
     is_spec = isinstance(w.packed, jax.ShapeDtypeStruct)
+    if representation != PALLAS and w.bits != 4:  # the Pallas kernel says so in its own words
+        raise quant_mod.QuantizationError(f"representation {representation!r} needs 4-bit codes, got {w.bits}")
     if representation in NATIVE_FORMS:
         return _native_spec(w, representation) if is_spec else _native(w, representation)
     if representation in REDUCE_FORMS:
         return _reduce_spec(w, representation) if is_spec else _reduce(w, representation)
     if representation in WORD_FORMS:
-        if w.bits != 4:
-            raise quant_mod.QuantizationError(f"representation {representation!r} needs 4-bit codes, got {w.bits}")
         words, split = WORD_FORMS[representation], representation == "u32-word-split"
         return WordInt4Linear(w.packed, w.scales, w.biases, w.group_size, words, split)
     if representation == PALLAS:
