@@ -95,16 +95,24 @@ def make_runner(
     cuda_target: str | None = None,
     xla_options: dict | None = None,
     iree_flags=(),
+    tp: int = 1,
 ):
     """A runner for ``backend``; ``cuda_target`` overrides the IREE CUDA target choice;
     ``xla_options`` (XLA debug options) and ``iree_flags`` (iree-compile flags) go to the
-    compiler of the backend they name."""
+    compiler of the backend they name; ``tp``: tensor-parallel degree (XLA backends only)."""
     spec = backend_spec(backend)
     require_device(spec.name)
     if spec.is_xla:
         from .xla import XlaRunner
 
-        return XlaRunner(cfg, weights, spec, compiler_options=xla_options)
+        return XlaRunner(cfg, weights, spec, compiler_options=xla_options, tp=tp)
+    if tp != 1:
+        from ..llama.sharding import ShardingError
+
+        raise ShardingError(
+            f"--tp {tp}: tensor parallelism runs on the XLA backends only; {spec.name} runs one device "
+            "(IREE 3.13's multi-device support: see the report)"
+        )
     from . import iree_compile
     from .iree_runtime import IreeRunner
 

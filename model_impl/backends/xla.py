@@ -1,4 +1,6 @@
-"""XLA through JAX on one device: the runner, and lowering a graph with compiler options."""
+"""XLA through JAX on one device or ``tp`` devices (tensor parallel, GSPMD: the same graphs,
+sharded weights and cache, :mod:`model_impl.llama.sharding`): the runner, and lowering a graph
+with compiler options."""
 
 from __future__ import annotations
 
@@ -8,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..llama import model
+from ..llama import model, sharding
 from ..llama.config import Config
 from ..llama.graphs import LOOP_GRAPHS, graph_args, graph_function, loop_graph, shape_bucket
 from ..llama.weights import Weights
@@ -34,7 +36,9 @@ def lower(cfg: Config, specs, graph: str, bucket: int, max_seq: int, compiler_op
 
 
 class XlaRunner:
-    """JAX/XLA on one device: weights put there once; the cache is donated step to step.
+    """JAX/XLA on one device, or on ``tp`` devices with the weights and the cache sharded
+    (:func:`sharding.layout`; tokens and positions replicated): weights put there once; the cache
+    is donated step to step.
 
     Steps run through ``jax.jit`` (its C++ dispatch path: an ahead-of-time ``Compiled`` call
     costs milliseconds of Python per step with hundreds of weight arguments). The first call
@@ -42,13 +46,23 @@ class XlaRunner:
     ``executable()`` gives the ahead-of-time compiled graph for its HLO.
     """
 
-    def __init__(self, cfg: Config, weights: Weights, backend: Backend | str = XLA_CPU, compiler_options=None):
+    def __init__(
+        self, cfg: Config, weights: Weights, backend: Backend | str = XLA_CPU, compiler_options=None, tp: int = 1
+    ):
         self.cfg = cfg
         self.compiler_options = dict(compiler_options or {})
         self.spec = backend_spec(backend)
         self.backend = self.spec.name
-        self.device = jax.devices(self.spec.platform)[0]
-        self.weights = jax.device_put(weights, self.device)
+        self.tp = tp
+        # where tokens and scalars (self._at) and the KV cache go: one device, or the mesh
+        if tp == 1:
+            self.layout = None
+            self._at = self._cache_at = jax.devices(self.spec.platform)[0]
+            self.weights = jax.device_put(weights, self._at)
+        else:
+            self.layout = sharding.layout(cfg, weights, tp, self.spec.platform)
+            self._at, self._cache_at = self.layout.replicated, self.layout.cache
+            self.weights = jax.device_put(weights, self.layout.weights)
         self.cache = None
         self.compile_seconds: dict[str, float] = {}
         self._executables = {}
@@ -72,8 +86,15 @@ class XlaRunner:
         return out
 
     def lowered(self, graph: str, bucket: int, max_seq: int):
-        """The jitted ``graph`` ("prefill" or "decode") lowered for these shapes."""
+        """The jitted ``graph`` ("prefill" or "decode") lowered for these shapes (with the
+        runner's shardings: tensor parallel, the partitioner's input)."""
         _, *args = graph_args(self.cfg, None, graph, bucket, max_seq)
+        if self.layout is not None:
+            *scalars, cache = args[:3]
+            at = lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s)  # noqa: E731
+            args = [at(a, self._at) for a in scalars] + [
+                jax.tree_util.tree_map(lambda a: at(a, self._cache_at), cache)
+            ] + [at(a, self._at) for a in args[3:]]
         return self._jit(graph, bucket).lower(self.cfg, self.weights, *args)
 
     def executable(self, graph: str, bucket: int, max_seq: int):
@@ -84,14 +105,14 @@ class XlaRunner:
         return self._executables[key]
 
     def prefill(self, padded_tokens: np.ndarray, length: int, max_seq: int):
-        cache = jax.device_put(model.KVCache.zeros(self.cfg, max_seq), self.device)
-        tokens = jax.device_put(jnp.asarray(padded_tokens, jnp.int32), self.device)
+        cache = jax.device_put(model.KVCache.zeros(self.cfg, max_seq), self._cache_at)
+        tokens = jax.device_put(jnp.asarray(padded_tokens, jnp.int32), self._at)
         self._max_seq = max_seq
         token, logits, self.cache = self._call(
             "prefill",
             (len(padded_tokens), max_seq),
             tokens,
-            jax.device_put(np.int32(length), self.device),
+            jax.device_put(np.int32(length), self._at),
             cache,
         )
         return token, logits
@@ -99,21 +120,21 @@ class XlaRunner:
     def reset(self, max_seq: int) -> None:
         """An empty KV cache of ``max_seq`` slots, for decoding without a prefill."""
         self._max_seq = max_seq
-        self.cache = jax.device_put(model.KVCache.zeros(self.cfg, max_seq), self.device)
+        self.cache = jax.device_put(model.KVCache.zeros(self.cfg, max_seq), self._cache_at)
 
     def put_token(self, token_id: int):
-        return jax.device_put(np.int32(token_id), self.device)
+        return jax.device_put(np.int32(token_id), self._at)
 
     def decode(self, token, pos: int):
         token, logits, self.cache = self._call(
-            "decode", self._max_seq, token, jax.device_put(np.int32(pos), self.device), self.cache
+            "decode", self._max_seq, token, jax.device_put(np.int32(pos), self._at), self.cache
         )
         return token, logits
 
     def loop_state(self, token, pos: int, remaining: int, stop_at_eos: bool):
         """The decode loop's state on the device: the last token (a device value), its position,
         the steps still wanted and the EOS switch."""
-        put = lambda v: jax.device_put(np.int32(v), self.device)  # noqa: E731
+        put = lambda v: jax.device_put(np.int32(v), self._at)  # noqa: E731
         return (token, put(pos), put(remaining), put(int(stop_at_eos)))
 
     def decode_chunk(self, state, chunk: int, keep_logits: bool = False):
