@@ -92,9 +92,11 @@ class XlaRunner:
         if self.layout is not None:
             *scalars, cache = args[:3]
             at = lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s)  # noqa: E731
-            args = [at(a, self._at) for a in scalars] + [
-                jax.tree_util.tree_map(lambda a: at(a, self._cache_at), cache)
-            ] + [at(a, self._at) for a in args[3:]]
+            args = (
+                [at(a, self._at) for a in scalars]
+                + [jax.tree_util.tree_map(lambda a: at(a, self._cache_at), cache)]
+                + [at(a, self._at) for a in args[3:]]
+            )
         return self._jit(graph, bucket).lower(self.cfg, self.weights, *args)
 
     def executable(self, graph: str, bucket: int, max_seq: int):

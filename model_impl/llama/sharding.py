@@ -115,8 +115,7 @@ def check(cfg: Config, weights: Weights, tp: int) -> None:
             n_in = cfg.q_size if name == "wo" else cfg.intermediate_size
             if name in ROW and g and (n_in // tp) % g:
                 raise ShardingError(
-                    f"--tp {tp}: layers.{i}.{name}'s shard of {n_in // tp} input columns is not whole "
-                    f"groups of {g}"
+                    f"--tp {tp}: layers.{i}.{name}'s shard of {n_in // tp} input columns is not whole groups of {g}"
                 )
     for name in ("embed", "lm_head"):
         if getattr(weights, name) is not None:
