@@ -11,6 +11,10 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Two CPU devices, so the tensor-parallel tests run XLA's partitioner on the CPU (before jax
+# starts its CPU client; one-device tests use the first).
+if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=2").strip()
 
 import jax  # noqa: E402
 import pytest  # noqa: E402

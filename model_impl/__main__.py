@@ -17,6 +17,13 @@ def _token_ids(text: str) -> list[int]:
         raise SystemExit(f"--token-ids must be comma-separated integers, got {text!r}") from None
 
 
+def host_devices(n: int) -> None:
+    """XLA-CPU with ``n`` host devices (XLA_FLAGS), unless the environment already sets a count."""
+    flags = os.environ.get("XLA_FLAGS", "")
+    if "xla_force_host_platform_device_count" not in flags:
+        os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={n}".strip()
+
+
 def cmd_generate(args) -> int:
     import numpy as np
 
@@ -28,6 +35,10 @@ def cmd_generate(args) -> int:
             raise ValueError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
         if args.chunk < 0:
             raise ValueError(f"--chunk must be 0 (one dispatch per step) or more, got {args.chunk}")
+        if args.tp < 1:
+            raise ValueError(f"--tp must be at least 1, got {args.tp}")
+        if args.tp > 1 and args.backend == "xla-cpu":  # host devices, before JAX starts its CPU client
+            host_devices(args.tp)
         generate.require_device(args.backend)  # before anything is loaded or built
         cfg, weights = checkpoint.load(args.model, args.quant, args.dtype)
         if args.representation:
@@ -42,7 +53,7 @@ def cmd_generate(args) -> int:
         else:
             tokenizer = checkpoint.load_tokenizer(args.model)
             prompt = tokenizer(args.prompt).input_ids
-        runner = generate.make_runner(cfg, weights, args.backend, cuda_target=args.iree_cuda_target)
+        runner = generate.make_runner(cfg, weights, args.backend, cuda_target=args.iree_cuda_target, tp=args.tp)
         result = generate.generate(
             runner,
             prompt,
@@ -51,7 +62,7 @@ def cmd_generate(args) -> int:
             keep_logits=args.logits_out is not None,
             chunk=args.chunk or None,
         )
-    except (checkpoint.CheckpointError, ValueError) as e:  # QuantizationError is a ValueError
+    except (checkpoint.CheckpointError, ValueError) as e:  # QuantizationError, ShardingError too
         print(f"error: {e}", file=sys.stderr)
         return 2
     if args.logits_out:
@@ -84,6 +95,34 @@ def cmd_fusion(args) -> int:
         print(f"error: --parts: unknown {', '.join(unknown)}; known: {', '.join(fusion.PARTS)}", file=sys.stderr)
         return 2
     fusion.run(args.backends.split(","), args.out, args.parity_model, args.steps, rows, dtype=args.dtype, parts=parts)
+    return 0
+
+
+def cmd_tp(args) -> int:
+    tps = tuple(int(t) for t in args.tp.split(","))
+    if args.backend == "xla-cpu":
+        host_devices(max(tps))
+    from .lab import tensor_parallel as tpl
+
+    modes = {m[0]: m for m in tpl.MODES}
+    wanted = args.modes.split(",") if args.modes else list(modes)
+    shapes = args.shapes.split(",")
+    unknown = [m for m in wanted if m not in modes] + [s for s in shapes if s not in tpl.SHAPES]
+    if unknown:
+        print(
+            f"error: unknown {', '.join(unknown)}; modes: {', '.join(modes)}; shapes: {', '.join(tpl.SHAPES)}",
+            file=sys.stderr,
+        )
+        return 2
+    tpl.run(
+        args.backend,
+        args.out,
+        shapes,
+        [modes[m] for m in wanted],
+        tps,
+        args.steps,
+        tuple(args.parity_shapes.split(",")),
+    )
     return 0
 
 
@@ -127,6 +166,12 @@ def main(argv=None) -> int:
         default=DECODE_CHUNK,
         help=f"decode steps per dispatch of the on-device loop (default {DECODE_CHUNK}); 0: one dispatch per step",
     )
+    g.add_argument(
+        "--tp",
+        type=int,
+        default=1,
+        help="tensor-parallel degree on the XLA backends (GSPMD; xla-cpu uses that many host devices)",
+    )
     g.add_argument("--logits-out", metavar="FILE.npy", help="write float32 [len(tokens), vocab]")
     g.add_argument("--json", action="store_true", help="print one JSON object")
     g.set_defaults(func=cmd_generate)
@@ -154,6 +199,16 @@ def main(argv=None) -> int:
     )
     f.add_argument("--parts", default="anchors,cells,batch", help="what to measure (half precision on a GPU)")
     f.set_defaults(func=cmd_fusion)
+
+    t = sub.add_parser("tp", help="the tensor-parallel study: decode at TP 1 and N, collectives, their share")
+    t.add_argument("--backend", default="xla-cuda", choices=[b for b in BACKENDS if b.startswith("xla")])
+    t.add_argument("--out", required=True, help="results JSON, e.g. results/tp-h100x2.json")
+    t.add_argument("--shapes", default="llama-3.2-1b,llama-3.1-8b", help="comma-separated real shapes")
+    t.add_argument("--modes", help="comma-separated, default all: bf16,int4-u32-affine,int4-u4-magic")
+    t.add_argument("--tp", default="1,2", help="tensor-parallel degrees, comma-separated")
+    t.add_argument("--steps", type=int, default=32, help="decode steps per dispatch")
+    t.add_argument("--parity-shapes", default="llama-3.2-1b", help="shapes whose TP N tokens are set against TP 1")
+    t.set_defaults(func=cmd_tp)
 
     args = parser.parse_args(argv)
     return args.func(args)

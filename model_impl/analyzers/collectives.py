@@ -100,6 +100,17 @@ class Collective:
     shape: str  # its result's HLO shape
     moves_weights: bool
     weights: tuple[str, ...]  # the weight parameters it moves (when it does)
+    op_name: str = ""  # JAX's name of the op whose result it communicates
+
+    @property
+    def op(self) -> str:
+        """The JAX primitive behind it (``dot_general``, ``gather``, ``reduce_sum``, ...)."""
+        return self.op_name.rsplit("/", 1)[-1]
+
+
+def _op_name(i: HloInstruction) -> str:
+    m = _OP_NAME.search(i.rest)
+    return m.group(1) if m else ""
 
 
 def _kind(opcode: str) -> str | None:
@@ -161,6 +172,7 @@ def collectives(text: str) -> list[Collective]:
                         i.shape,
                         dep.is_weights,
                         tuple(sorted(dep.weights)) if dep.is_weights else (),
+                        _op_name(i),
                     )
                 )
 
@@ -179,21 +191,24 @@ def per_step(found: list[Collective]) -> list[Collective]:
 
 
 def summary(text: str) -> dict:
-    """Per step: ``{kind: {count, bytes}}``, the verdict (:data:`STAYS_LOCAL` or
+    """Per step: ``{kind: {count, bytes, by_op}}`` (``by_op``: counts per JAX primitive whose
+    result it communicates), the verdict (:data:`STAYS_LOCAL` or
     :data:`WEIGHTS_MOVE`), the weight-moving collectives, and the module's custom_calls."""
     found = per_step(collectives(text))
     kinds: dict[str, dict] = {}
     for c in found:
-        k = kinds.setdefault(c.kind, {"count": 0, "bytes": 0})
+        k = kinds.setdefault(c.kind, {"count": 0, "bytes": 0, "by_op": {}})
         k["count"] += 1
         k["bytes"] += c.bytes
+        k["by_op"][c.op] = k["by_op"].get(c.op, 0) + 1
     moving = [c for c in found if c.moves_weights]
     return {
         "collectives": kinds,
         "bytes": sum(c.bytes for c in found),
         "verdict": WEIGHTS_MOVE if moving else STAYS_LOCAL,
         "weight_collectives": [
-            {"kind": c.kind, "bytes": c.bytes, "shape": c.shape, "weights": list(c.weights)} for c in moving
+            {"kind": c.kind, "bytes": c.bytes, "shape": c.shape, "weights": list(c.weights), "op_name": c.op_name}
+            for c in moving
         ],
         "custom_calls": custom_calls(text),
     }

@@ -10,9 +10,10 @@ from pathlib import Path
 import jax
 
 
-def kernel_seconds(fn, calls: int = 3) -> tuple[dict[str, list], list[str]]:
+def kernel_seconds(fn, calls: int = 3, plane: str = "/device:GPU") -> tuple[dict[str, list], list[str]]:
     """(``{kernel: [launches, seconds]}`` summed over ``calls`` calls of ``fn()`` (warmed up
-    first), from the device planes of a profiler trace; the device lines read)."""
+    first), from the device planes of a profiler trace whose name starts with ``plane`` (one
+    device: ``/device:GPU:0``); the device lines read)."""
     jax.block_until_ready(fn())
     with tempfile.TemporaryDirectory() as d:
         with jax.profiler.trace(d):
@@ -21,11 +22,11 @@ def kernel_seconds(fn, calls: int = 3) -> tuple[dict[str, list], list[str]]:
         (path,) = Path(d).rglob("*.xplane.pb")
         data = jax.profiler.ProfileData.from_file(str(path))
     totals, lines = collections.defaultdict(lambda: [0, 0.0]), []
-    for plane in data.planes:
-        if not plane.name.startswith("/device:GPU"):
+    for p in data.planes:
+        if not (p.name == plane or p.name.startswith((plane + ":", plane + " "))):
             continue
-        for line in plane.lines:
-            lines.append(f"{plane.name}: {line.name}")
+        for line in p.lines:
+            lines.append(f"{p.name}: {line.name}")
             if not line.name.startswith("Stream"):  # kernels; other lines summarize them
                 continue
             for event in line.events:

@@ -20,6 +20,7 @@ import numpy as np
 from ..analyzers import xla_hlo
 from ..backends import generate
 from ..backends.spec import backend as backend_spec
+from ..llama import sharding
 from ..llama.config import Config
 from ..llama.graphs import greedy_prefill, loop_step
 from ..llama.model import KVCache, decode_batch
@@ -214,35 +215,78 @@ def time_xla_decode_loop(
     rounds: int = DECODE_ROUNDS,
     barrier: bool = True,
     batch: int | None = None,
+    tp: int = 1,
+    placed: bool = False,
 ) -> tuple[float, list[float], int]:
     """(median seconds per step, [min, max], dequant kernels hoisted out of the loop) for
     ``steps`` greedy decode steps inside one jitted :func:`decode_loop`: one dispatch per round,
     so the figure is the device's, not the host's. A dequant XLA hoisted out of the loop would
     run once per round instead of once per step; the count says whether that happened.
-    ``batch``: that many sequences per step (:func:`decode_loop`), seconds per batched step."""
-    device = jax.devices(backend_spec(backend).platform)[0]
-    fn = jax.jit(
+    ``batch``: that many sequences per step (:func:`decode_loop`), seconds per batched step.
+    ``tp``: on that many devices, weights and cache sharded (:func:`sharding.layout`; batch 1);
+    ``placed``: the weights are already where ``tp`` puts them (made on the devices)."""
+    fn = xla_decode_loop(cfg, steps, barrier, xla_options)
+    loop = DecodeLoop(fn, *decode_loop_args(backend, cfg, weights, max_seq, start_pos, batch, tp, placed))
+    hoisted = xla_hlo.entry_unpack_kernels(loop.compiled_text())
+    return (*loop.seconds_per_step(steps, rounds), hoisted)
+
+
+def xla_decode_loop(cfg: Config, steps: int, barrier: bool = True, xla_options: dict | None = None):
+    """The jitted :func:`decode_loop` (``steps`` static, the cache donated)."""
+    return jax.jit(
         functools.partial(decode_loop, cfg, steps, barrier),
         donate_argnums=(3,),
         compiler_options=xla_options or None,
     )
-    w = jax.device_put(weights, device)
+
+
+class DecodeLoop:
+    """A jitted :func:`decode_loop` and its state on the device: each call runs one dispatch
+    (its steps), the token and the donated cache carried to the next call."""
+
+    def __init__(self, fn, weights, token, pos, cache):
+        self.fn, self.weights, self.token, self.pos, self.cache = fn, weights, token, pos, cache
+
+    def __call__(self):
+        self.token, self.cache = self.fn(self.weights, self.token, self.pos, self.cache)
+        return self.token
+
+    def compiled_text(self) -> str:
+        """The optimized (for several devices: partitioned) HLO of the loop."""
+        return self.fn.lower(self.weights, self.token, self.pos, self.cache).compile().as_text()
+
+    def seconds_per_step(self, steps: int, rounds: int = DECODE_ROUNDS) -> tuple[float, list[float]]:
+        """(median seconds per step over ``rounds`` synced dispatches, [min, max]) after one
+        warm-up dispatch (it compiles)."""
+        self().block_until_ready()
+        times = []
+        for _ in range(rounds):
+            t0 = time.perf_counter()
+            self().block_until_ready()
+            times.append((time.perf_counter() - t0) / steps)
+        return statistics.median(times), [min(times), max(times)]
+
+
+def decode_loop_args(
+    backend: str, cfg: Config, weights: Weights, max_seq: int, start_pos: int, batch=None, tp: int = 1, placed=False
+):
+    """(weights, token, pos, cache) of :func:`decode_loop` on the backend's first device, or
+    sharded over ``tp`` devices; ``placed`` weights stay where they are."""
+    platform = backend_spec(backend).platform
     token = np.int32(1) if batch is None else np.arange(1, batch + 1, dtype=np.int32)
     cache = KVCache.zeros(cfg, max_seq)
     if batch is not None:
+        if tp != 1:
+            raise sharding.ShardingError(f"--tp {tp}: the batched decode loop runs on one device")
         cache = jax.tree_util.tree_map(lambda a: jnp.broadcast_to(a, (batch, *a.shape)), cache)
-    token, pos = jax.device_put(token, device), jax.device_put(np.int32(start_pos), device)
-    cache = jax.device_put(cache, device)
-    hoisted = xla_hlo.entry_unpack_kernels(fn.lower(w, token, pos, cache).compile().as_text())
-    token, cache = fn(w, token, pos, cache)
-    token.block_until_ready()
-    times = []
-    for _ in range(rounds):
-        t0 = time.perf_counter()
-        token, cache = fn(w, token, pos, cache)
-        token.block_until_ready()
-        times.append((time.perf_counter() - t0) / steps)
-    return statistics.median(times), [min(times), max(times)], hoisted
+    if tp == 1:
+        device = jax.devices(platform)[0]
+        at, cache_at, weights_at = device, device, device
+    else:
+        layout = sharding.layout(cfg, weights, tp, platform)
+        at, cache_at, weights_at = layout.replicated, layout.cache, layout.weights
+    w = weights if placed else jax.device_put(weights, weights_at)
+    return w, jax.device_put(token, at), jax.device_put(np.int32(start_pos), at), jax.device_put(cache, cache_at)
 
 
 def time_xla_prefill(

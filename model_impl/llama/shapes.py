@@ -7,12 +7,23 @@ import dataclasses
 
 from .config import LLAMA32_CONFIG_PATH, Config, load_hf_config
 
+# The real Llama-3.1-8B config.json (shapes for the tensor-parallel study; weights not shipped).
+LLAMA31_8B_CONFIG_PATH = LLAMA32_CONFIG_PATH.with_name("llama-3.1-8b-config.json")
+
 # Llama-3.2-1B graphs are characterized from shapes alone: 64-token prompt bucket, 512-slot cache.
 LLAMA32_SHAPES = (64, 512)
 
 
 def llama32_config() -> Config:
     return load_hf_config(LLAMA32_CONFIG_PATH)
+
+
+def llama31_8b_config() -> Config:
+    return load_hf_config(LLAMA31_8B_CONFIG_PATH)
+
+
+# Real shapes by name (synthetic weights): the benchmarks' and the lab's models.
+REAL_SHAPES = {"llama-3.2-1b": llama32_config, "llama-3.1-8b": llama31_8b_config}
 
 
 def shrunk_llama32_config(layers: int = 2) -> Config:
