@@ -104,8 +104,9 @@ class Collective:
 
     @property
     def op(self) -> str:
-        """The JAX primitive behind it (``dot_general``, ``gather``, ``reduce_sum``, ...)."""
-        return self.op_name.rsplit("/", 1)[-1]
+        """The JAX op behind it with its name scopes, the jitted function's name dropped
+        (``ti,oi->to/dot_general``, ``gemv_reduce/reduce_sum``, ``reduce``, ...)."""
+        return re.sub(r"^jit\([^)]*\)/", "", self.op_name)
 
 
 def _op_name(i: HloInstruction) -> str:
@@ -191,8 +192,8 @@ def per_step(found: list[Collective]) -> list[Collective]:
 
 
 def summary(text: str) -> dict:
-    """Per step: ``{kind: {count, bytes, by_op}}`` (``by_op``: counts per JAX primitive whose
-    result it communicates), the verdict (:data:`STAYS_LOCAL` or
+    """Per step: ``{kind: {count, bytes, by_op}}`` (``by_op``: counts per JAX op, with its name
+    scopes, whose result it communicates), the verdict (:data:`STAYS_LOCAL` or
     :data:`WEIGHTS_MOVE`), the weight-moving collectives, and the module's custom_calls."""
     found = per_step(collectives(text))
     kinds: dict[str, dict] = {}

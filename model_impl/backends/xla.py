@@ -61,6 +61,7 @@ class XlaRunner:
             self.weights = jax.device_put(weights, self._at)
         else:
             self.layout = sharding.layout(cfg, weights, tp, self.spec.platform)
+            self.cfg = sharding.graph_config(cfg, tp)
             self._at, self._cache_at = self.layout.replicated, self.layout.cache
             self.weights = jax.device_put(weights, self.layout.weights)
         self.cache = None

@@ -120,7 +120,7 @@ def measure(backend: str, shape: str, mode: tuple, tp: int, steps: int, parity: 
     try:
         weights = device_weights(cfg, quant, representation, backend, tp)
         loop = timing.DecodeLoop(
-            timing.xla_decode_loop(cfg, steps),
+            timing.xla_decode_loop(sharding.graph_config(cfg, tp), steps),
             *timing.decode_loop_args(backend, cfg, weights, MAX_SEQ, START_POS, tp=tp, placed=True),
         )
         text = loop.compiled_text()

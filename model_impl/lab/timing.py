@@ -225,7 +225,7 @@ def time_xla_decode_loop(
     ``batch``: that many sequences per step (:func:`decode_loop`), seconds per batched step.
     ``tp``: on that many devices, weights and cache sharded (:func:`sharding.layout`; batch 1);
     ``placed``: the weights are already where ``tp`` puts them (made on the devices)."""
-    fn = xla_decode_loop(cfg, steps, barrier, xla_options)
+    fn = xla_decode_loop(sharding.graph_config(cfg, tp), steps, barrier, xla_options)
     loop = DecodeLoop(fn, *decode_loop_args(backend, cfg, weights, max_seq, start_pos, batch, tp, placed))
     hoisted = xla_hlo.entry_unpack_kernels(loop.compiled_text())
     return (*loop.seconds_per_step(steps, rounds), hoisted)

@@ -48,8 +48,13 @@ class Config:
     bos_token_id: int | None = None
     eos_token_ids: tuple[int, ...] = ()
     dtype: str = "float32"  # the compute dtype, one of DTYPES
+    # The embedding lookup's form: 1, a gather from one table; N, the vocab-parallel form for a
+    # table sharded in N row blocks (model.embed; set by the tensor-parallel runners).
+    vocab_shards: int = 1
 
     def __post_init__(self):
+        if self.vocab_shards < 1 or self.vocab_size % self.vocab_shards:
+            raise ConfigError(f"vocab_size {self.vocab_size} does not split into {self.vocab_shards} row blocks")
         if self.dtype not in DTYPES:
             raise ConfigError(f"dtype {self.dtype!r} is not one of {DTYPES}")
         if self.num_heads % self.num_kv_heads:

@@ -6,12 +6,13 @@ Megatron layout, every weight form alike (whole quantization groups per shard):
 - column-parallel, sharded by output rows: q, k, v, gate, up, and the head (vocab-parallel);
 - row-parallel, sharded by input columns: o and down (their products are partial sums: the
   partitioner adds one all-reduce after each);
-- the embedding table by vocabulary rows (the same array as a tied head): XLA partitions the
-  lookup as a masked local gather plus one all-reduce of the gathered rows, and the greedy
-  argmax over vocab-sharded logits as local arg-maxima plus an all-gather of ``tp`` pairs;
+- the embedding table by vocabulary rows (the same array as a tied head), looked up in the
+  vocab-parallel form (``cfg.vocab_shards``, :func:`model.take_rows`): a masked local gather
+  plus one all-reduce of the gathered rows; the greedy argmax over vocab-sharded logits XLA
+  partitions itself, as local arg-maxima plus an all-gather of ``tp`` pairs;
 - the KV cache by KV head; norms, tokens and positions replicated.
 
-Nothing here computes: a layout that needs communication GSPMD adds it, and
+Beyond the lookup's form, nothing here computes: a layout that needs communication GSPMD adds it, and
 :mod:`model_impl.analyzers.collectives` reads the partitioned HLO to say which collectives it
 added and whether any of them moves weights.
 """
@@ -172,6 +173,11 @@ class Layout:
     @property
     def replicated(self) -> NamedSharding:
         return NamedSharding(self.mesh, P())
+
+
+def graph_config(cfg: Config, tp: int) -> Config:
+    """``cfg`` as the graphs of ``tp`` devices see it: the embedding in ``tp`` row blocks."""
+    return dataclasses.replace(cfg, vocab_shards=tp)
 
 
 def layout(cfg: Config, weights: Weights, tp: int, platform: str) -> Layout:
