@@ -12,6 +12,7 @@ on the same weights where ``parity`` asks for them.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import gc
 import json
 import re
@@ -46,43 +47,57 @@ SHAPES = {**REAL_SHAPES, "shrunk-llama-3.2-1b": shrunk_llama32_config}
 _COLLECTIVE_KERNEL = re.compile(r"nccl|all.?reduce|all.?gather|reduce.?scatter|all.?to.?all|collective", re.I)
 
 
-def _leaf(path, spec: jax.ShapeDtypeStruct, key, hidden: int):
+def _kind(path) -> str:
     name = jax.tree_util.keystr(path)
-    shape, dtype = spec.shape, np.dtype(spec.dtype)
+    for kind in ("norm", ".scales", ".biases"):
+        if name.endswith(kind):
+            return kind
+    return "values"
+
+
+@functools.cache
+def _maker(kind: str, shape: tuple, dtype, hidden: int, out):
+    """A jitted maker of one leaf (one per distinct kind, shape, dtype and sharding: the layers
+    share them, so an 8B model compiles a handful of small functions, not one huge one)."""
+    dtype = np.dtype(dtype)
     scale = np.float32(1.0 / (8 * np.sqrt(hidden)))  # q in [0, 16): |q * s| ~ 1 / sqrt(hidden)
-    if dtype == np.uint32:
-        return jax.random.bits(key, shape, jnp.uint32)
-    if dtype.name in ("uint4", "int4"):
-        low = -8 if dtype.name == "int4" else 0
-        return jax.random.randint(key, shape, low, low + 16, jnp.int32).astype(spec.dtype)
-    if name.endswith("norm"):
-        return jnp.ones(shape, spec.dtype)
-    if name.endswith(".scales"):
-        return jnp.full(shape, scale, spec.dtype)
-    if name.endswith(".biases"):
-        return jnp.full(shape, -7.5 * scale, spec.dtype)
-    return (jax.random.normal(key, shape, jnp.float32) / np.sqrt(shape[-1])).astype(spec.dtype)
+
+    def make(key):
+        if dtype == np.uint32:
+            return jax.random.bits(key, shape, jnp.uint32)
+        if dtype.name in ("uint4", "int4"):
+            low = -8 if dtype.name == "int4" else 0
+            return jax.random.randint(key, shape, low, low + 16, jnp.int32).astype(dtype)
+        if kind == "norm":
+            return jnp.ones(shape, dtype)
+        if kind == ".scales":
+            return jnp.full(shape, scale, dtype)
+        if kind == ".biases":
+            return jnp.full(shape, -7.5 * scale, dtype)
+        return (jax.random.normal(key, shape, jnp.float32) / np.sqrt(shape[-1])).astype(dtype)
+
+    return jax.jit(make, out_shardings=out)
 
 
 def device_weights(cfg: Config, quant: str, representation: str | None, backend: str, tp: int, seed: int = 0):
     """Seeded synthetic weights of ``cfg`` in the mode's form, made on the devices where ``tp``
-    puts them (one jitted function whose outputs carry the layout's shardings)."""
+    puts them, leaf by leaf (each leaf's key folded from ``seed`` and its index)."""
     shapes = weight_specs(cfg, quant)
     if representation is not None:
         shapes = representations.convert(shapes, representation)
     platform = backend_spec(backend).platform
     if tp == 1:
-        out = jax.tree_util.tree_map(lambda _: jax.sharding.SingleDeviceSharding(jax.devices(platform)[0]), shapes)
+        one = jax.sharding.SingleDeviceSharding(jax.devices(platform)[0])
+        out = jax.tree_util.tree_map(lambda _: one, shapes)
     else:
         out = sharding.layout(cfg, shapes, tp, platform).weights
     leaves, tree = jax.tree_util.tree_flatten_with_path(shapes)
-
-    def make():
-        keys = jax.random.split(jax.random.key(seed), len(leaves))
-        made = [_leaf(p, s, k, cfg.hidden_size) for (p, s), k in zip(leaves, keys)]
-        return jax.tree_util.tree_unflatten(tree, made)
-
-    return jax.block_until_ready(jax.jit(make, out_shardings=out)())
+    base = jax.random.key(seed)
+    made = [
+        _maker(_kind(path), tuple(s.shape), np.dtype(s.dtype), cfg.hidden_size, o)(jax.random.fold_in(base, i))
+        for i, ((path, s), o) in enumerate(zip(leaves, jax.tree_util.tree_leaves(out)))
+    ]
+    return jax.block_until_ready(jax.tree_util.tree_unflatten(tree, made))
 
 
 def collective_share(loop: timing.DecodeLoop, steps: int) -> dict:
@@ -128,7 +143,7 @@ def measure(backend: str, shape: str, mode: tuple, tp: int, steps: int, parity: 
         case["hoisted_dequants"] = xla_hlo.entry_unpack_kernels(text)
         step, spread = loop.seconds_per_step(steps)
         case.update(step_seconds=step, step_spread=spread)
-        if backend_spec(backend).is_cuda:
+        if backend_spec(backend).is_cuda and tp > 1:
             case.update(collective_share(loop, steps))
         if parity is not None:
             run = greedy_run(cfg, weights, backend, tp)
