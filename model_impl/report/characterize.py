@@ -33,7 +33,7 @@ from ..llama.weights import (
     quantize_weights,
 )
 from ..llama.weights import specs as weight_specs
-from . import bench_section, fusion_section, half_section, results, vs_bf16_section
+from . import bench_section, fusion_section, half_section, results, tp_section, vs_bf16_section
 from .markdown import render_markdown
 from .results import ROW_KEYS
 
@@ -325,12 +325,16 @@ def main(out_dir: str = "reports/", model: str | None = None) -> int:
     findings["fusion_matrix"] = fusion_section.findings(matrix)
     vs_bf16 = vs_bf16_section.load(results.RESULTS_DIR)
     findings["int4_vs_bf16_matrix"] = vs_bf16_section.findings(vs_bf16)
+    tp = tp_section.load(results.RESULTS_DIR)
+    iree_md = next(iter(results.load(results.RESULTS_DIR, "iree-multidevice.json")), None)
+    findings["tensor_parallel"] = tp_section.findings(tp)
     (out / "findings.json").write_text(json.dumps(findings, indent=2, default=str) + "\n")
     md = (
         render_markdown(findings)
         + "\n".join(bench_section.render(findings["benchmarks"], out, findings["rows"]))
         + "\n".join(fusion_section.render(matrix))
         + "\n".join(vs_bf16_section.render(vs_bf16))
+        + "\n".join(tp_section.render(tp, iree_md))
         + "\n"
     )
     (out / "findings.md").write_text(md)

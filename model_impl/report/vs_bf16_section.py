@@ -196,6 +196,47 @@ def render(runs: list[dict]) -> list[str]:
     measured = lambda r: any(isinstance(v, dict) and "skipped" not in v for v in r.get("batched", {}).values())  # noqa: E731
     with_batches = [r for r in runs if measured(r)]
     lines += _anchor_lines(with_anchors[-1]) + (_batch_lines(with_batches[-1]) if with_batches else [])
+    return lines + iree_cuda_lines(results.load(results.RESULTS_DIR, "iree-cuda-speed-*.json"))
+
+
+IREE_TARGET = 2.0  # IREE-CUDA's decode step within this factor of XLA-CUDA's (bf16)
+
+
+def iree_cuda_lines(runs: list[dict], top: int = 12) -> list[str]:
+    """IREE-CUDA's decode step against XLA-CUDA bf16 of the same machine: every layout, form and
+    IREE option timed (byte-identical modules folded into one row), and the target's verdict."""
+    if not runs:
+        return []
+    run = runs[-1]
+    xla = run["xla_cuda_bf16_step_s"]
+    best = run["best"]
+    lines = [
+        "",
+        f"IREE-CUDA against XLA-CUDA (bf16 decode step, batch 1; {results.where(run)}; IREE {run['iree_compiler']}, "
+        f"target {run['cuda_target']}): XLA bf16 "
+        + ", ".join(f"{k.split(':')[1]} {_ms(v)} ms" for k, v in xla.items())
+        + ". IREE runs one synced call per step; its empty-step floor is the `call-overhead` row.",
+        "",
+        "| IREE variant | step ms | vs XLA bf16 | dispatches | transposes | dequant |",
+        "|---|---|---|---|---|---|",
+    ]
+    shown = [v for v in run["variants"] if not v.get("same_module_as")][:top]
+    for v in shown:
+        lines.append(
+            f"| {v['id']} | {_ms(v['step_s'])} | {v['ratio_vs_xla_bf16']:.1f}x | {v['dispatches']} | "
+            f"{v['transposes']} | {v['dequant_verdict']} |"
+        )
+    same = [v["id"] for v in run["variants"] if v.get("same_module_as")]
+    failed = run.get("failed_to_compile") or []
+    met = best["ratio_vs_xla_bf16"] <= IREE_TARGET
+    lines += [
+        "",
+        f"Target (within {IREE_TARGET:g}x of XLA-CUDA): {'met' if met else '**not met**'}: best {best['id']} "
+        f"{_ms(best['step_s'])} ms = {best['ratio_vs_xla_bf16']:.1f}x; best int4 {run['best_int4']['id']} "
+        f"{run['best_int4']['ratio_vs_xla_bf16']:.1f}x."
+        + (f" Options that compile to a byte-identical module: {', '.join(same)}." if same else "")
+        + "".join(f" {f['id']} fails to compile: {f['error']}" for f in failed),
+    ]
     return lines
 
 
