@@ -38,12 +38,31 @@ def available_backends() -> list[str]:
     return [b for b in found if not wanted or b in wanted.split(",")]
 
 
+# Models whose heads shard over 2 devices (SmolLM2-135M has 9 heads and 3 KV heads: it does not).
+TP_MODELS = ("llama-3.2-1b",)
+
+
 def pytest_generate_tests(metafunc):
     if "bench_case" in metafunc.fixturenames:
         models = os.environ.get("BENCH_MODELS", "smollm2-135m,llama-3.2-1b").split(",")
         modes = os.environ.get("BENCH_MODES", "fp32,int4,bf16,int4-bf16").split(",")
-        cases = [(m, b, q) for m in models for b in available_backends() for q in modes]
-        metafunc.parametrize("bench_case", cases, ids=["-".join(c) for c in cases])
+        # Tensor-parallel degrees (XLA backends, TP_MODELS); the smoke run keeps one TP-2 case alive.
+        tps = [int(t) for t in os.environ.get("BENCH_TP", "1").split(",")]
+        cases = [(m, b, q, 1) for m in models for b in available_backends() for q in modes if 1 in tps]
+        cases += [
+            (m, b, q, tp)
+            for tp in tps
+            if tp > 1
+            for m in models
+            if m in TP_MODELS
+            for b in available_backends()
+            if backend_spec(b).is_xla
+            for q in modes
+        ]
+        if smoke(metafunc.config) and "BENCH_TP" not in os.environ and "llama-3.2-1b" in models:
+            cases.append(("llama-3.2-1b", "xla-cpu", modes[-1], 2))
+        ids = ["-".join(c[:3]) + (f"-tp{c[3]}" if c[3] > 1 else "") for c in cases]
+        metafunc.parametrize("bench_case", cases, ids=ids)
 
 
 class Models:

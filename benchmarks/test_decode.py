@@ -23,13 +23,13 @@ GPU_GENERATE_STEPS = 4 * DECODE_CHUNK  # the generate path on a GPU: 4 chunks pe
 
 
 def test_decode_and_prefill(benchmark, bench_case, models, bandwidth, bench_results, request):
-    model_name, backend, quant = bench_case
+    model_name, backend, quant, tp = bench_case
     gc.collect()  # the previous case's runner (and its device copy of the weights) is gone
     small = smoke(request.config)
     max_seq = SMOKE_MAX_SEQ if small else MAX_SEQ
     cfg, weights = models.get(model_name, quant)
     load_start = time.perf_counter()
-    runner = generate.make_runner(cfg, weights, backend)
+    runner = generate.make_runner(cfg, weights, backend, tp=tp)
     token = timing.start(runner, PROMPT, max_seq)  # compiles prefill + decode
     setup_s = time.perf_counter() - load_start
 
@@ -64,12 +64,13 @@ def test_decode_and_prefill(benchmark, bench_case, models, bandwidth, bench_resu
     generate_path = generate_path_figures(runner, cfg, weights, max_seq, steps, decode)
     bw = bandwidth(spec.platform)
     need = roofline.decode_bytes_read(cfg, weights, PROMPT + steps // 2)
-    roofline_tps = bw / need
+    roofline_tps = tp * bw / need  # each of tp devices reads its shard at its own bandwidth
     prefill = {str(n): min(timing.time_prefill(runner, n, max_seq, repeats=3)) for n in PREFILL_PROMPTS}
     case = {
         "model": model_name,
         "backend": backend,
         "quant": quant,
+        "tp": tp,
         "decode": decode,
         "generate": generate_path,
         "prefill_seconds": prefill,
@@ -100,7 +101,7 @@ def generate_path_figures(runner, cfg, weights, max_seq: int, steps: int, decode
         bounds["queued_per_step"] = decode["pipelined_step_s"]
         if spec.is_xla:
             loop_s, _, hoisted = timing.time_xla_decode_loop(
-                runner.backend, cfg, weights, DECODE_CHUNK, max_seq=max_seq, start_pos=PROMPT
+                runner.backend, cfg, weights, DECODE_CHUNK, max_seq=max_seq, start_pos=PROMPT, tp=runner.tp
             )
             assert hoisted == 0, "the device-bound loop hoisted dequants: it would time dense weights"
             bounds["static_trip_loop"] = loop_s
