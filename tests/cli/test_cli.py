@@ -117,3 +117,15 @@ def test_a_truncated_gguf_names_the_tensor_where_the_data_runs_out(tmp_path, cap
     assert main(["generate", "--token-ids", "1", "--model", str(cut)]) == 2
     lines = _error_lines(capsys)
     assert len(lines) == 1 and lines[0].startswith(f"error: {cut}: tensor '") and "is truncated" in lines[0], lines
+
+
+def test_a_tp_the_model_cannot_shard_is_one_line(capsys):
+    """The embedded SmolLM2 has 9 heads over 3 KV heads: two devices cannot split them."""
+    assert main(["generate", "--token-ids", "1", "--tp", "2", "--max-new-tokens", "1"]) == 2
+    lines = _error_lines(capsys)
+    assert lines == ["error: --tp 2: num_attention_heads 9 is not divisible by 2"], lines
+
+
+def test_tp_below_one_is_one_line(capsys):
+    assert main(["generate", "--token-ids", "1", "--tp", "0", "--model", "/nonexistent.gguf"]) == 2
+    assert _error_lines(capsys) == ["error: --tp must be at least 1, got 0"]

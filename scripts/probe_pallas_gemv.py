@@ -1,0 +1,1124 @@
+"""Sweep of Pallas (Triton) int4 GEMV kernels against XLA's bf16 GEMV at the Llama-3.2-1B decode
+shapes (issue 15, item 3: a tuned Pallas int4 GEMV). One JSON file with every row.
+
+    # GPU machine, repo root on PYTHONPATH (~3-4 minutes on an H100):
+    python3 scripts/probe_pallas_gemv.py --out $OUT/pallas-gemv.json
+    # here, on the CPU: every kernel variant in Pallas' interpreter on small shapes against the
+    # host dequant, through the same timing loop (the times mean nothing there):
+    .venv/bin/python scripts/probe_pallas_gemv.py --interpret --small --out /tmp/pallas-gemv-cpu.json
+    # here: lower every GPU-sweep variant to Triton IR (catches Pallas-to-Triton lowering errors):
+    .venv/bin/python scripts/probe_pallas_gemv.py --lower-only --out /tmp/pallas-gemv-lower.json
+    # here: the timing harness's own checks (every GEMV in the optimized HLO; the bandwidth guard):
+    .venv/bin/python scripts/probe_pallas_gemv.py --self-test
+
+Weights: MLX affine int4, group 64 (``model_impl.quant``): ``words [out, in/8]`` uint32 with code
+``k`` of a row in nibble ``k % 8`` of word ``k // 8``; ``scales``/``biases`` ``[out, in/64]``
+(bf16 as an MLX bf16 checkpoint stores them, or float32); ``w = q * s + b``. Activations bf16,
+output bf16 (batch 1, M = 1).
+
+The new kernels read the words as stored (no layout conversion): the words viewed as
+``[out, groups, 8]`` (free reshape), x as ``[groups, 8 words, 8 codes]``. A program owns
+``rows`` output rows and walks its share of the groups in steps of ``step_words`` words; for
+each nibble ``e`` it loads the activations of code ``e`` of every word (a stride-8 load of x),
+multiplies them into that nibble's codes, and keeps per-word partial sums ``[rows, gb, 8]``.
+Modes (how the dequant is computed):
+
+* ``fac32``: factored, float32: per word ``s * sum_e(q_e x_e) + b * sum_e(x_e)`` (one FMA per
+  code, scale and bias once per word); not the host's rounding of ``q*s+b``, closer to exact.
+* ``deq32``: ``w = q*s + b`` per code in float32, then ``w * x`` (two FMAs per code).
+* ``deq16``: ``w = q*s + b`` per code in bf16 (the host's bf16 dequant), ``w * x`` in float32.
+* ``fac16``: the factored form with the per-word dot ``sum_e(q_e x_e)`` in bf16 (cheap, lossy).
+
+Code to float (``cvt``): ``cvt`` (integer-to-float convert), ``magic`` (nibble or-ed under a
+fixed exponent, bitcast, minus the exponent's value: exact), ``magic2`` (``fac32`` only: nibbles
+0-4 masked in place, no shift, giving ``q * 16^e`` exactly, with x pre-scaled by ``16^-e``;
+nibbles 5-7 from one ``w >> 12`` per word: 3 instructions per code instead of 4).
+
+Split-K (``split`` > 1): a second grid axis over parts of the groups; partial sums ``[split,
+out]`` float32 summed by XLA (one small extra kernel, counted in the time), or ``atomic``:
+``pltriton.atomic_add`` into a zeroed float32 output (then a convert to bf16).
+
+Timing: one jitted ``fori_loop`` runs ``N`` GEMVs over ``C`` distinct weight copies (their bytes
+>= ``--footprint-mb``, twice the H100's 50 MB L2, so that each GEMV reads its weights from HBM as
+a decode step does). Every GEMV's output is consumed: GEMV ``i``'s inputs (x and its weights) go
+through an ``optimization_barrier`` together with GEMV ``i-1``'s output, and that barrier's copy
+of the output is what the loop carries and returns (one slot per copy), so no GEMV is dead code,
+none is hoisted out of the loop (its x changes every step through the barrier) and none is merged
+with another (distinct weights). An earlier version passed the previous output through the
+barrier but never used the barrier's copy of it: XLA's algebraic simplifier pruned that unused
+barrier operand and DCE then deleted every GEMV but the loop's last, so a loop of ``C`` copies
+ran one GEMV per round over one copy (which fit in L2) and was divided by ``C`` (14 TB/s "bf16
+GEMVs" on an H200). ``xla-dot-chained`` rows time XLA's dot with a true data dependency instead
+(x of every GEMV = ``x + 0 * acc[0]``, acc the float32 sum of all earlier outputs, returned): a
+cross-check of the barrier chain that pays one small extra kernel per GEMV. ``Q`` calls are
+queued back to back (host dispatch hidden; ``enqueue_frac`` near 1 means it was not) and synced
+with ``block_until_ready`` on every output; per GEMV = median over rounds of wall time / (Q * N),
+after a warm-up. Guard: the run first measures the device's memory bandwidth itself (best of
+several: ``a * 1.0001`` over a ``--bw-mb`` float32 array, read + written bytes / time, and a
+read-only ``sum``); a timing whose bytes / time exceed 1.1x the larger of the two is physically
+impossible for weights read from memory, is marked ``invalid`` and is left out of every
+selection, ``best`` and ``step_estimate``. Every variant's output (the loop's last GEMV)
+is first checked against ``x @ dequant(W).T`` computed on the host in float64 from the same
+codes, scales and biases (``QuantizedLinear.dequantize``); a variant over its tolerance is
+recorded and not timed. Any failure (lowering, Triton compile, run) is one error line.
+``--self-test`` (CPU, seconds): the optimized HLO of the XLA baselines' loops holds one GEMV per
+weight copy per round, and the guard drops a planted too-fast timing.
+
+Sweep (per shape, staged, compiles in parallel threads, timing sequential):
+  baselines  XLA bf16 dot, XLA bf16 multiply + reduce, the current ``pallas_int4`` kernel,
+             XLA's in-graph int4 ``u32-word`` and ``u4-magic`` forms, XLA's dot data-chained
+  stage 1    tiles: (rows, step_words, split) at fac32/magic2, bf16 scales, 4 warps, 3 stages
+  stage 2    launch: the 2 best tiles x num_warps x num_stages
+  stage 3    dequant: the best config x modes/cvt, 1-d accumulator, float32 scales, x as one
+             load split in 8 (``xload=split``), atomic split-K
+  final      the 3 best variants and the baselines timed again (less winner's-curse bias)
+then a whole-step estimate: sum over the step's linears (7 per layer x 16 + the bf16 head) of
+the per-shape times.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import concurrent.futures
+import dataclasses
+import functools
+import json
+import math
+import os
+import re
+import statistics
+import sys
+import time
+import traceback
+import warnings
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+from jax.experimental import pallas as pl  # noqa: E402
+from jax.experimental.pallas import triton as pltriton  # noqa: E402
+
+from model_impl import env  # noqa: E402
+from model_impl.lab.anchors import step_shapes  # noqa: E402
+from model_impl.llama import pallas_int4  # noqa: E402
+from model_impl.llama.linears import QuantizedLinear, dense_matmul, reduce_matmul, unpack_codes  # noqa: E402
+from model_impl.llama.representations import ReduceInt4Linear, WordInt4Linear  # noqa: E402
+from model_impl.llama.shapes import llama32_config  # noqa: E402
+
+warnings.filterwarnings("ignore", message=".*Pallas Triton backend is deprecated.*")
+
+GROUP = 64  # codes per quantization group
+WPG = GROUP // 8  # uint32 words per group
+F32, BF16 = jnp.float32, jnp.bfloat16
+MAGIC_F32, OFFSET_F32 = 0x4B000000, 2.0**23  # q | exponent of 2^23, as float32: 2^23 + q exactly
+MAGIC_BF16, OFFSET_BF16 = 0x4300, 2.0**7  # the same under bf16's 7-bit mantissa: 128 + q
+
+# Checks: max |y - ref| / rms(ref), ref = x @ dequant(W).T in float64 on the host. The output is
+# bf16 (relative rounding 2^-9 of each element, elements up to ~4x the rms: ~2^-7 rms); float32
+# accumulation over <= 8192 terms adds far less. 2^-5 covers that with room, and a variant that
+# reads one nibble of eight wrong errs by ~0.3 rms. fac16 rounds each product and each 8-term
+# per-word sum to bf16 (~2^-8 of a word's dot, amplified ~1.6x by the bias cancelling the codes'
+# mean): 2^-4.
+TOL = {"fac32": 2.0**-5, "deq32": 2.0**-5, "deq16": 2.0**-5, "fac16": 2.0**-4, "xla": 2.0**-5}
+
+# Llama-3.2-1B: every linear of one decode step, [out, in] -> count (the head last, bf16).
+STEP = collections.Counter(step_shapes(llama32_config()))
+HEAD = max(STEP, key=lambda s: s[0])
+GPU_SHAPES = [(8192, 2048), (2048, 8192), (2048, 2048), (512, 2048)]
+SMALL_SHAPES = [(256, 512), (128, 1024)]
+
+# Stage-1 tiles per shape: (rows per program, words per row per K-step, split-K parts); a step of
+# all a part's words is whole-K (no loop). Chosen for 1-8K words per step and >= 128 programs.
+TILES = {
+    (8192, 2048): [
+        (4, 256, 1), (8, 256, 1), (16, 128, 1), (16, 256, 1), (32, 64, 1),
+        (32, 128, 1), (32, 256, 1), (64, 64, 1), (64, 128, 1), (128, 64, 1),
+    ],
+    (2048, 8192): [
+        (8, 512, 1), (16, 256, 1), (16, 512, 1), (32, 128, 1), (32, 256, 1), (64, 64, 1),
+        (8, 256, 2), (16, 256, 2), (32, 128, 2), (8, 256, 4), (16, 128, 4), (16, 64, 8),
+    ],
+    (2048, 2048): [
+        (4, 256, 1), (8, 128, 1), (8, 256, 1), (16, 128, 1), (16, 256, 1), (32, 64, 1),
+        (8, 128, 2), (16, 64, 2), (16, 128, 2), (8, 64, 4), (16, 64, 4),
+    ],
+    (512, 2048): [
+        (4, 256, 1), (8, 128, 1), (8, 256, 1), (16, 128, 1), (4, 128, 2),
+        (8, 128, 2), (16, 64, 2), (4, 64, 4), (8, 64, 4), (16, 64, 4),
+    ],
+}  # fmt: skip
+# Interpreter check (--small): every code path on shapes with few groups.
+SMALL_TILES = {
+    (256, 512): [(16, 64, 1), (16, 16, 1), (32, 32, 2), (8, 8, 4), (128, 16, 1)],
+    (128, 1024): [(16, 32, 2), (8, 128, 1), (32, 64, 1)],
+}
+WARPS_STAGES = [(2, 3), (4, 1), (4, 2), (4, 4), (8, 1), (8, 2), (8, 3)]
+MODES = [  # stage 3: departures from stage 1's fac32 / magic2 / 3d / bf16 scales / strided x
+    dict(cvt="magic"),
+    dict(cvt="cvt"),
+    dict(mode="deq32", cvt="magic"),
+    dict(mode="deq16", cvt="magic"),
+    dict(mode="deq16", cvt="cvt"),
+    dict(mode="fac16", cvt="magic"),
+    dict(acc="1d"),
+    dict(scales="f32"),
+    dict(xload="split"),
+    dict(atomic=True),  # split > 1 only
+]
+
+
+@dataclasses.dataclass(frozen=True)
+class Variant:
+    """One Pallas int4 GEMV kernel configuration (see the module docstring)."""
+
+    rows: int
+    step_words: int
+    split: int = 1
+    warps: int = 4
+    stages: int = 3
+    mode: str = "fac32"
+    cvt: str = "magic2"
+    acc: str = "3d"
+    scales: str = "bf16"
+    atomic: bool = False
+    xload: str = "strided"  # x of code e: a stride-8 load per e, or one load split in 8 (jnp.split)
+
+    @property
+    def name(self) -> str:
+        s = f"r{self.rows}-k{self.step_words}-s{self.split}{'a' if self.atomic else ''}"
+        s = f"{s}-w{self.warps}-st{self.stages}-{self.mode}-{self.cvt}-{self.acc}-s{self.scales}"
+        return s + ("-xsplit" if self.xload == "split" else "")
+
+    @property
+    def tile(self) -> tuple[int, int, int]:
+        return (self.rows, self.step_words, self.split)
+
+    def invalid(self, out: int, n_in: int) -> str | None:
+        """Why this variant cannot run at ``[out, n_in]`` (None if it can)."""
+        words, groups, gb = n_in // 8, n_in // GROUP, self.step_words // WPG
+        pow2 = lambda n: n > 0 and n & (n - 1) == 0
+        if not (pow2(self.rows) and pow2(gb) and self.step_words % WPG == 0):
+            return "rows and step_words / 8 must be powers of two (Triton block sizes)"
+        if out % self.rows or groups % self.split or (groups // self.split) % gb:
+            return f"tile {self.tile} does not divide [{out}, {n_in}] ({words} words, {groups} groups per row)"
+        if self.atomic and self.split == 1:
+            return "atomic needs split > 1"
+        if self.cvt == "magic2" and self.mode != "fac32":
+            return "magic2 (codes scaled by 16^e) needs the factored float32 form"
+        return None
+
+
+def _codes(w, e: int, dtype, cvt: str):
+    """Nibble ``e`` of every word as an exact float of ``dtype``."""
+    n = (w >> jnp.uint32(4 * e)) & jnp.uint32(15) if e else w & jnp.uint32(15)
+    if cvt == "cvt":
+        return n.astype(dtype)
+    if dtype == F32:
+        return jax.lax.bitcast_convert_type(n | jnp.uint32(MAGIC_F32), F32) - F32(OFFSET_F32)
+    n16 = (n | jnp.uint32(MAGIC_BF16)).astype(jnp.uint16)
+    return jax.lax.bitcast_convert_type(n16, BF16) - BF16(OFFSET_BF16)
+
+
+def _codes_noshift(w):
+    """(code floats, exponent k) per nibble with code e read in place as ``q * 2^k`` (exact while
+    the nibble sits below float32's 23 mantissa bits): nibbles 0-4 of ``w``, 5-7 of ``w >> 12``."""
+    hi = w >> jnp.uint32(12)
+    out = []
+    for e in range(8):
+        src, k = (w, 4 * e) if e < 5 else (hi, 4 * (e - 3))
+        m = (src & jnp.uint32(15 << k)) | jnp.uint32(MAGIC_F32)
+        out.append((jax.lax.bitcast_convert_type(m, F32) - F32(OFFSET_F32), k))
+    return out
+
+
+def _word_terms(w, xs, s, b, v: Variant):
+    """Each word's share of the output, float32 ``[rows, gb, 8]``: w ``[rows, gb, 8]`` uint32,
+    xs 8 x ``[gb, 8]`` bf16 (x of code e of each word), s and b ``[rows, gb]``."""
+    if v.mode == "deq16":
+        s16, b16 = s.astype(BF16)[:, :, None], b.astype(BF16)[:, :, None]
+        terms = [(_codes(w, e, BF16, v.cvt) * s16 + b16).astype(F32) * xs[e].astype(F32)[None] for e in range(8)]
+        return sum(terms[1:], terms[0])
+    s32, b32 = s.astype(F32)[:, :, None], b.astype(F32)[:, :, None]
+    x32 = [xe.astype(F32) for xe in xs]
+    if v.mode == "deq32":
+        terms = [(_codes(w, e, F32, v.cvt) * s32 + b32) * x32[e][None] for e in range(8)]
+        return sum(terms[1:], terms[0])
+    xw = sum(x32[1:], x32[0])  # [gb, 8]: the word's 8 activations summed (the bias's factor)
+    if v.mode == "fac16":
+        dot16 = _codes(w, 0, BF16, v.cvt) * xs[0][None]
+        for e in range(1, 8):
+            dot16 = dot16 + _codes(w, e, BF16, v.cvt) * xs[e][None]
+        dot = dot16.astype(F32)
+    elif v.cvt == "magic2":
+        parts = [q * (x32[e] * F32(2.0**-k))[None] for e, (q, k) in enumerate(_codes_noshift(w))]
+        dot = sum(parts[1:], parts[0])
+    else:
+        parts = [_codes(w, e, F32, v.cvt) * x32[e][None] for e in range(8)]
+        dot = sum(parts[1:], parts[0])
+    return dot * s32 + b32 * xw[None]
+
+
+def _kernel(*refs, v: Variant, steps: int):
+    # x_ref [groups, 8, 8] bf16 (x[64 g + 8 j + e]); w_ref [out, groups, 8] uint32 (MLX words);
+    # s_ref, b_ref [out, groups]; o_ref [out] (bf16, or float32 when atomic) or [split, out] f32.
+    x_ref, w_ref, s_ref, b_ref, o_ref = *refs[:4], refs[-1]
+    gb = v.step_words // WPG
+    rows = pl.ds(pl.multiple_of(pl.program_id(0) * v.rows, v.rows), v.rows)
+    part = pl.program_id(1) if v.split > 1 else 0
+
+    def step(t, acc):
+        g0 = (part * steps + t) * gb  # a Python int when whole-K without split
+        groups = pl.ds(g0 if isinstance(g0, int) else pl.multiple_of(g0, gb), gb)
+        w = w_ref[rows, groups, :]
+        if v.xload == "split":  # one [gb, 8, 8] load, split along the code axis
+            xs = [p.reshape(gb, WPG) for p in jnp.split(x_ref[groups, :, :], 8, axis=2)]
+        else:  # stride-8 loads: code e of each word
+            xs = [x_ref[groups, :, e] for e in range(8)]
+        terms = _word_terms(w, xs, s_ref[rows, groups], b_ref[rows, groups], v)
+        return acc + (terms.sum(axis=(1, 2)) if v.acc == "1d" else terms)
+
+    acc = jnp.zeros((v.rows,) if v.acc == "1d" else (v.rows, gb, 8), F32)
+    acc = step(0, acc) if steps == 1 else jax.lax.fori_loop(0, steps, step, acc)
+    y = acc if v.acc == "1d" else acc.sum(axis=(1, 2))
+    if v.split == 1:
+        o_ref[rows] = y.astype(o_ref.dtype)
+    elif v.atomic:
+        pltriton.atomic_add(o_ref, rows, y)
+    else:
+        o_ref[part, rows] = y
+
+
+def pallas_gemv(v: Variant, interpret: bool):
+    """``(x [in] bf16, (words, scales, biases)) -> y [out] bf16`` through variant ``v``."""
+
+    def gemv(x, w):
+        words, s, b = w
+        out, n_words = words.shape
+        groups = n_words // WPG
+        steps = groups // v.split // (v.step_words // WPG)
+        args = [x.reshape(groups, WPG, 8), words.reshape(out, groups, WPG), s, b]
+        grid = (out // v.rows,) if v.split == 1 else (out // v.rows, v.split)
+        if v.split == 1:
+            out_shape, aliases = jax.ShapeDtypeStruct((out,), x.dtype), {}
+        elif v.atomic:
+            out_shape, aliases = jax.ShapeDtypeStruct((out,), F32), {4: 0}
+            args.append(jnp.zeros((out,), F32))
+        else:
+            out_shape, aliases = jax.ShapeDtypeStruct((v.split, out), F32), {}
+        y = pl.pallas_call(
+            functools.partial(_kernel, v=v, steps=steps),
+            out_shape=out_shape,
+            grid=grid,
+            input_output_aliases=aliases,
+            compiler_params=pltriton.CompilerParams(num_warps=v.warps, num_stages=v.stages),
+            interpret=interpret,
+            name="int4_gemv",
+        )(*args)
+        if v.split > 1 and not v.atomic:
+            y = y.sum(axis=0)
+        return y.astype(x.dtype)
+
+    return gemv
+
+
+# --- the baselines, through the suite's own forms ---------------------------------------------
+def xla_dot(x, w):
+    return dense_matmul(x[None], w)[0]
+
+
+def xla_reduce(x, w):
+    return reduce_matmul(x[None], w)[0]
+
+
+def xla_u32_word(x, w):
+    words, s, b = w
+    return WordInt4Linear(words, s, b, GROUP, 1, False).matmul(x[None])[0]
+
+
+def xla_u4_magic(x, w):
+    codes, s, b = w
+    return ReduceInt4Linear(codes, s, b, GROUP, "u4-magic").matmul(x[None])[0]
+
+
+def pallas_current(x, w):
+    planar, s32, b32 = w
+    return pallas_int4.gemv(x.astype(F32), planar, s32, b32, GROUP).astype(x.dtype)
+
+
+BASELINES = {  # name -> (gemv, weight format, reference dtype)
+    "xla-dot": (xla_dot, "dense", "dense"),
+    "xla-dot-chained": (xla_dot, "dense", "dense"),  # chain="data": the barrier chain's cross-check
+    "xla-reduce": (xla_reduce, "dense", "dense"),
+    "current-pallas": (pallas_current, "planar", "float32"),
+    "xla-u32-word": (xla_u32_word, "mlx", "float32"),
+    "xla-u4-magic": (xla_u4_magic, "u4", "bfloat16"),
+}
+
+
+# --- weights ----------------------------------------------------------------------------------
+@functools.partial(jax.jit, static_argnums=(1, 2))
+def _random_mlx(key, out, n_in):
+    kw, ks, kb, kn = jax.random.split(key, 4)
+    groups = n_in // GROUP
+    words = jax.random.bits(kw, (out, n_in // 8), jnp.uint32)  # every nibble uniform in [0, 16)
+    sign = jnp.where(jax.random.bernoulli(kn, 0.5, (out, groups)), 1.0, -1.0)
+    s = 0.004 * jax.random.uniform(ks, (out, groups), F32, 0.5, 1.5) * sign  # MLX scales can be < 0
+    b = -7.5 * s + 0.002 * jax.random.normal(kb, (out, groups), F32)  # codes centred on 0
+    return words, s.astype(BF16), b.astype(BF16)
+
+
+@jax.jit
+def _planar_words(words):
+    """MLX words -> the current kernel's planar words (nibble e of word j = input e * P + j)."""
+    out, n_words = words.shape
+    codes = unpack_codes(words, 4).reshape(out, 8, n_words)
+    acc = codes[:, 0]
+    for e in range(1, 8):
+        acc = acc | (codes[:, e] << jnp.uint32(4 * e))
+    return acc
+
+
+_u4_codes = jax.jit(lambda words: unpack_codes(words, 4).astype(jnp.uint4))
+
+
+class Weights:
+    """Distinct device copies of one shape's weights in every format, made on first use; the last
+    copy's arrays on the host for the reference."""
+
+    def __init__(self, out: int, n_in: int, footprint: int, max_copies: int, seed: int):
+        self.out, self.n_in = out, n_in
+        self.int4_bytes = out * n_in // 2 + 2 * out * (n_in // GROUP) * 2  # codes + bf16 scales/biases
+        self.copies = {
+            "int4": max(1, min(max_copies, math.ceil(footprint / self.int4_bytes))),
+            "dense": max(1, min(max_copies, math.ceil(footprint / (out * n_in * 2)))),
+        }
+        self.key = jax.random.PRNGKey(seed)
+        self._cache = {}
+
+    def get(self, fmt: str):
+        if fmt not in self._cache:
+            self._cache[fmt] = self._make(fmt)
+        return self._cache[fmt]
+
+    def _make(self, fmt: str):
+        out, n_in = self.out, self.n_in
+        if fmt == "dense":
+            keys = jax.random.split(jax.random.fold_in(self.key, 1), self.copies["dense"])
+            return tuple(0.02 * jax.random.normal(k, (out, n_in), BF16) for k in keys)
+        if fmt == "mlx":
+            keys = jax.random.split(jax.random.fold_in(self.key, 2), self.copies["int4"])
+            return tuple(_random_mlx(k, out, n_in) for k in keys)
+        mlx = self.get("mlx")
+        if fmt == "mlx-f32":
+            return tuple((w, s.astype(F32), b.astype(F32)) for w, s, b in mlx)
+        if fmt == "planar":
+            return tuple((_planar_words(w), s, b) for (w, _, _), (_, s, b) in zip(mlx, self.get("mlx-f32")))
+        if fmt == "u4":
+            return tuple((_u4_codes(w), s, b) for w, s, b in mlx)
+        raise ValueError(fmt)
+
+    def nbytes(self, fmt: str) -> int:
+        """Bytes one GEMV reads: its weight (4-bit codes at half a byte) + x + y (bf16)."""
+        if fmt == "dense":
+            w = self.out * self.n_in * 2
+        else:
+            w = self.out * self.n_in // 2 + 2 * self.out * (self.n_in // GROUP) * (
+                4 if fmt in ("planar", "mlx-f32") else 2
+            )
+        return w + 2 * (self.n_in + self.out)
+
+    @functools.cached_property
+    def x(self):
+        return jax.random.normal(jax.random.fold_in(self.key, 3), (self.n_in,), BF16)
+
+    @functools.cache  # noqa: B019 (one Weights per shape, alive for the whole run)
+    def reference(self, kind: str) -> np.ndarray:
+        """float64 ``x @ W.T`` of the last copy: ``dense``, or the host dequant in ``kind``."""
+        x = np.asarray(self.x).astype(np.float64)
+        if kind == "dense":
+            return np.asarray(self.get("dense")[-1]).astype(np.float64) @ x
+        words, s, b = (np.asarray(a) for a in self.get("mlx")[-1])  # float32 scales: these, exactly
+        w = QuantizedLinear(words, s, b, GROUP, 4).dequantize(kind)
+        return w.astype(np.float64) @ x
+
+
+# --- compile, check, time ---------------------------------------------------------------------
+def looped(gemv, copies: int, outer: int, chain: str = "barrier"):
+    """``(x, ws) -> outputs``: ``outer`` rounds of one GEMV per weight copy; every GEMV's output
+    is part of what the function returns, and ``outputs[-1]`` is the last copy's last GEMV (the
+    one checked). ``chain``: ``barrier`` ties GEMV i's inputs to GEMV i-1's output through an
+    optimization barrier whose copy of that output is what the loop carries (a barrier output
+    nothing reads is pruned by XLA, and the GEMV feeding it deleted); ``data`` feeds every GEMV
+    ``x + 0 * acc[0]``, acc the float32 sum of all earlier outputs (a true data dependency, one
+    small extra kernel per GEMV)."""
+    one = jax.jit(gemv)
+
+    def run(x, ws):
+        assert len(ws) == copies
+        y0 = jnp.zeros(jax.eval_shape(one, x, ws[0]).shape, x.dtype)
+
+        if chain == "barrier":
+            # carry: x, `old` (the previous round's last output, through this round's first
+            # barrier) and one slot per copy (this round's outputs, each through the next barrier)
+            def body(_, carry):
+                x, _old, ys = carry
+                prev, passed = ys[-1], []
+                for w in ws:
+                    x, w, prev = jax.lax.optimization_barrier((x, w, prev))
+                    passed.append(prev)
+                    prev = one(x, w)
+                return x, passed[0], (*passed[1:], prev)
+
+            init = (x, y0, (y0,) * copies)
+            _, old, ys = body(0, init) if outer == 1 else jax.lax.fori_loop(0, outer, body, init)
+            return (old, *ys)
+        if chain == "data":
+
+            def body(_, carry):
+                x, acc, y = carry
+                for w in ws:
+                    y = one(x + (acc[0] * 0).astype(x.dtype), w)  # float * 0 is not folded (NaN)
+                    acc = acc + y.astype(F32)
+                return x, acc, y
+
+            init = (x, jnp.zeros(y0.shape, F32), y0)
+            _, acc, y = body(0, init) if outer == 1 else jax.lax.fori_loop(0, outer, body, init)
+            return acc, y
+        raise ValueError(chain)
+
+    return jax.jit(run)
+
+
+def gemvs_per_round(hlo: str) -> int | None:
+    """GEMVs (dots, or fusions holding a dot or a reduce) in the body of the first ``while`` of an
+    optimized XLA-CPU HLO text; None without a while loop (a one-round function)."""
+    comps = {}
+    for block in hlo.split("\n\n"):
+        m = re.match(r"\s*(?:ENTRY\s+)?%?([\w.\-]+)\s", block)
+        if m:
+            comps[m.group(1)] = block
+    m = re.search(r"\bwhile\(.*?body=%?([\w.\-]+)", hlo)
+    if not m:
+        return None
+
+    def count(name, seen=()):
+        n = 0
+        for line in comps.get(name, "").splitlines()[1:]:
+            if re.search(r"\s(dot|reduce)\(", line) or re.search(r"custom-call\(.*(matmul|gemm|triton)", line):
+                n += 1
+            for callee in re.findall(r"(?:calls|to_apply)=%?([\w.\-]+)", line):
+                if callee not in seen and re.search(r"\s(dot|reduce)\(", comps.get(callee, "")):
+                    n += 1 if re.search(r"\sfusion\(", line) else count(callee, (*seen, callee))
+        return n
+
+    return count(m.group(1))
+
+
+GUARD_FACTOR = 1.1
+INVALID = "faster than the memory bandwidth measured in this run (1.1x the best of copy and read-only sum)"
+
+
+def memory_bandwidth(nbytes: int, reps: int = 5, queue: int = 4) -> dict:
+    """The device's memory bandwidth, measured here: best of ``reps`` rounds of ``queue`` queued
+    calls of ``a * 1.0001`` (chained, read + written bytes) and of ``sum(a)`` (read bytes) over a
+    float32 array of ``nbytes``."""
+    a = jax.random.normal(jax.random.PRNGKey(7), (nbytes // 4,), F32)
+    scale, total = jax.jit(lambda a: a * F32(1.0001)), jax.jit(jnp.sum)
+
+    def best(fn, a, chained):
+        jax.block_until_ready(fn(a))
+        times = []
+        for _ in range(reps):
+            t, y = time.perf_counter(), a
+            for _ in range(queue):
+                y = fn(y if chained else a)
+            jax.block_until_ready(y)
+            times.append((time.perf_counter() - t) / queue)
+        return min(times)
+
+    t_copy, t_read = best(scale, a, True), best(total, a, False)
+    copy, read = 2 * nbytes / t_copy / 1e9, nbytes / t_read / 1e9
+    return {
+        "bytes": nbytes,
+        "copy_gb_per_s": copy,
+        "read_gb_per_s": read,
+        "limit_gb_per_s": GUARD_FACTOR * max(copy, read),
+        "method": f"best of {reps} rounds of {queue} queued calls; copy: a * 1.0001 chained, "
+        "(read + written bytes) / time; read: sum(a), read bytes / time; limit: "
+        f"{GUARD_FACTOR} x the larger",
+    }
+
+
+def guard(res: dict, limit_gb_per_s: float | None) -> dict:
+    """Mark a timing ``res`` (``seconds``, ``gb_per_s``) invalid when faster than the limit."""
+    if limit_gb_per_s and res.get("gb_per_s", 0) > limit_gb_per_s:
+        res["invalid"] = INVALID
+    return res
+
+
+def row_seconds(r: dict) -> float:
+    """A timed row's time: its final re-timing if it has one, else its first."""
+    return r.get("final", {}).get("seconds", r["seconds"])
+
+
+def valid(r: dict) -> bool:
+    return "seconds" in r and "invalid" not in r
+
+
+def select_best(rows: list[dict], shapes) -> dict:
+    """Per shape and family (each baseline by name, the Pallas variants as ``pallas-best``): the
+    fastest valid row."""
+    best = collections.defaultdict(dict)
+    for s in shapes:
+        for r in [r for r in rows if tuple(r["shape"]) == tuple(s) and valid(r)]:
+            t = row_seconds(r)
+            fam = r["name"] if r["family"] != "pallas" else "pallas-best"
+            if fam not in best[s] or t < best[s][fam]["seconds"]:
+                best[s][fam] = {"name": r["name"], "seconds": t, "gb_per_s": r["bytes"] / t / 1e9}
+    for fams in best.values():
+        dense = min((fams[f]["seconds"] for f in ("xla-dot", "xla-reduce") if f in fams), default=None)
+        for fam in fams.values():
+            if dense:
+                fam["speedup_vs_xla_bf16"] = dense / fam["seconds"]
+    return best
+
+
+class OverBudget(Exception):
+    """A compile not started because the run's time budget is spent."""
+
+
+@dataclasses.dataclass
+class Job:
+    shape: tuple[int, int]
+    family: str  # xla | current | pallas
+    name: str
+    stage: str
+    gemv: object
+    fmt: str
+    ref: str
+    tol: float
+    variant: Variant | None = None
+    chain: str = "barrier"
+    row: dict = dataclasses.field(default_factory=dict)
+    compiled: object = None
+    args: tuple = ()
+    gemvs: int = 0
+
+
+class Sweep:
+    def __init__(self, args):
+        self.a = args
+        self.t0 = time.perf_counter()
+        self.weights: dict[tuple[int, int], Weights] = {}
+        self.rows: list[dict] = []
+        self.jobs: list[Job] = []
+        self.record = {
+            "environment": env.environment("cpu" if args.interpret else "cuda", **self._jax_env()),
+            "config": {
+                "interpret": args.interpret,
+                "footprint_mb": args.footprint_mb,
+                "min_gemvs_per_call": args.min_gemvs,
+                "queued_calls": args.queue,
+                "rounds": args.rounds,
+                "budget_s": args.budget_s,
+                "jobs": args.jobs,
+                "timing": (
+                    "per GEMV = median over rounds of (wall time of Q queued calls of one jitted "
+                    "fori_loop running N GEMVs over C distinct weight copies, synced by "
+                    "block_until_ready on every output) / (Q * N); every GEMV's output is returned "
+                    "(chain=barrier: GEMV i's x and weights pass an optimization barrier with GEMV "
+                    "i-1's output, whose barrier copy the loop carries and returns; chain=data: x "
+                    "+ 0 * acc[0], acc the sum of all earlier outputs); C copies span >= "
+                    "footprint_mb so weights come from HBM; a time faster than the bandwidth "
+                    "measured at the start is marked invalid and left out of best / step_estimate"
+                ),
+                "tolerances_vs_rms": TOL,
+            },
+            "rows": self.rows,
+        }
+        self.limit = None  # GB/s: no timing may beat it (set by measure_bandwidth)
+
+    def measure_bandwidth(self):
+        bw = memory_bandwidth(self.a.bw_mb << 20)
+        self.record["memory_bandwidth"] = bw
+        self.limit = bw["limit_gb_per_s"]
+        print(
+            f"[{self.elapsed():6.1f} s] memory bandwidth: copy {bw['copy_gb_per_s']:.0f} GB/s, read "
+            f"{bw['read_gb_per_s']:.0f} GB/s; timings over {self.limit:.0f} GB/s are invalid",
+            flush=True,
+        )
+
+    @staticmethod
+    def _jax_env():
+        extra = {"jax_backend": jax.default_backend(), "xla_flags": os.environ.get("XLA_FLAGS")}
+        try:
+            extra["device_kind"] = jax.devices()[0].device_kind
+        except RuntimeError as e:
+            extra["device_kind"] = str(e)
+        return extra
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.t0
+
+    def over_budget(self) -> bool:
+        return self.a.budget_s > 0 and self.elapsed() > self.a.budget_s
+
+    def w(self, shape) -> Weights:
+        if shape not in self.weights:
+            self.weights[shape] = Weights(*shape, self.a.footprint_mb << 20, self.a.max_copies, self.a.seed)
+        return self.weights[shape]
+
+    def save(self):
+        if self.a.out:
+            Path(self.a.out).parent.mkdir(parents=True, exist_ok=True)
+            Path(self.a.out).write_text(json.dumps(self.record, indent=1, default=str) + "\n")
+
+    # -- jobs --
+    def baseline_jobs(self, shape) -> list[Job]:
+        jobs = []
+        for name, (gemv, fmt, ref) in BASELINES.items():
+            if shape == HEAD and fmt != "dense":
+                continue
+            if name == "current-pallas" and shape[1] % (8 * GROUP):
+                continue  # its planar layout needs in % 512 == 0
+            if name == "xla-dot-chained" and shape == HEAD:
+                continue
+            jobs.append(
+                Job(
+                    shape,
+                    "current" if name == "current-pallas" else "xla",
+                    name,
+                    "baseline",
+                    gemv,
+                    fmt,
+                    ref,
+                    TOL["xla"],
+                    chain="data" if name == "xla-dot-chained" else "barrier",
+                )
+            )
+        return jobs
+
+    def pallas_job(self, shape, v: Variant, stage: str) -> Job | None:
+        why = v.invalid(*shape)
+        if why:
+            return None
+        ref = "bfloat16" if v.mode == "deq16" else "float32"
+        fmt = "mlx-f32" if v.scales == "f32" else "mlx"
+        return Job(shape, "pallas", v.name, stage, pallas_gemv(v, self.a.interpret), fmt, ref, TOL[v.mode], v)
+
+    def prepare(self, job: Job):
+        """Compile (on a worker thread): the looped function for this job's copies."""
+        if self.over_budget():
+            raise OverBudget(f"budget ({self.a.budget_s} s) spent")
+        wts = self.w(job.shape)
+        ws = wts.get(job.fmt)
+        copies = len(ws)
+        if self.a.interpret:
+            copies, outer = min(copies, 2), 1
+            ws = ws[-copies:]
+        elif job.shape == HEAD:
+            outer = self.a.head_gemvs
+        else:
+            outer = max(1, math.ceil(self.a.min_gemvs / copies))
+        leaves = jax.tree_util.tree_leaves(ws)
+        try:
+            ptrs = {a.unsafe_buffer_pointer() for a in leaves}
+        except Exception:  # an array kind without a single buffer pointer: no check
+            ptrs = set(range(len(leaves)))
+        if len(ptrs) != len(leaves):
+            raise RuntimeError(f"weight copies share buffers: {len(ptrs)} distinct of {len(leaves)}")
+        t = time.perf_counter()
+        job.compiled = looped(job.gemv, copies, outer, job.chain).lower(wts.x, ws).compile()
+        job.row["compile_s"] = round(time.perf_counter() - t, 3)
+        job.args, job.gemvs = (wts.x, ws), copies * outer
+        job.row["chain"] = job.chain
+        if job.family != "xla":
+            text = job.compiled.as_text() or ""
+            # Triton kernels in the executable: copies (one per GEMV of the loop body) or
+            # copies * outer (the loop unrolled); fewer means GEMVs were removed
+            job.row["custom_calls"] = {t: text.count(t) for t in ("__gpu$xla.gpu.triton", "mosaic_gpu")}
+
+    def measure(self, job: Job, rounds: int) -> dict:
+        fn, args = job.compiled, job.args
+        queue = 1 if self.a.interpret else self.a.queue
+        jax.block_until_ready(fn(*args))
+        times, enqueue = [], []
+        for _ in range(rounds):
+            t = time.perf_counter()
+            for _ in range(queue):
+                y = fn(*args)
+            t_enq = time.perf_counter()
+            jax.block_until_ready(y)  # every output of the last call (each call's are all live)
+            t_end = time.perf_counter()
+            times.append((t_end - t) / (queue * job.gemvs))
+            enqueue.append((t_enq - t) / (t_end - t))
+        res = {"seconds": statistics.median(times), "spread": [min(times), max(times)]}
+        res["enqueue_frac"] = round(statistics.median(enqueue), 3)  # near 1: host-bound timing
+        res["gb_per_s"] = self.w(job.shape).nbytes(job.fmt) / res["seconds"] / 1e9
+        return guard(res, self.limit)
+
+    def run_jobs(self, jobs: list[Job]):
+        seen = {(tuple(r["shape"]), r["name"]) for r in self.rows}
+        jobs = [j for j in jobs if j is not None and not ((j.shape, j.name) in seen or seen.add((j.shape, j.name)))]
+        if not jobs:
+            return
+        if self.over_budget():
+            for j in jobs:
+                self._finish(j, {"skipped": f"budget ({self.a.budget_s} s) spent"})
+            return
+        for j in jobs:  # the weights, made on the main thread before the workers share them
+            self.w(j.shape).get(j.fmt)
+            self.w(j.shape).x  # noqa: B018
+        print(f"[{self.elapsed():6.1f} s] compiling {len(jobs)} ({jobs[0].stage})", flush=True)
+        errors, retries = {}, 3  # retried alone: a failure from threading, not the kernel (at most 3)
+        with concurrent.futures.ThreadPoolExecutor(max(1, self.a.jobs)) as pool:
+            futures = {pool.submit(self.prepare, j): j for j in jobs}
+            for f in concurrent.futures.as_completed(futures):
+                if f.exception() is not None:
+                    errors[id(futures[f])] = f.exception()
+        for j in jobs:  # timing strictly after compiling: no thread competes for the GIL
+            e = errors.get(id(j))
+            if e is not None and not isinstance(e, OverBudget) and self.a.jobs > 1 and retries > 0:
+                retries -= 1
+                try:  # once more alone, in case the failure came from compiling in threads
+                    self.prepare(j)
+                    j.row["compiled_on_retry"] = f"{type(e).__name__}: {str(e)[:200]}"
+                    e = None
+                except Exception as again:
+                    e = again
+            if isinstance(e, OverBudget):
+                self._finish(j, {"skipped": str(e)})
+            elif e is not None:
+                self._finish(j, {"error": f"{type(e).__name__}: {' '.join(str(e).split())[:400]}"})
+            else:
+                self._check_and_time(j)
+
+    def _check_and_time(self, j: Job):
+        wts = self.w(j.shape)
+        try:
+            y = np.asarray(j.compiled(*j.args)[-1]).astype(np.float64)
+            ref = wts.reference(j.ref)
+            rms = float(np.sqrt(np.mean(ref**2)))
+            err = float(np.abs(y - ref).max())
+            ok = bool(np.isfinite(err) and err <= j.tol * rms)
+            res = {"check": {"max_abs_err": err, "err_over_rms": err / rms, "tol_over_rms": j.tol, "ok": ok}}
+            if ok:
+                res.update(self.measure(j, self.a.rounds))
+                res["bytes"] = wts.nbytes(j.fmt)
+        except Exception as e:  # a failure is a finding of the variant
+            res = {"error": f"{type(e).__name__}: {' '.join(str(e).split())[:400]}"}
+            if self.a.verbose:
+                traceback.print_exc()
+        self._finish(j, res)
+
+    def _finish(self, j: Job, res: dict):
+        row = {"shape": list(j.shape), "family": j.family, "name": j.name, "stage": j.stage}
+        if j.variant is not None:
+            row["params"] = dataclasses.asdict(j.variant)
+        row.update(j.row)
+        row["copies"] = len(j.args[1]) if j.args else None
+        row["gemvs_per_call"] = j.gemvs or None
+        row.update(res)
+        j.row = row
+        if not self.a.interpret:
+            j.compiled = j.compiled if "seconds" in row else None  # keep executables of timed rows only
+        self.rows.append(row)
+        self.jobs.append(j)
+        self._print(row)
+        self.save()
+
+    def _print(self, row):
+        shape = "x".join(map(str, row["shape"]))
+        head = f"[{self.elapsed():6.1f} s] {shape:>11} {row['name']:<52}"
+        if "seconds" in row:
+            c = row["check"]
+            print(
+                f"{head} {row['seconds'] * 1e6:8.2f} us {row['gb_per_s']:7.1f} GB/s"
+                f"  err/rms {c['err_over_rms']:.1e}  compile {row.get('compile_s', 0):.1f} s"
+                f"  enq {row['enqueue_frac']:.2f}{'  INVALID (faster than memory)' if 'invalid' in row else ''}",
+                flush=True,
+            )
+        elif "check" in row:
+            print(
+                f"{head} WRONG: err/rms {row['check']['err_over_rms']:.3g} > {row['check']['tol_over_rms']:.3g}",
+                flush=True,
+            )
+        else:
+            print(f"{head} {row.get('error') or row.get('skipped')}", flush=True)
+
+    # -- selection --
+    def timed(self, shape, family="pallas"):
+        rows = [r for r in self.rows if tuple(r["shape"]) == tuple(shape) and r["family"] == family and valid(r)]
+        return sorted(rows, key=lambda r: r["seconds"])
+
+    def best_variants(self, shape, k: int, key=lambda v: v) -> list[Variant]:
+        seen, out = set(), []
+        for r in self.timed(shape):
+            v = Variant(**r["params"])
+            if key(v) not in seen:
+                seen.add(key(v))
+                out.append(v)
+        return out[:k]
+
+    def tried(self, shape) -> set[str]:
+        return {r["name"] for r in self.rows if tuple(r["shape"]) == tuple(shape)}
+
+    # -- phases --
+    def run(self, all_shapes):
+        tiles = SMALL_TILES if self.a.small else TILES
+        self.run_jobs([j for s in all_shapes for j in self.baseline_jobs(s)])
+        shapes = [s for s in all_shapes if s != HEAD]  # the head stays bf16: XLA's baselines only
+        stage1 = [self.pallas_job(s, Variant(*t), "tiles") for s in shapes for t in tiles.get(s, default_tiles(*s))]
+        if self.a.small:  # the interpreter check: every dequant path once, on each shape's first 2 tiles
+            stage1 += [
+                self.pallas_job(s, dataclasses.replace(Variant(*t), **d), "modes")
+                for s in shapes
+                for t in tiles.get(s, default_tiles(*s))[:2]
+                for d in MODES
+            ]
+            stage1 += [
+                self.pallas_job(s, Variant(*t, atomic=True), "modes")
+                for s in shapes
+                for t in tiles.get(s, default_tiles(*s))
+                if t[2] > 1
+            ]
+            self.run_jobs(stage1)
+            self.final(all_shapes)
+            return
+        self.run_jobs(stage1)
+        stage2 = []
+        for s in shapes:
+            for v in self.best_variants(s, 2, key=lambda v: v.tile):
+                for warps, stages in WARPS_STAGES:
+                    if v.step_words * v.split * 8 == s[1] and stages != v.stages:
+                        continue  # whole-K: no loop for num_stages to pipeline
+                    cand = dataclasses.replace(v, warps=warps, stages=stages)
+                    if cand.name not in self.tried(s):
+                        stage2.append(self.pallas_job(s, cand, "launch"))
+        self.run_jobs(stage2)
+        stage3 = []
+        for s in shapes:
+            for v in self.best_variants(s, 1):
+                for d in MODES:
+                    cand = dataclasses.replace(v, **d)
+                    if cand.name not in self.tried(s):
+                        stage3.append(self.pallas_job(s, cand, "dequant"))
+        self.run_jobs(stage3)
+        self.final(all_shapes)
+
+    def final(self, shapes):
+        """Time again the 3 best Pallas variants and the baselines of every shape (executables kept)."""
+        print(f"[{self.elapsed():6.1f} s] final re-timing", flush=True)
+        for j in self.jobs:
+            if j.compiled is None or not valid(j.row):
+                continue
+            top = {r["name"] for r in self.timed(j.shape)[:3]}
+            if j.family != "pallas" or j.name in top:
+                try:
+                    j.row["final"] = self.measure(j, self.a.rounds * 2)
+                    if "invalid" in j.row["final"]:
+                        j.row["invalid"] = j.row["final"]["invalid"]
+                except Exception as e:
+                    j.row["final"] = {"error": f"{type(e).__name__}: {str(e)[:200]}"}
+        invalid = [f"{'x'.join(map(str, r['shape']))} {r['name']}" for r in self.rows if "invalid" in r]
+        if invalid:
+            print(f"INVALID (faster than memory, left out): {', '.join(invalid)}", flush=True)
+        best = select_best(self.rows, shapes)
+        self.record["best"] = {"x".join(map(str, s)): v for s, v in best.items()}
+        self.record["step_estimate"] = step_estimate(best, self.rows)
+        self.save()
+        print(json.dumps(self.record["step_estimate"], indent=1), flush=True)
+
+
+def default_tiles(out: int, n_in: int) -> list[tuple[int, int, int]]:
+    """Tiles for a shape without a hand-picked list: whole-K and 64-word steps at 8-32 rows."""
+    words = n_in // 8
+    return [(r, k, 1) for r in (8, 16, 32) for k in sorted({64, words}) if k <= words]
+
+
+def step_estimate(best: dict, rows: list[dict]) -> dict:
+    """Seconds of one decode step's linears: per-shape best times x the step's counts."""
+    shapes = [s for s in STEP if s != HEAD]
+    have = lambda fam: all(fam in best.get(s, {}) for s in shapes)
+    head = {f: best.get(HEAD, {}).get(f, {}).get("seconds") for f in ("xla-dot", "xla-reduce")}
+    head_s = min((t for t in head.values() if t), default=None)
+    out = {"counts": {"x".join(map(str, s)): n for s, n in STEP.items()}, "head_bf16_s": head, "families": {}}
+    fams = ("xla-dot", "xla-reduce", "xla-dot-chained", "xla-u32-word", "xla-u4-magic", "current-pallas", "pallas-best")
+    for fam in fams:
+        if not have(fam):
+            continue
+        linears = sum(STEP[s] * best[s][fam]["seconds"] for s in shapes)
+        out["families"][fam] = {"linears_s": linears, "with_head_s": None if head_s is None else linears + head_s}
+    if have("xla-dot") and have("xla-reduce"):
+        dense = sum(STEP[s] * min(best[s]["xla-dot"]["seconds"], best[s]["xla-reduce"]["seconds"]) for s in shapes)
+        out["families"]["xla-bf16-best"] = {
+            "linears_s": dense,
+            "with_head_s": None if head_s is None else dense + head_s,
+        }
+    # One Pallas configuration for every shape (as one kernel in a model would be): the best
+    # variant timed at all four shapes.
+    per_name = collections.defaultdict(dict)
+    for r in rows:
+        if r["family"] == "pallas" and valid(r):
+            per_name[r["name"]][tuple(r["shape"])] = row_seconds(r)
+    single = {n: sum(STEP[s] * t[s] for s in shapes) for n, t in per_name.items() if all(s in t for s in shapes)}
+    if single:
+        name = min(single, key=single.get)
+        out["families"]["pallas-single-config"] = {
+            "name": name,
+            "linears_s": single[name],
+            "with_head_s": None if head_s is None else single[name] + head_s,
+        }
+    base = out["families"].get("xla-bf16-best", {}).get("with_head_s")
+    for fam in out["families"].values():
+        if base and fam.get("with_head_s"):
+            fam["speedup_vs_xla_bf16"] = base / fam["with_head_s"]
+    return out
+
+
+def lower_only(args) -> int:
+    """Lower every GPU-sweep variant (stage-1 tiles, and every dequant mode on each shape's first
+    tile) to Triton IR for CUDA, here, without a GPU: Pallas' own lowering errors show up."""
+    rows = []
+    for shape in GPU_SHAPES:
+        out, n_in = shape
+        vs = [Variant(*t) for t in TILES[shape]]
+        for t in (TILES[shape][0], next((t for t in TILES[shape] if t[2] > 1), None)):
+            if t is not None:
+                vs += [dataclasses.replace(Variant(*t), **d) for d in MODES]
+        for v in dict.fromkeys(vs):
+            if v.invalid(*shape):
+                continue
+            sd = jnp.float32 if v.scales == "f32" else BF16
+            spec = (
+                jax.ShapeDtypeStruct((n_in,), BF16),
+                (
+                    jax.ShapeDtypeStruct((out, n_in // 8), jnp.uint32),
+                    jax.ShapeDtypeStruct((out, n_in // GROUP), sd),
+                    jax.ShapeDtypeStruct((out, n_in // GROUP), sd),
+                ),
+            )
+            row = {"shape": list(shape), "name": v.name}
+            t = time.perf_counter()
+            try:
+                text = jax.jit(pallas_gemv(v, False)).trace(*spec).lower(lowering_platforms=("cuda",)).as_text()
+                row["triton_calls"] = text.count("__gpu$xla.gpu.triton")
+                row["ok"] = row["triton_calls"] == 1
+            except Exception as e:
+                row["error"] = f"{type(e).__name__}: {' '.join(str(e).split())[:400]}"
+                row["ok"] = False
+            row["lower_s"] = round(time.perf_counter() - t, 3)
+            rows.append(row)
+            print(f"{'x'.join(map(str, shape)):>11} {v.name:<52} {'ok' if row['ok'] else row.get('error')}", flush=True)
+    record = {"environment": env.environment("cpu"), "lowered": rows, "all_ok": all(r["ok"] for r in rows)}
+    if args.out:
+        Path(args.out).write_text(json.dumps(record, indent=1) + "\n")
+    print(f"{sum(r['ok'] for r in rows)}/{len(rows)} variants lowered to one Triton call each", flush=True)
+    return 0 if record["all_ok"] else 1
+
+
+def self_test() -> int:
+    """CPU checks of the timing harness: (1) the optimized HLO of each XLA baseline loop holds
+    one GEMV per weight copy per round (``looped`` keeps every GEMV alive); (2) the bandwidth
+    guard marks a planted too-fast timing invalid and ``select_best`` / ``step_estimate`` leave
+    it out."""
+    ok = True
+    out, n_in, copies, outer = 256, 512, 3, 2
+    x = jax.random.normal(jax.random.PRNGKey(0), (n_in,), BF16)
+    ws = tuple(jax.random.normal(jax.random.PRNGKey(i + 1), (out, n_in), BF16) for i in range(copies))
+    for name, gemv, chain in (("xla-dot", xla_dot, "barrier"), ("xla-reduce", xla_reduce, "barrier"),
+                              ("xla-dot-chained", xla_dot, "data")):  # fmt: skip
+        f = looped(gemv, copies, outer, chain).lower(x, ws).compile()
+        n = gemvs_per_round(f.as_text())
+        y = np.asarray(f(x, ws)[-1], np.float64)
+        ref = np.asarray(ws[-1], np.float64) @ np.asarray(x, np.float64)
+        err = float(np.abs(y - ref).max() / np.sqrt(np.mean(ref**2)))
+        good = n == copies and err < TOL["xla"]
+        ok &= good
+        print(f"self-test: {name:<16} {chain:<8} GEMVs per loop round in the optimized HLO: {n} "
+              f"(want {copies}); err/rms {err:.1e}  {'ok' if good else 'FAIL'}")  # fmt: skip
+    # the guard, on planted rows: a 2 us GEMV of 32 MB (16 TB/s) against a measured 4 TB/s
+    limit = GUARD_FACTOR * 4000.0
+    shape, nbytes = (8192, 2048), 8192 * 2048 * 2
+    rows = []
+    for name, family, t in (("xla-dot", "xla", 9e-6), ("xla-reduce", "xla", 2.3e-6), ("pallas-a", "pallas", 2e-6),
+                            ("pallas-b", "pallas", 1e-5)):  # fmt: skip
+        res = guard({"seconds": t, "gb_per_s": nbytes / t / 1e9}, limit)
+        rows.append({"shape": list(shape), "name": name, "family": family, "bytes": nbytes, **res})
+    flagged = sorted(r["name"] for r in rows if "invalid" in r)
+    best = select_best(rows, [shape])[shape]
+    good = (
+        flagged == ["pallas-a", "xla-reduce"]
+        and "xla-reduce" not in best
+        and best["pallas-best"]["name"] == "pallas-b"
+        and best["xla-dot"]["seconds"] == 9e-6
+    )
+    # a valid first timing whose final re-timing is too fast: the row is invalid (final() does this)
+    late = {"shape": list(shape), "name": "xla-dot", "family": "xla", "bytes": nbytes, "seconds": 9e-6}
+    late["final"] = guard({"seconds": 1e-6, "gb_per_s": nbytes / 1e-6 / 1e9}, limit)
+    late["invalid"] = late["final"].get("invalid")
+    good &= "xla-dot" not in select_best([late], [shape])[shape]
+    est = step_estimate({shape: best}, rows)
+    good &= est["families"].get("pallas-single-config") is None  # shapes missing: no estimate, no crash
+    ok &= good
+    print(f"self-test: guard at {limit:.0f} GB/s flagged {flagged} (planted: pallas-a 16.8 TB/s, "
+          f"xla-reduce 14.6 TB/s); best {sorted((k, v['name']) for k, v in best.items())}  "
+          f"{'ok' if good else 'FAIL'}")  # fmt: skip
+    print(f"self-test: {'all ok' if ok else 'FAILED'}", flush=True)
+    return 0 if ok else 1
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", default="pallas-gemv.json")
+    p.add_argument("--interpret", action="store_true", help="run the kernels in Pallas' interpreter (CPU check)")
+    p.add_argument("--small", action="store_true", help="small shapes (the interpreter check)")
+    p.add_argument("--lower-only", action="store_true", help="only lower the GPU sweep's variants to Triton IR")
+    p.add_argument("--shapes", default=None, help="comma-separated OUTxIN (default: the 1B shapes and the head)")
+    p.add_argument("--no-head", action="store_true", help="skip the 128256x2048 bf16 head")
+    p.add_argument("--footprint-mb", type=int, default=100, help="weight bytes per timed loop (> L2)")
+    p.add_argument("--max-copies", type=int, default=256)
+    p.add_argument("--min-gemvs", type=int, default=64, help="GEMVs per timed call, at least")
+    p.add_argument("--head-gemvs", type=int, default=8)
+    p.add_argument("--queue", type=int, default=8, help="calls queued per timed round")
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--budget-s", type=float, default=200.0, help="no new compiles after this (0: none)")
+    p.add_argument("--jobs", type=int, default=min(8, os.cpu_count() or 1), help="compile threads")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--bw-mb", type=int, default=1024, help="array size of the bandwidth measurement")
+    p.add_argument("--self-test", action="store_true", help="CPU checks of the timing harness only")
+    p.add_argument("--verbose", action="store_true")
+    a = p.parse_args(argv)
+    if a.self_test:
+        return self_test()
+    if a.lower_only:
+        return lower_only(a)
+    if a.interpret:  # correctness only: two copies, one call, no budget
+        a.budget_s, a.rounds, a.max_copies = 0, 1, 2
+        a.bw_mb = min(a.bw_mb, 64)
+    if a.shapes:
+        shapes = [tuple(int(n) for n in s.split("x")) for s in a.shapes.split(",")]
+    elif a.small:
+        shapes = SMALL_SHAPES
+    else:
+        shapes = GPU_SHAPES + ([] if a.no_head else [HEAD])
+    sweep = Sweep(a)
+    print(f"jax {jax.__version__} on {sweep.record['environment']['device_kind']}; shapes {shapes}", flush=True)
+    sweep.measure_bandwidth()
+    sweep.run([s for s in shapes if s != HEAD] + [s for s in shapes if s == HEAD])
+    sweep.record["elapsed_s"] = sweep.elapsed()
+    sweep.save()
+    bad = [r["name"] for r in sweep.rows if "check" in r and not r["check"]["ok"]]
+    errors = [r["name"] for r in sweep.rows if "error" in r]
+    print(
+        f"done in {sweep.elapsed():.0f} s: {len(sweep.rows)} rows, {len(bad)} wrong, {len(errors)} errors", flush=True
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
