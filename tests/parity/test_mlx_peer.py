@@ -21,7 +21,23 @@ def real_hf_dir(tmp_path_factory):
     return mlx_peer.write_hf_dir(None, tmp_path_factory.mktemp("smollm2-hf") / "hf")
 
 
-@pytest.fixture(scope="session", params=mlx_peer.VARIANTS, ids=lambda v: f"{v[0]}-{v[1]}bit-g{v[2]}")
+def _variant_id(v) -> str:
+    return f"{v[0]}-{v[1]}bit-g{v[2]}"
+
+
+# Our greedy run against mlx_lm's, per checkpoint and backend. Float16 runs on IREE-CPU only:
+# XLA-CPU's float16 dot takes 90 s for these 48 tokens (bfloat16 23 s), a sixth of the CPU suite's
+# budget for two cases; XLA-CPU's float16 path is held to transformers in test_half_precision.py,
+# and the checkpoint's own path (loader, scales converted in the graph) is the same on both.
+GREEDY_CASES = [
+    pytest.param(v, b, id=f"{_variant_id(v)}-{b}")
+    for v in mlx_peer.VARIANTS
+    for b in ("xla-cpu", "iree-cpu")
+    if not (v[0] == "float16" and b == "xla-cpu")
+]
+
+
+@pytest.fixture(scope="session", params=mlx_peer.VARIANTS, ids=_variant_id)
 def mlx_checkpoint(request, real_hf_dir, tmp_path_factory):
     dtype, bits, group = request.param
     dest = tmp_path_factory.mktemp("mlx") / f"{dtype}-q{bits}g{group}"
@@ -82,7 +98,7 @@ def test_mlx_lm_builds_the_same_model_from_the_checkpoint_as_we_do(mlx_checkpoin
     assert mlx_peer.config_differences(mlx_checkpoint[0]) == {}
 
 
-@pytest.mark.parametrize("backend", ["xla-cpu", "iree-cpu"])
+@pytest.mark.parametrize("mlx_checkpoint,backend", GREEDY_CASES, indirect=["mlx_checkpoint"])
 def test_our_int4_graph_agrees_with_mlx_lm_greedy(mlx_checkpoint, backend, our_runs, peer_runs):
     path, dtype = mlx_checkpoint[:2]
     ours = our_runs(path, backend)
