@@ -92,7 +92,8 @@ def render(runs: list[dict], iree: dict | None = None) -> list[str]:
         w = c["collectives"]["weight_collectives"][0]
         lines += [
             "",
-            f"Before the vocab-parallel lookup (same machine, plain `jnp.take` from the vocab-sharded table): "
+            f"Before the vocab-parallel lookup (an earlier run, another machine of the same kind; plain `jnp.take` "
+            "from the vocab-sharded table): "
             f"{len(moved)}/{len(plain)} sharded cases moved weights: {w['kind']} of {', '.join(w['weights'])} "
             f"`{w['shape']}` ({w['bytes'] / 2**20:.0f} MiB per device per step, at `{w['op_name']}`); "
             f"{c['shape']} {c['mode']} TP {c['tp']} took {_ms(c['step_seconds'])} ms "
