@@ -11,20 +11,21 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-# Two CPU devices, so the tensor-parallel tests run XLA's partitioner on the CPU (before jax
-# starts its CPU client; one-device tests use the first).
-if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
-    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=2").strip()
 
 import jax  # noqa: E402
 import pytest  # noqa: E402
 from hypothesis import HealthCheck, settings  # noqa: E402
 
 from model_impl.llama.graphs import DECODE_CHUNK  # noqa: E402
+from model_impl.llama.sharding import host_devices  # noqa: E402
 from model_impl.llama.weights import QUANT_ALIASES  # noqa: E402
 
 ROOT = Path(__file__).parent
 CACHE_DIR = Path(os.environ.get("MODEL_IMPL_CACHE", ROOT / ".cache"))
+
+# Two CPU devices, so the tensor-parallel tests run XLA's partitioner on the CPU (set before JAX
+# starts its CPU client, below; one-device tests use the first).
+host_devices(2)
 
 # CPU tests run on the CPU even where a GPU is present; CUDA tests ask for it by name.
 jax.config.update("jax_default_device", jax.devices("cpu")[0])

@@ -17,13 +17,6 @@ def _token_ids(text: str) -> list[int]:
         raise SystemExit(f"--token-ids must be comma-separated integers, got {text!r}") from None
 
 
-def host_devices(n: int) -> None:
-    """XLA-CPU with ``n`` host devices (XLA_FLAGS), unless the environment already sets a count."""
-    flags = os.environ.get("XLA_FLAGS", "")
-    if "xla_force_host_platform_device_count" not in flags:
-        os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={n}".strip()
-
-
 def cmd_generate(args) -> int:
     import numpy as np
 
@@ -38,6 +31,8 @@ def cmd_generate(args) -> int:
         if args.tp < 1:
             raise ValueError(f"--tp must be at least 1, got {args.tp}")
         if args.tp > 1 and args.backend == "xla-cpu":  # host devices, before JAX starts its CPU client
+            from .llama.sharding import host_devices
+
             host_devices(args.tp)
         generate.require_device(args.backend)  # before anything is loaded or built
         cfg, weights = checkpoint.load(args.model, args.quant, args.dtype)
@@ -99,10 +94,12 @@ def cmd_fusion(args) -> int:
 
 
 def cmd_tp(args) -> int:
+    from .lab import tensor_parallel as tpl
+    from .llama.sharding import host_devices
+
     tps = tuple(int(t) for t in args.tp.split(","))
     if args.backend == "xla-cpu":
         host_devices(max(tps))
-    from .lab import tensor_parallel as tpl
 
     modes = {m[0]: m for m in tpl.MODES}
     wanted = args.modes.split(",") if args.modes else list(modes)

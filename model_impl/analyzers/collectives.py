@@ -11,7 +11,8 @@ argument path). A collective whose operand is weights means a shard reads anothe
 weights every step: "weights move"; none means "weights stay local".
 
 Dependence is tracked through every computation a collective can sit in: the entry, while
-bodies (their carried tuple element by element), and the computations of calls and async ops;
+bodies (their carried tuple element by element), and the computations of calls and async ops
+(``calls=``);
 fusions are taken whole (their output depends on their operands).
 """
 
@@ -38,7 +39,6 @@ _OP_NAME = re.compile(r'op_name="([^"]*)"')
 _OPERAND = re.compile(r"%([\w.\-]+)")
 _ARRAY = re.compile(r"\b(pred|bf16|[suf]\d+)\[([\d,]*)\]")
 _BODY = re.compile(r"body=%?([\w.\-]+)")
-_CALLED = re.compile(r"(?:calls|to_apply)=%?([\w.\-]+)")
 _INDEX = re.compile(r"index=(\d+)")
 
 
@@ -156,8 +156,8 @@ def collectives(text: str) -> list[Collective]:
                 body = _BODY.search(i.rest)
                 if body:
                     walk(body.group(1), [ops[0]] if ops else [], True)
-            elif i.opcode != "fusion":
-                for called in _CALLED.findall(i.rest):
+            elif i.opcode != "fusion":  # calls and async ops (reducers hold no collectives)
+                for called in i.calls:
                     walk(called, ops, in_loop)
             kind = _kind(i.opcode)
             if kind:

@@ -20,6 +20,7 @@ added and whether any of them moves weights.
 from __future__ import annotations
 
 import dataclasses
+import os
 
 import jax
 import numpy as np
@@ -145,11 +146,22 @@ def weight_specs(weights: Weights) -> Weights:
 CACHE_SPEC = P(None, AXIS, None, None)  # [layers, kv_heads, max_seq, head_dim]: by KV head
 
 
+HOST_DEVICES_FLAG = "xla_force_host_platform_device_count"
+
+
+def host_devices(n: int) -> None:
+    """XLA-CPU with ``n`` host devices (XLA_FLAGS), unless the environment already sets a count;
+    effective while JAX has not started its CPU client."""
+    flags = os.environ.get("XLA_FLAGS", "")
+    if HOST_DEVICES_FLAG not in flags:
+        os.environ["XLA_FLAGS"] = f"{flags} --{HOST_DEVICES_FLAG}={n}".strip()
+
+
 def mesh(tp: int, platform: str) -> Mesh:
     """The first ``tp`` devices of ``platform`` as a 1-D mesh; one line if there are fewer."""
     devices = jax.devices(platform)
     if len(devices) < tp:
-        hint = " (CPU: XLA_FLAGS=--xla_force_host_platform_device_count=N)" if platform == "cpu" else ""
+        hint = f" (CPU: XLA_FLAGS=--{HOST_DEVICES_FLAG}=N)" if platform == "cpu" else ""
         raise ShardingError(f"--tp {tp} needs {tp} {platform} devices; this process has {len(devices)}{hint}")
     return Mesh(np.array(devices[:tp]), (AXIS,))
 
