@@ -64,6 +64,8 @@ def require_device(backend: str) -> None:
             import iree.runtime as rt
 
             rt.get_driver("cuda")
+    except ImportError as e:
+        raise BackendUnavailable(f"backend {spec.name}: {e.name or e} is not installed") from None
     except RuntimeError as e:
         reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise BackendUnavailable(f"backend {spec.name}: no usable CUDA device ({reason})") from None

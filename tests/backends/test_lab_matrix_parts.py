@@ -110,3 +110,23 @@ def test_the_report_says_the_committed_h100_matrix_misses_the_target_and_shows_w
     text = "\n".join(vs_bf16_section.render(runs))
     assert not vs_bf16_section.target(runs)["met"]
     assert "**not met**" in text and "What stops it" in text and "torch tinygemm in the same run" in text
+
+
+def test_the_pallas_sweep_lines_say_whether_the_tuned_kernel_beats_the_in_graph_forms():
+    import copy
+
+    from model_impl.report import results, vs_bf16_section
+
+    run = results.load(results.RESULTS_DIR, "pallas-gemv-*.json")[-1]
+    fams = run["step_estimate"]["families"]
+    text = "\n".join(vs_bf16_section.pallas_gemv_lines([run]))
+    assert "0 wrong against the host dequant" in text and "| 8192x2048 |" in text
+    # the committed H100 run: the tuned kernel beats XLA's in-graph int4 forms but not 1.5x
+    assert fams["pallas-best"]["speedup_vs_xla_bf16"] > fams["xla-u4-magic"]["speedup_vs_xla_bf16"]
+    assert "The tuned Pallas GEMV beats the best in-graph int4 form" in text and "misses the 1.5x" in text
+    slow = copy.deepcopy(run)
+    slow["step_estimate"]["families"]["pallas-best"]["speedup_vs_xla_bf16"] = 0.5
+    assert "does not beat the best in-graph int4 form" in "\n".join(vs_bf16_section.pallas_gemv_lines([slow]))
+    fast = copy.deepcopy(run)
+    fast["step_estimate"]["families"]["pallas-best"]["speedup_vs_xla_bf16"] = vs_bf16_section.TARGET
+    assert "meets the 1.5x" in "\n".join(vs_bf16_section.pallas_gemv_lines([fast]))
