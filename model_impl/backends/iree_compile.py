@@ -107,8 +107,9 @@ def weights_signature(specs) -> list:
         entry("lm_head", specs.lm_head) if specs.lm_head is not None else ["lm_head", None],
     ]
     for i, layer in enumerate(specs.layers):
-        for field in dataclasses.fields(layer):
-            out.append(entry(f"layers.{i}.{field.name}", getattr(layer, field.name)))
+        for field in dataclasses.fields(layer):  # absent linears (stacked or not) leave no entry
+            if getattr(layer, field.name) is not None:
+                out.append(entry(f"layers.{i}.{field.name}", getattr(layer, field.name)))
     return out
 
 

@@ -20,7 +20,7 @@ import statistics
 import time
 
 from ..llama.config import Config
-from ..llama.weights import LINEAR_NAMES, expected_shapes
+from ..llama.weights import LINEAR_NAMES, STACKED, expected_shapes
 
 GROUP = 64
 INNER_K_TILES = 8  # _convert_weight_to_int4pack's layout parameter (2, 4 or 8)
@@ -40,11 +40,19 @@ def _torch():
     return torch, None
 
 
-def step_shapes(cfg: Config) -> list[tuple[int, int]]:
-    """``[out, in]`` of every linear of one decode step, the head last."""
+def step_shapes(cfg: Config, stacked: bool = False) -> list[tuple[int, int]]:
+    """``[out, in]`` of every linear of one decode step, the head last; ``stacked``: q|k|v and
+    gate|up as one linear each (:data:`weights.STACKED`), as engines ship them."""
     shapes = expected_shapes(cfg)
-    per_layer = [shapes[n] for n in LINEAR_NAMES]
+    if stacked:
+        for stack, parts in STACKED.items():
+            shapes[stack] = (sum(shapes.pop(n)[0] for n in parts), cfg.hidden_size)
+    per_layer = [v for n, v in shapes.items() if n in (*LINEAR_NAMES, *STACKED)]
     return per_layer * cfg.num_layers + [(cfg.vocab_size, cfg.hidden_size)]
+
+
+# The layouts the anchors are timed in: key suffix -> stacked
+LAYOUTS = {"": False, "-stacked": True}
 
 
 def _graph_seconds(torch, fn, replays: int, rounds: int) -> tuple[float, list[float]]:
@@ -113,8 +121,18 @@ def measure(cfg: Config, batches=(1,), replays: int = 20, rounds: int = 5) -> di
     out["bandwidth_bytes_per_s"], out["bandwidth_spread"] = copy_bandwidth(torch, rounds)
     error = tinygemm_check(torch)
     out["tinygemm_check"] = {"max_abs_err": error, "atol": TINYGEMM_CHECK_ATOL, "ok": error <= TINYGEMM_CHECK_ATOL}
+    rows = {str(b): {} for b in batches}
+    for suffix, stacked in LAYOUTS.items():
+        _measure_layout(torch, step_shapes(cfg, stacked), batches, replays, rounds, suffix, rows)
+        torch.cuda.empty_cache()  # the layout's weights are gone with its frame
+    out["batches"] = rows
+    return out
+
+
+def _measure_layout(torch, shapes, batches, replays: int, rounds: int, suffix: str, rows: dict) -> None:
+    """torch bf16 and tinygemm step-linears seconds of one layout into ``rows[batch]``, keyed
+    ``torch-bf16<suffix>`` and ``torch-int4-tinygemm<suffix>``."""
     g = torch.Generator(device="cuda").manual_seed(1)
-    shapes = step_shapes(cfg)
     dense = [torch.randn(o, i, device="cuda", generator=g, dtype=torch.bfloat16) * i**-0.5 for o, i in shapes]
     int4 = []
     for o, i in shapes[:-1]:
@@ -122,7 +140,6 @@ def measure(cfg: Config, batches=(1,), replays: int = 20, rounds: int = 5) -> di
         s = torch.full((o, i // GROUP), 0.01, device="cuda", dtype=torch.bfloat16)
         int4.append(_int4pack(torch, q, s, torch.zeros_like(s)))
     head = dense[-1]
-    rows = {}
     for b in batches:
         xs = {i: torch.randn(b, i, device="cuda", generator=g, dtype=torch.bfloat16) for _, i in shapes}
 
@@ -135,13 +152,9 @@ def measure(cfg: Config, batches=(1,), replays: int = 20, rounds: int = 5) -> di
 
         bf16_s, bf16_spread = _graph_seconds(torch, bf16_step, replays, rounds)
         int4_s, int4_spread = _graph_seconds(torch, int4_step, replays, rounds)
-        rows[str(b)] = {
-            "torch-bf16": {"step_linears_seconds": bf16_s, "spread": bf16_spread},
-            "torch-int4-tinygemm": {
-                "step_linears_seconds": int4_s,
-                "spread": int4_spread,
-                "speedup_vs_torch_bf16": bf16_s / int4_s,
-            },
+        rows[str(b)][f"torch-bf16{suffix}"] = {"step_linears_seconds": bf16_s, "spread": bf16_spread}
+        rows[str(b)][f"torch-int4-tinygemm{suffix}"] = {
+            "step_linears_seconds": int4_s,
+            "spread": int4_spread,
+            "speedup_vs_torch_bf16": bf16_s / int4_s,
         }
-    out["batches"] = rows
-    return out

@@ -29,11 +29,13 @@ from .fusion_matrix import (
     PREFILL_BUCKET,
     PROMPT_TOKENS,
     ROWS,
+    STACKED,
     Cell,
     applicability,
     cell_record,
     error_line,
     iree_flags,
+    layout,
     lowering_cell,
     row_parts,
     settings,
@@ -112,18 +114,24 @@ class Setup:
 BASELINE_DTYPES = ("float32", "float16", "bfloat16")
 
 
-def dense_baselines(backend: str, setup: Setup, log=print) -> dict:
-    """``{"<dtype>:<form>": {"seconds", "spread"}}``: dense decode steps on ``backend``."""
+def dense_baselines(backend: str, setup: Setup, log=print, stacked: bool = False) -> dict:
+    """``{"<dtype>:<form>": {"seconds", "spread"}}``: dense decode steps on ``backend``;
+    ``stacked``: the run's dtype also with stacked projections (``"<dtype>:<form>+stacked"``),
+    so that stacked int4 cells are held to the fastest dense layout too."""
     out = {}
     dtypes = ("float32",) if setup.cfg.dtype == "float32" else BASELINE_DTYPES  # fp32: its one reference
     for dtype in dtypes:
         forms = DENSE_FORMS if dtype == setup.cfg.dtype else ("dot",)
+        options = ("default", STACKED) if stacked and dtype == setup.cfg.dtype else ("default",)
         cfg = dataclasses.replace(setup.cfg, dtype=dtype)
         weights = cast_weights(setup.fp32, dtype)
-        for form in forms:
-            t = decode_timing(backend, cfg, convert_dense(weights, form), "default", setup.steps, per_call=False)
-            out[f"{dtype}:{form}"] = {"seconds": t["seconds"], "spread": t["spread"]}
-            log(f"{backend}: dense {dtype} {form} decode {t['seconds'] * 1e3:.3f} ms")
+        for option in options:
+            for form in forms:
+                dense = convert_dense(layout(weights, option), form)
+                t = decode_timing(backend, cfg, dense, "default", setup.steps, per_call=False)
+                key = f"{dtype}:{form}" + ("" if option == "default" else f"+{option}")
+                out[key] = {"seconds": t["seconds"], "spread": t["spread"]}
+                log(f"{backend}: dense {key} decode {t['seconds'] * 1e3:.3f} ms")
         del weights
         gc.collect()
     return out
@@ -142,7 +150,7 @@ def measure_backend(
     (cells, dense baselines)."""
     fp32 = setup.cfg.dtype == "float32"
     fp32_linear = time_linear(backend, None, "default") if fp32 else None
-    baselines = dense_baselines(backend, setup, log)
+    baselines = dense_baselines(backend, setup, log, stacked=any(row_parts(r)[1] == STACKED for r in rows))
     fp32_decode = best_dense(baselines, "float32")
     bf16_decode = best_dense(baselines, "bfloat16")
     gc.collect()
@@ -191,11 +199,11 @@ def _measure_cell(cell: Cell, setup: Setup, prompt, references) -> None:
     backend, representation, option, head = cell.backend, cell.representation, cell.option, cell.head
     spec = backend_spec(backend)
     int4_head = head == "int4"
-    specs = convert(weight_specs(setup.cfg, "int4", embedding=int4_head), representation, head)
+    specs = convert(layout(weight_specs(setup.cfg, "int4", embedding=int4_head), option), representation, head)
     lowering_cell(cell, setup.cfg, specs)
     if setup.cfg.dtype == "float32" and head == "dot":
         cell.linear_seconds = time_linear(backend, representation, option)
-    weights = convert(setup.quantized(head), representation, head)
+    weights = convert(layout(setup.quantized(head), option), representation, head)
     cell.bytes_per_step = roofline.decode_bytes_read(setup.cfg, weights, PROMPT_TOKENS)
     timing = decode_timing(backend, setup.cfg, weights, option, setup.steps, per_call=setup.cfg.dtype == "float32")
     cell.decode_seconds, cell.decode_spread = timing["seconds"], timing["spread"]
@@ -206,7 +214,7 @@ def _measure_cell(cell: Cell, setup: Setup, prompt, references) -> None:
     gc.collect()
     cell.parity_model = setup.parity_name
     try:
-        parity_weights = convert(setup.quantized(head, parity=True), representation, head)
+        parity_weights = convert(layout(setup.quantized(head, parity=True), option), representation, head)
     except Exception as e:  # e.g. the Pallas layout needs in % 512 == 0
         cell.parity_model = f"{setup.parity_name}: {error_line(e)}"
         return
@@ -256,7 +264,7 @@ def batch_timings(backend: str, setup: Setup, rows=BATCH_ROWS, log=print) -> dic
     cases = [("dense:dot", lambda: setup.fp32, {})]
     for row in rows:
         representation, option, head = row_parts(row)
-        make = lambda r=representation, h=head: convert(setup.quantized(h), r, h)  # noqa: E731
+        make = lambda r=representation, o=option, h=head: convert(layout(setup.quantized(h), o), r, h)  # noqa: E731
         cases.append((f"{representation}:{option}:{head}", make, settings(option, backend)))
     out = {}
     for name, make, opts in cases:

@@ -36,15 +36,20 @@ from ..backends.spec import backend as backend_spec
 from ..llama.config import Config
 from ..llama.graphs import export_stablehlo
 from ..llama.representations import BASELINE, PALLAS
-from ..llama.weights import Weights, linear_weight_elements
+from ..llama.weights import Weights, is_stacked, linear_weight_elements, stack_projections
 
 SUBCHANNEL = {"xla_gpu_experimental_enable_subchannel_dequantisation_fusion": True}
 REASSOC = ("--iree-global-opt-enable-quantized-matmul-reassociation",)
 DATA_TILING = ("--iree-opt-data-tiling",)
 
+# A layout option, not a compiler setting: q|k|v and gate|up stacked at load time
+# (:func:`weights.stack_projections`), 4 GEMVs per layer instead of 7, on every backend.
+STACKED = "stacked"
+
 # option -> backend -> compiler settings (absent backend: the option does not apply there)
 OPTIONS = {
     "default": {b: {} for b in BACKENDS},
+    STACKED: {b: {} for b in BACKENDS},
     "xla-subchannel": {"xla-cuda": {"xla_options": SUBCHANNEL}},
     "iree-reassoc": {"iree-cpu": {"iree_flags": REASSOC}, "iree-cuda": {"iree_flags": REASSOC}},
     "iree-data-tiling": {"iree-cpu": {"iree_flags": DATA_TILING}},
@@ -78,6 +83,11 @@ ROWS_VS_BF16 = (
     ("u32-word", "default", "reduce"),
     ("u32-word-split", "default", "reduce"),
     ("u32-word-split", "default", "int4"),
+    ("u4-magic", STACKED, "reduce"),
+    ("u32-word", STACKED, "reduce"),
+    ("u32-word-split", STACKED, "reduce"),
+    ("u32-word-split", STACKED, "int4"),
+    ("u4-magic+word-mlp", STACKED, "reduce"),
 )
 # Rows also timed at decode batch 4 and 16 and at a 64-token prefill (XLA-CUDA), with the dense
 # forms of the run's dtype beside them: where int4 stops beating bf16.
@@ -115,6 +125,12 @@ def applicability(representation: str, option: str, backend: str) -> str | None:
 
 def settings(option: str, backend: str) -> dict:
     return dict(OPTIONS[option].get(backend, {}))
+
+
+def layout(weights: Weights, option: str) -> Weights:
+    """The weights as the option lays them out: stacked projections for :data:`STACKED`, else as
+    loaded. Applied to the checkpoint's form, before any conversion to a representation."""
+    return stack_projections(weights) if option == STACKED else weights
 
 
 # --- timing helpers --------------------------------------------------------------------------
@@ -194,7 +210,7 @@ class Cell:
 def lowering_cell(cell: Cell, cfg: Config, specs: Weights) -> None:
     """Fill the lowering columns from the decode graph of ``cfg`` (shapes only)."""
     opts = settings(cell.option, cell.backend)
-    elements = linear_weight_elements(cfg)
+    elements = linear_weight_elements(cfg, is_stacked(specs))
     spec = backend_spec(cell.backend)
     if spec.is_xla:
         with jax.default_device(jax.devices(spec.platform)[0]):

@@ -22,7 +22,7 @@ import numpy as np
 
 from .config import Config, rope_inv_freq
 from .linears import DenseReduceLinear, Int4Form, LinearForm, QuantizedLinear, contract, dequantize, linear
-from .weights import Weights
+from .weights import STACKED, Layer, Weights
 
 
 @jax.tree_util.register_dataclass
@@ -124,6 +124,15 @@ def _write_and_attend(cfg: Config, i: int, q, k, v, k_all, v_all, start, positio
     return attention(cfg, q, k_all[i], v_all[i], positions), k_all, v_all
 
 
+def project(x: jax.Array, layer: Layer, stack: str, rows: tuple[int, ...]) -> list[jax.Array]:
+    """``x`` through the linears of ``STACKED[stack]`` (``rows`` output rows each): one GEMV over
+    the stacked weight, its output split, or one GEMV per part when the layer is unstacked."""
+    w = getattr(layer, stack)
+    if w is None:
+        return [linear(x, getattr(layer, n)) for n in STACKED[stack]]
+    return jnp.split(linear(x, w), np.cumsum(rows)[:-1].tolist(), axis=-1)
+
+
 def forward(cfg: Config, weights: Weights, tokens, start, cache: KVCache, batched: bool = False):
     """Run ``tokens [t]`` at positions ``start..start+t-1``; returns (hidden [t, h], cache).
 
@@ -141,9 +150,10 @@ def forward(cfg: Config, weights: Weights, tokens, start, cache: KVCache, batche
     k_all, v_all = cache.k, cache.v
     for i, layer in enumerate(weights.layers):
         h = rms_norm(x, layer.attn_norm, cfg.rms_norm_eps)
-        q = rope(linear(h, layer.wq).reshape(t, cfg.num_heads, cfg.head_dim), positions, inv_freq)
-        k = rope(linear(h, layer.wk).reshape(t, cfg.num_kv_heads, cfg.head_dim), positions, inv_freq)
-        v = linear(h, layer.wv).reshape(t, cfg.num_kv_heads, cfg.head_dim)
+        q, k, v = project(h, layer, "w_qkv", (cfg.q_size, cfg.kv_size, cfg.kv_size))
+        q = rope(q.reshape(t, cfg.num_heads, cfg.head_dim), positions, inv_freq)
+        k = rope(k.reshape(t, cfg.num_kv_heads, cfg.head_dim), positions, inv_freq)
+        v = v.reshape(t, cfg.num_kv_heads, cfg.head_dim)
         if batched:
             out, k_all, v_all = attend(i, q, k, v, k_all, v_all, positions)
             out = out.reshape(t, cfg.q_size)
@@ -151,7 +161,8 @@ def forward(cfg: Config, weights: Weights, tokens, start, cache: KVCache, batche
             out, k_all, v_all = _write_and_attend(cfg, i, q, k, v, k_all, v_all, start, positions)
         x = x + linear(out, layer.wo)
         h = rms_norm(x, layer.mlp_norm, cfg.rms_norm_eps)
-        x = x + linear(jax.nn.silu(linear(h, layer.w_gate)) * linear(h, layer.w_up), layer.w_down)
+        gate, up = project(h, layer, "w_gate_up", (cfg.intermediate_size, cfg.intermediate_size))
+        x = x + linear(jax.nn.silu(gate) * up, layer.w_down)
     return rms_norm(x, weights.final_norm, cfg.rms_norm_eps), KVCache(k_all, v_all)
 
 

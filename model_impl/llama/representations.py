@@ -35,6 +35,8 @@ is produced from it at load time by :func:`convert` and changes only how ``linea
                    is small (the 2048-row and 512-row linears)
 ``pallas-u32``     the other route, for comparison: a hand-written Pallas GEMV over uint32
                    words (a ``custom_call`` in the graph; see :mod:`model_impl.pallas_int4`)
+``u4-magic+word-mlp`` a mix (:data:`MIXES`): gate/up (stacked or not) as ``u32-word``, every
+                   other linear as ``u4-magic``
 =================  ==========================================================================
 
 ``s4-*`` and the grouped forms reassociate float32 sums, so their logits differ from the
@@ -59,7 +61,7 @@ from .linears import (
     reduce_matmul,
     unpack_codes,
 )
-from .weights import LINEAR_NAMES, Weights, map_linears
+from .weights import Weights, linear_fields, map_linears
 
 BASELINE = "u32-affine"
 GROUPED_FORMS = ("s4-grouped", "u4-grouped")
@@ -70,7 +72,12 @@ WORD_FORMS = {"u32-word": 1, "u32-group": 8, "u32-word-split": 1}  # form -> wor
 # the gate/up projections' own row count, the linears XLA already runs fastest per byte.
 SPLIT_ROWS = 8192
 PALLAS = "pallas-u32"
-REPRESENTATIONS = (BASELINE, *NATIVE_FORMS, *REDUCE_FORMS, *WORD_FORMS, PALLAS)
+# Mixes: each linear in the form that streams its shape fastest (``None``: every other linear,
+# and a quantized head). The GEMV sweep on the H100 (results/pallas-gemv-h100.json and the
+# stacked shapes' run) put u32-word ahead of u4-magic at the gate/up shapes ([8192, 2048]:
+# 9.7 against 11.3 us; stacked [16384, 2048]: 15.6 against 20.2) and behind it at every other.
+MIXES = {"u4-magic+word-mlp": {"w_gate": "u32-word", "w_up": "u32-word", "w_gate_up": "u32-word", None: "u4-magic"}}
+REPRESENTATIONS = (BASELINE, *NATIVE_FORMS, *REDUCE_FORMS, *WORD_FORMS, PALLAS, *MIXES)
 
 # A 4-bit code q placed in the low mantissa bits under a fixed exponent reads as ``2^m + q``
 # exactly (m = mantissa bits: the unit in the last place is 1 there); subtracting ``2^m`` is
@@ -300,6 +307,13 @@ def _native_spec(w: QuantizedLinear, form: str) -> NativeInt4Linear:
     return NativeInt4Linear(jax.ShapeDtypeStruct(codes, dtype), f32, f32, w.group_size, form)
 
 
+def form_of(representation: str, name: str | None = None) -> str:
+    """The form linear ``name`` takes in ``representation`` (a mix names one per linear; the
+    head and embedding, ``name=None``, take the mix's default)."""
+    mix = MIXES.get(representation)
+    return representation if mix is None else mix.get(name, mix[None])
+
+
 def convert_linear(w, representation: str):
     """One quantized linear (MLX format) in ``representation``; float weights pass through."""
     if not isinstance(w, QuantizedLinear) or representation == BASELINE:
@@ -343,8 +357,8 @@ def with_head(weights: Weights, head: str, representation: str | None = None) ->
         h = weights.lm_head
         return dataclasses.replace(
             weights,
-            embed=convert_linear(weights.embed, representation),
-            lm_head=None if h is None else convert_linear(h, representation),
+            embed=convert_linear(weights.embed, form_of(representation)),
+            lm_head=None if h is None else convert_linear(h, form_of(representation)),
         )
     return dataclasses.replace(
         weights, embed=_float_form(weights.embed, head), lm_head=_float_form(weights.lm_head, head)
@@ -358,8 +372,8 @@ def convert_dense(weights: Weights, form: str) -> Weights:
 
 
 def convert(weights: Weights, representation: str, head: str = "dot") -> Weights:
-    """The 7 quantized linears of every layer in ``representation`` (arrays or shape specs),
-    the float head as ``head`` (:func:`with_head`).
+    """The quantized linears of every layer (stacked or not) in ``representation`` (arrays or
+    shape specs; a mix gives each linear its own form), the float head as ``head`` (:func:`with_head`).
 
     The embedding keeps its checkpoint form (it is gathered, not multiplied).
     """
@@ -369,9 +383,9 @@ def convert(weights: Weights, representation: str, head: str = "dot") -> Weights
     layers = []
     for i, layer in enumerate(weights.layers):
         fields = {}
-        for name in LINEAR_NAMES:
+        for name in linear_fields(layer):
             try:
-                fields[name] = convert_linear(getattr(layer, name), representation)
+                fields[name] = convert_linear(getattr(layer, name), form_of(representation, name))
             except quant_mod.QuantizationError as e:
                 raise quant_mod.QuantizationError(f"layers.{i}.{name}: {e}") from None
         layers.append(dataclasses.replace(layer, **fields))

@@ -29,7 +29,7 @@ from jax.sharding import PartitionSpec as P
 
 from .config import Config
 from .linears import DenseReduceLinear, Int4Form, LinearForm, QuantizedLinear
-from .weights import LINEAR_NAMES, Weights
+from .weights import LINEAR_NAMES, STACKED, Weights
 
 AXIS = "tp"
 COLUMN = ("wq", "wk", "wv", "w_gate", "w_up")  # sharded by output rows
@@ -107,6 +107,12 @@ def check(cfg: Config, weights: Weights, tp: int) -> None:
     _divides("intermediate_size", cfg.intermediate_size, tp)
     _divides("vocab_size", cfg.vocab_size, tp)
     for i, layer in enumerate(weights.layers):
+        stacks = [n for n in STACKED if getattr(layer, n) is not None]
+        if stacks:  # a contiguous row split would give one device q and the other k and v
+            raise ShardingError(
+                f"--tp {tp}: layers.{i}.{stacks[0]} is stacked (stack_projections), which has no "
+                "tensor-parallel layout: shard the unstacked weights"
+            )
         for name in LINEAR_NAMES:
             w = getattr(layer, name)
             try:

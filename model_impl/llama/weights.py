@@ -19,6 +19,7 @@ from .linears import (
     DEFAULT_BITS,
     DEFAULT_GROUP_SIZE,
     Int4Form,
+    LinearForm,
     QuantizedLinear,
     quantized_linear_spec,
     tensor_bytes,
@@ -60,19 +61,88 @@ def mode_label(quant: str, dtype: str) -> str:
 
 Linear = np.ndarray | jax.Array | Int4Form
 
+# Linears that read the same input, stacked by output rows at load time (:func:`stack_projections`):
+# one GEMV per stack instead of three and two, the fused QKV and gate/up projections serving
+# engines ship. stack -> its parts, in row order.
+STACKED = {"w_qkv": ("wq", "wk", "wv"), "w_gate_up": ("w_gate", "w_up")}
+
 
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
 class Layer:
+    """One decoder layer. Unstacked (as loaded): the 7 linears of :data:`LINEAR_NAMES`, the
+    stacks None. Stacked: ``w_qkv`` and ``w_gate_up`` hold their parts' rows, the parts None."""
+
     attn_norm: np.ndarray  # [hidden]
-    wq: Linear  # [heads * head_dim, hidden]
-    wk: Linear  # [kv_heads * head_dim, hidden]
-    wv: Linear  # [kv_heads * head_dim, hidden]
+    wq: Linear | None  # [heads * head_dim, hidden]
+    wk: Linear | None  # [kv_heads * head_dim, hidden]
+    wv: Linear | None  # [kv_heads * head_dim, hidden]
     wo: Linear  # [hidden, heads * head_dim]
     mlp_norm: np.ndarray  # [hidden]
-    w_gate: Linear  # [intermediate, hidden]
-    w_up: Linear  # [intermediate, hidden]
+    w_gate: Linear | None  # [intermediate, hidden]
+    w_up: Linear | None  # [intermediate, hidden]
     w_down: Linear  # [hidden, intermediate]
+    w_qkv: Linear | None = None  # [heads * head_dim + 2 * kv_heads * head_dim, hidden]: wq | wk | wv
+    w_gate_up: Linear | None = None  # [2 * intermediate, hidden]: w_gate | w_up
+
+
+def linear_fields(layer: Layer) -> tuple[str, ...]:
+    """The names of the linears ``layer`` holds: the 7 of :data:`LINEAR_NAMES`, or with the
+    stacks of :data:`STACKED` in place of their parts."""
+    return tuple(n for n in (*LINEAR_NAMES, *STACKED) if getattr(layer, n) is not None)
+
+
+def stack_rows(*parts):
+    """One linear whose rows are ``parts``' rows in order: float arrays (or shape specs)
+    concatenated, or MLX's packed words with their scales and biases (rows quantize
+    independently, so the stack dequantizes to the stacked dequants, bit for bit). A weight
+    already converted to another representation is refused: stack the checkpoint's form."""
+    first = parts[0]
+    if isinstance(first, QuantizedLinear):
+        same = lambda p: isinstance(p, QuantizedLinear) and (p.group_size, p.bits) == (first.group_size, first.bits)  # noqa: E731
+        if not all(map(same, parts)):
+            raise ValueError("stack_rows: the parts differ in form, group size or bits")
+        cat = [_cat_rows([getattr(p, f) for p in parts]) for f in ("packed", "scales", "biases")]
+        return QuantizedLinear(*cat, first.group_size, first.bits)
+    if isinstance(first, LinearForm) or not all(type(p) is type(first) for p in parts):
+        raise ValueError(
+            f"stack_rows: {type(first).__name__} cannot be stacked; stack the checkpoint's form "
+            "(float arrays or MLX's packed words) before converting it to a representation"
+        )
+    return _cat_rows(parts)
+
+
+def _cat_rows(arrays):
+    dtypes = {np.dtype(a.dtype) for a in arrays}
+    if len(dtypes) != 1 or len({a.shape[1:] for a in arrays}) != 1:
+        raise ValueError(f"stack_rows: parts of different dtypes or widths: {[(a.dtype, a.shape) for a in arrays]}")
+    if all(isinstance(a, jax.ShapeDtypeStruct) for a in arrays):
+        return jax.ShapeDtypeStruct((sum(a.shape[0] for a in arrays), *arrays[0].shape[1:]), arrays[0].dtype)
+    if any(isinstance(a, jax.Array) for a in arrays):
+        return jnp.concatenate(arrays, axis=0)
+    return np.concatenate([np.asarray(a) for a in arrays], axis=0)
+
+
+def stack_projections(weights: Weights) -> Weights:
+    """Every layer with q|k|v stacked into ``w_qkv`` and gate|up into ``w_gate_up`` (see
+    :data:`STACKED`); already-stacked layers pass through."""
+    layers = []
+    for i, layer in enumerate(weights.layers):
+        fields = {}
+        for stack, parts in STACKED.items():
+            if getattr(layer, stack) is not None:
+                continue
+            try:
+                fields[stack] = stack_rows(*(getattr(layer, n) for n in parts))
+            except ValueError as e:
+                raise ValueError(f"layers.{i}.{stack}: {e}") from None
+            fields.update(dict.fromkeys(parts))
+        layers.append(dataclasses.replace(layer, **fields))
+    return dataclasses.replace(weights, layers=tuple(layers))
+
+
+def is_stacked(weights: Weights) -> bool:
+    return any(layer.w_qkv is not None or layer.w_gate_up is not None for layer in weights.layers)
 
 
 @jax.tree_util.register_dataclass
@@ -101,9 +171,10 @@ def expected_shapes(cfg: Config) -> dict[str, tuple[int, ...]]:
 
 
 def map_linears(weights: Weights, fn) -> Weights:
-    """Apply ``fn`` to each of the 7 per-layer linears; embedding and norms untouched."""
+    """Apply ``fn`` to each per-layer linear (:func:`linear_fields`); embedding and norms untouched."""
     layers = tuple(
-        dataclasses.replace(layer, **{n: fn(getattr(layer, n)) for n in LINEAR_NAMES}) for layer in weights.layers
+        dataclasses.replace(layer, **{n: fn(getattr(layer, n)) for n in linear_fields(layer)})
+        for layer in weights.layers
     )
     return dataclasses.replace(weights, layers=layers)
 
@@ -168,8 +239,8 @@ def nbytes(weights: Weights) -> int:
 
 
 def linear_bytes(weights: Weights) -> int:
-    """Bytes of the 7 linears of every layer, in whatever form they are."""
-    return sum(tensor_bytes(getattr(layer, n)) for layer in weights.layers for n in LINEAR_NAMES)
+    """Bytes of the linears of every layer, in whatever form (and stacking) they are."""
+    return sum(tensor_bytes(getattr(layer, n)) for layer in weights.layers for n in linear_fields(layer))
 
 
 def synthetic(cfg: Config, seed: int = 0) -> Weights:
@@ -229,15 +300,20 @@ def specs(
     return Weights(vocab(table), layers, leaf((cfg.hidden_size,)), head)
 
 
-def _linear_elements(cfg: Config) -> list[int]:
-    """Element count (out * in) of each of a layer's 7 linears."""
+def _linear_elements(cfg: Config, stacked: bool = False) -> list[int]:
+    """Element count (out * in) of each of a layer's linears (``stacked``: the stacks in place
+    of their parts)."""
     shapes = expected_shapes(cfg)
-    return [shapes[n][0] * shapes[n][1] for n in LINEAR_NAMES]
+    sizes = {n: shapes[n][0] * shapes[n][1] for n in LINEAR_NAMES}
+    if stacked:
+        for stack, parts in STACKED.items():
+            sizes[stack] = sum(sizes.pop(n) for n in parts)
+    return list(sizes.values())
 
 
-def linear_weight_elements(cfg: Config) -> set[int]:
+def linear_weight_elements(cfg: Config, stacked: bool = False) -> set[int]:
     """Element counts (out * in) of the quantized linears: the size of a rebuilt weight."""
-    return set(_linear_elements(cfg))
+    return set(_linear_elements(cfg, stacked))
 
 
 def linear_weight_bytes_f32(cfg: Config) -> int:

@@ -86,20 +86,23 @@ def _anchor_lines(run: dict) -> list[str]:
     a = run.get("anchors") or {}
     if not a or a.get("skipped"):
         return [f"Torch anchors: not measured ({a.get('skipped', 'no GPU in the run')})."]
+    layouts = [s for s in ("", "-stacked") if all(f"torch-bf16{s}" in row for row in a["batches"].values())]
+    names = {"": "7 per layer", "-stacked": "stacked: q|k|v and gate|up as one each, 4 per layer"}
     lines = [
         f"Torch anchors, same run ({a['device']}, torch {a['torch']}; tinygemm checked against a bf16 dequant: "
-        f"max error {a['tinygemm_check']['max_abs_err']:g}); the step's linears alone (7 per layer + the head), "
-        "one CUDA graph:",
+        f"max error {a['tinygemm_check']['max_abs_err']:g}); the step's linears alone "
+        f"({'; '.join(names[s] for s in layouts)}; + the head), one CUDA graph:",
         "",
-        "| batch | torch bf16 (cuBLAS) ms | torch int4 tinygemm ms | tinygemm vs torch bf16 |",
-        "|---|---|---|---|",
+        "| batch | layout | torch bf16 (cuBLAS) ms | torch int4 tinygemm ms | tinygemm vs torch bf16 |",
+        "|---|---|---|---|---|",
     ]
     for b, row in a["batches"].items():
-        t, i = row["torch-bf16"], row["torch-int4-tinygemm"]
-        lines.append(
-            f"| {b} | {_ms(t['step_linears_seconds'])} | {_ms(i['step_linears_seconds'])} | "
-            f"{i['speedup_vs_torch_bf16']:.2f}x |"
-        )
+        for s in layouts:
+            t, i = row[f"torch-bf16{s}"], row[f"torch-int4-tinygemm{s}"]
+            lines.append(
+                f"| {b} | {'stacked' if s else 'unstacked'} | {_ms(t['step_linears_seconds'])} | "
+                f"{_ms(i['step_linears_seconds'])} | {i['speedup_vs_torch_bf16']:.2f}x |"
+            )
     return lines
 
 
@@ -293,6 +296,30 @@ def pallas_gemv_lines(runs: list[dict]) -> list[str]:
     return lines
 
 
+def _stacked_lines(runs: list[dict]) -> list[str]:
+    """Stacked projections against the same forms unstacked, within one run: the dense bf16
+    step and every int4 form measured both ways."""
+    out = []
+    for run in runs:
+        dense = next(iter(run.get("baselines", {}).values()), {})
+        plain = [v["seconds"] for k, v in dense.items() if k.startswith("bfloat16:") and "+" not in k]
+        stacked = [v["seconds"] for k, v in dense.items() if k.startswith("bfloat16:") and k.endswith("+stacked")]
+        if not (plain and stacked):
+            continue
+        cells = {(c["representation"], c["head"], c["option"]): c for c in run["cells"] if c.get("decode_seconds")}
+        pairs = []
+        for (r, h, o), c in cells.items():
+            if o == "default" and (r, h, "stacked") in cells:
+                a, b = c["decode_seconds"], cells[r, h, "stacked"]["decode_seconds"]
+                pairs.append(f"{r} (head {h}) {_ms(a)} -> {_ms(b)} ms ({(b - a) * 1e6:+.0f} us)")
+        a, b = min(plain), min(stacked)
+        out.append(
+            f"- Stacked projections (q|k|v and gate|up as one GEMV each, `{run['file']}`): dense bf16 "
+            f"{_ms(a)} -> {_ms(b)} ms ({(b - a) * 1e6:+.0f} us)" + (f"; int4 {', '.join(pairs)}" if pairs else "") + "."
+        )
+    return out
+
+
 def _what_stops(runs: list[dict]) -> list[str]:
     """The measurements that say why the target is missed: the step's linears alone against
     tinygemm in the same run, how many of them the whole step fuses, and (from the probe's
@@ -301,14 +328,27 @@ def _what_stops(runs: list[dict]) -> list[str]:
     cells = [(r, c) for r in runs for c in r["cells"] if c.get("step_linears_seconds")]
     if cells:
         r, c = min(cells, key=lambda rc: rc[1]["step_linears_seconds"])
-        tiny = (((r.get("anchors") or {}).get("batches") or {}).get("1") or {}).get("torch-int4-tinygemm")
-        versus = f" (torch tinygemm in the same run: {_ms(tiny['step_linears_seconds'])} ms)" if tiny else ""
+        key = "torch-int4-tinygemm" + ("-stacked" if c["option"] == "stacked" else "")  # the same layout
+        tiny = lambda run: (((run.get("anchors") or {}).get("batches") or {}).get("1") or {}).get(key)  # noqa: E731
+        other = next((x for x in reversed(runs) if tiny(x)), None)
+        if tiny(r):
+            versus = f" (torch tinygemm in the same run: {_ms(tiny(r)['step_linears_seconds'])} ms)"
+        elif other:
+            versus = (
+                f" (torch tinygemm in another run on the same kind of machine, `{other['file']}`: "
+                f"{_ms(tiny(other)['step_linears_seconds'])} ms)"
+            )
+        else:
+            versus = ""
         lines.append(
-            f"- The fastest int4 linears alone: {c['representation']} (head {c['head']}) "
+            f"- The fastest int4 linears alone: {c['representation']}"
+            + ("" if c["option"] == "default" else f" [{c['option']}]")
+            + f" (head {c['head']}{'; tinygemm keeps a bf16 head' if c['head'] == 'int4' and versus else ''}) "
             f"{_ms(c['step_linears_seconds'])} ms{versus}; in the whole decode step XLA fuses "
             f"{c['linears_fused']} of its {c['linears_total']} linears that way and the step takes "
             f"{_ms(c['decode_seconds'])} ms ({c['speedup_vs_bf16']:.2f}x)."
         )
+    lines += _stacked_lines(runs)
     probe = next(iter(results.load(results.RESULTS_DIR, "probe-int4-vs-bf16.json")), None)
     profile = (probe or {}).get("runs", {}).get("profile-h200")
     if profile:

@@ -104,6 +104,12 @@ EXPECTED_XLA_CUDA_BF16 = {
     ("u32-word", "default", "reduce"): (analyzers.MATERIALIZED, 48, 112),
     ("u32-word-split", "default", "reduce"): (analyzers.MATERIALIZED, 32, 112),
     ("u32-word-split", "default", "int4"): (analyzers.MATERIALIZED, 32, 113),
+    # stacked projections (q|k|v, gate|up): 4 linears per layer; the word forms stay mixed
+    ("u4-magic", "stacked", "reduce"): (analyzers.FUSED, 64, 64),
+    ("u4-magic+word-mlp", "stacked", "reduce"): (analyzers.FUSED, 64, 64),
+    ("u32-word", "stacked", "reduce"): (analyzers.MATERIALIZED, 32, 64),
+    ("u32-word-split", "stacked", "reduce"): (analyzers.MATERIALIZED, 16, 64),
+    ("u32-word-split", "stacked", "int4"): (analyzers.MATERIALIZED, 16, 65),
 }
 
 
@@ -114,7 +120,7 @@ def test_fusion_xla_cuda_bf16_verdict_per_representation(gpu, cuda_record, row):
     representation, option, head = row
     cfg = dataclasses.replace(load_hf_config(LLAMA32_CONFIG_PATH), dtype="bfloat16")
     cell = fusion_matrix.Cell("xla-cuda", representation, option, head, "bfloat16")
-    weights = convert(specs(cfg, "int4", embedding=head == "int4"), representation, head)
+    weights = convert(fusion_matrix.layout(specs(cfg, "int4", embedding=head == "int4"), option), representation, head)
     fusion_matrix.lowering_cell(cell, cfg, weights)
     cuda_record["lowering"][f"fusion-bf16/xla-cuda/{'/'.join(row)}"] = {
         "verdict": cell.verdict,
