@@ -202,6 +202,7 @@ def render(runs: list[dict]) -> list[str]:
     return (
         lines
         + pallas_gemv_lines(results.load(results.RESULTS_DIR, "pallas-gemv-*.json"))
+        + stacked_gemv_lines(results.load(results.RESULTS_DIR, "gemv-stacked-shapes-*.json"))
         + iree_cuda_lines(results.load(results.RESULTS_DIR, "iree-cuda-speed-*.json"))
     )
 
@@ -318,6 +319,39 @@ def _stacked_lines(runs: list[dict]) -> list[str]:
             f"{_ms(a)} -> {_ms(b)} ms ({(b - a) * 1e6:+.0f} us)" + (f"; int4 {', '.join(pairs)}" if pairs else "") + "."
         )
     return out
+
+
+# GEMVs per decode step of Llama-3.2-1B (16 layers) with stacked projections, by shape [out, in]
+STACKED_STEP = {"3072x2048": 16, "2048x2048": 16, "16384x2048": 16, "2048x8192": 16}
+
+
+def stacked_gemv_estimate(run: dict) -> dict | None:
+    """The step's linears (no head) summed over the stacked shapes from a GEMV sweep of those
+    shapes (``results/gemv-stacked-shapes-*.json``): seconds per family, the dense bf16 best of
+    the dot and the reduce per shape, and the in-graph int4 best per shape (a per-linear mix)."""
+    best = run["best"]
+    if not all(s in best for s in STACKED_STEP):
+        return None
+    t = lambda s, f: best[s][f]["seconds"] if f in best[s] else None  # noqa: E731
+    total = lambda pick: sum(n * pick(s) for s, n in STACKED_STEP.items())  # noqa: E731
+    out = {"bf16-best": total(lambda s: min(t(s, "xla-dot"), t(s, "xla-reduce")))}
+    for fam in ("xla-u4-magic", "xla-u32-word", "pallas-best"):
+        if all(t(s, fam) for s in STACKED_STEP):
+            out[fam] = total(lambda s, f=fam: t(s, f))
+    out["in-graph-best-per-shape"] = total(lambda s: min(t(s, "xla-u4-magic"), t(s, "xla-u32-word")))
+    return out
+
+
+def stacked_gemv_lines(runs: list[dict]) -> list[str]:
+    if not runs or not (est := stacked_gemv_estimate(runs[-1])):
+        return []
+    base = est["bf16-best"]
+    parts = ", ".join(f"{k} {v * 1e3:.2f} ms ({base / v:.2f}x)" for k, v in est.items() if k != "bf16-best")
+    return [
+        "",
+        f"The same sweep on the stacked shapes ({results.where(runs[-1])}), the step's linears without the head: "
+        f"bf16 best {base * 1e3:.2f} ms; {parts}.",
+    ]
 
 
 def _what_stops(runs: list[dict]) -> list[str]:

@@ -160,3 +160,22 @@ def test_the_stacked_lines_pair_each_form_with_itself_unstacked_in_the_same_run(
     assert "dense bf16 1.20 -> 1.10 ms (-100 us)" in line and "u4-magic (head reduce) 1.00 -> 0.90 ms (-100 us)" in line
     run["baselines"]["xla-cuda"].pop("bfloat16:dot+stacked")
     assert vs_bf16_section._stacked_lines([run]) == []  # no stacked baseline in the run: no claim
+
+
+def test_the_stacked_gemv_estimate_sums_the_stacked_shapes_and_needs_all_of_them():
+    import copy
+
+    from model_impl.report import results, vs_bf16_section
+
+    run = results.load(results.RESULTS_DIR, "gemv-stacked-shapes-*.json")[-1]
+    est = vs_bf16_section.stacked_gemv_estimate(run)
+    per_shape = {
+        s: min(run["best"][s]["xla-dot"]["seconds"], run["best"][s]["xla-reduce"]["seconds"])
+        for s in vs_bf16_section.STACKED_STEP
+    }
+    assert est["bf16-best"] == sum(16 * t for t in per_shape.values())
+    assert est["in-graph-best-per-shape"] <= min(est["xla-u4-magic"], est["xla-u32-word"])
+    partial = copy.deepcopy(run)
+    del partial["best"]["3072x2048"]
+    assert vs_bf16_section.stacked_gemv_estimate(partial) is None
+    assert vs_bf16_section.stacked_gemv_lines([partial]) == []
