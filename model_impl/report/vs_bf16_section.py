@@ -201,6 +201,7 @@ def render(runs: list[dict]) -> list[str]:
     lines += _anchor_lines(with_anchors[-1]) + (_batch_lines(with_batches[-1]) if with_batches else [])
     return (
         lines
+        + crossover_lines(runs, results.load(results.RESULTS_DIR, "iree-cuda-speed-*.json"))
         + pallas_gemv_lines(results.load(results.RESULTS_DIR, "pallas-gemv-*.json"))
         + stacked_gemv_lines(results.load(results.RESULTS_DIR, "gemv-stacked-shapes-*.json"))
         + iree_cuda_lines(results.load(results.RESULTS_DIR, "iree-cuda-speed-*.json"))
@@ -352,6 +353,61 @@ def stacked_gemv_lines(runs: list[dict]) -> list[str]:
         f"The same sweep on the stacked shapes ({results.where(runs[-1])}), the step's linears without the head: "
         f"bf16 best {base * 1e3:.2f} ms; {parts}.",
     ]
+
+
+def crossover(runs: list[dict], iree_speed: list[dict]) -> dict[str, dict]:
+    """Per backend, the fastest int4 step against the fastest dense bf16 step of the same run:
+    ``{"batch-1": ratio, "decode-4": ..., "stops_at": the first case no int4 form beats bf16
+    in (None: it beats bf16 in every case measured)}``. Batch 1 from the matrix cells (or, for
+    IREE-CUDA, its speed study's variants); larger batches from the matrix's batched figures."""
+    out: dict[str, dict] = {}
+    for run in runs:
+        for c in run["cells"]:
+            if c.get("speedup_vs_bf16"):
+                row = out.setdefault(c["backend"], {})
+                row["batch-1"] = max(row.get("batch-1", 0.0), c["speedup_vs_bf16"])
+                row.setdefault("files", set()).add(run["file"])
+        for backend, cases in (run.get("batched") or {}).items():
+            dense = cases.get("dense:dot") if isinstance(cases, dict) else None
+            if not dense:
+                continue
+            for key, seconds in dense.items():
+                int4 = [f[key] for name, f in cases.items() if name != "dense:dot" and f.get(key)]
+                if key != "error" and int4:
+                    out.setdefault(backend, {})[key] = seconds / min(int4)
+                    out[backend].setdefault("files", set()).add(run["file"])
+    for run in iree_speed[-1:]:
+        timed = [v for v in run["variants"] if v.get("step_s") and v.get("flag_set") != "call-overhead"]
+        dense = [v["step_s"] for v in timed if v["form"].startswith("dense")]
+        int4 = [v["step_s"] for v in timed if not v["form"].startswith("dense")]
+        if dense and int4:
+            out.setdefault("iree-cuda", {})["batch-1"] = min(dense) / min(int4)
+            out["iree-cuda"].setdefault("files", set()).add(f"{run['file']} ({run['environment']['machine']['gpu']})")
+    order = ("batch-1", *(f"decode-{b}" for b in (4, 16)), "prefill-64")
+    for row in out.values():
+        row["stops_at"] = next((k for k in order if k in row and row[k] < 1.0), None)
+    return out
+
+
+def crossover_lines(runs: list[dict], iree_speed: list[dict]) -> list[str]:
+    table = crossover(runs, iree_speed)
+    if not table:
+        return []
+    cols = ("batch-1", "decode-4", "decode-16", "prefill-64")
+    lines = [
+        "",
+        "Where int4 stops beating bf16, per backend (fastest int4 step / fastest dense bf16 step of the same run; "
+        "batched figures where a run measured them, — where none did):",
+        "",
+        "| backend | " + " | ".join(cols) + " | int4 stops beating bf16 at | from |",
+        "|---|" + "---|" * (len(cols) + 2),
+    ]
+    for backend, row in sorted(table.items()):
+        cells = [f"{row[k]:.2f}x" if k in row else "—" for k in cols]
+        stop = row["stops_at"] or "beats bf16 in every case measured"
+        files = ", ".join(f"`{f}`" for f in sorted(row.get("files", ())))
+        lines.append(f"| {backend} | " + " | ".join(cells) + f" | {stop} | {files} |")
+    return lines
 
 
 def _what_stops(runs: list[dict]) -> list[str]:
