@@ -88,6 +88,7 @@ ROWS_VS_BF16 = (
     ("u32-word-split", STACKED, "reduce"),
     ("u32-word-split", STACKED, "int4"),
     ("u4-magic+word-mlp", STACKED, "reduce"),
+    ("s4-grouped", "default", "dot"),  # the one form IREE fuses (the fp32 matrix)
 )
 # Rows also timed at decode batch 4 and 16 and at a 64-token prefill (XLA-CUDA), with the dense
 # forms of the run's dtype beside them: where int4 stops beating bf16.

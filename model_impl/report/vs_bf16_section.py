@@ -404,7 +404,8 @@ def crossover_lines(runs: list[dict], iree_speed: list[dict]) -> list[str]:
     ]
     for backend, row in sorted(table.items()):
         cells = [f"{row[k]:.2f}x" if k in row else "—" for k in cols]
-        stop = row["stops_at"] or "beats bf16 in every case measured"
+        measured = ", ".join(k for k in cols if k in row)
+        stop = row["stops_at"] or f"beats bf16 in every case measured ({measured})"
         files = ", ".join(f"`{f}`" for f in sorted(row.get("files", ())))
         lines.append(f"| {backend} | " + " | ".join(cells) + f" | {stop} | {files} |")
     return lines
