@@ -18,11 +18,13 @@ $(STAMP): pyproject.toml Makefile
 	touch $(STAMP)
 
 # Lint and format check first (seconds), then the CPU suite, plus each benchmark run once with
-# timing disabled (so they never rot).
+# timing disabled (so they never rot). Two workers, a test file each at a time (module fixtures
+# stay in one process; the compile cache is shared through its file locks): 18 min on 2 cores
+# from a fresh clone against 24.5 min in one process.
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(PY) -m pytest tests benchmarks --benchmark-disable
+	$(PY) -m pytest -n 2 --dist loadfile tests benchmarks --benchmark-disable
 
 # Real benchmark runs: results/bench-<machine>.json, and pytest-benchmark's own history in
 # .benchmarks/ (compare two runs with --benchmark-compare).

@@ -17,7 +17,7 @@ from ..backends import generate
 from ..backends.iree_runtime import IreeDevice
 from ..backends.spec import backend as backend_spec
 from ..llama.config import Config
-from ..llama.representations import DENSE_FORMS, convert, convert_dense
+from ..llama.representations import BASELINE, DENSE_FORMS, convert, convert_dense
 from ..llama.shapes import llama32_config
 from ..llama.weights import Weights, cast_weights, dequantize_weights, quantize_weights, synthetic
 from ..llama.weights import specs as weight_specs
@@ -254,12 +254,20 @@ def step_linears_seconds(backend: str, cfg: Config, weights: Weights, steps: int
     return timing.median_seconds(call, timing.DECODE_ROUNDS, float("inf"), warmup=1) / steps
 
 
-def batch_timings(backend: str, setup: Setup, rows=BATCH_ROWS, log=print) -> dict:
-    """``{"<representation>:<option>:<head>" | "dense:<form>": {"decode-B": s, "prefill-64": s}}``
-    on XLA-CUDA: the batched decode loop (:func:`model.decode_batch`) and one prefill call."""
+# IREE's batched figure: a 64-token prefill (its decode graphs take one sequence); the uint32
+# words and the one form IREE fuses.
+IREE_BATCH_ROWS = ((BASELINE, "default", "dot"), ("s4-grouped", "default", "dot"))
+PREFILL_REPEATS = 3
+
+
+def batch_timings(backend: str, setup: Setup, rows=None, log=print) -> dict:
+    """``{"<representation>:<option>:<head>" | "dense:<form>": {"decode-B": s, "prefill-64": s}}``:
+    on XLA-CUDA the batched decode loop (:func:`model.decode_batch`) and one prefill call; on
+    IREE the 64-token prefill (median of :data:`PREFILL_REPEATS` synced calls)."""
     spec = backend_spec(backend)
-    if not (spec.is_xla and spec.is_cuda):
-        return {"skipped": "batched figures are measured on XLA-CUDA only (the CPU's step is compute-bound)"}
+    if spec.is_xla and not spec.is_cuda:
+        return {"skipped": "XLA-CPU: int4 already loses to bf16 at batch 1 (the weights are rebuilt every step)"}
+    rows = rows or (BATCH_ROWS if spec.is_xla else IREE_BATCH_ROWS)
     # the dense dot only: at more than one row the multiply + reduce form is the dot
     cases = [("dense:dot", lambda: setup.fp32, {})]
     for row in rows:
@@ -270,20 +278,13 @@ def batch_timings(backend: str, setup: Setup, rows=BATCH_ROWS, log=print) -> dic
     for name, make, opts in cases:
         weights, figures = make(), {}
         try:
-            for b in BATCHES:
-                figures[f"decode-{b}"] = timing.time_xla_decode_loop(
-                    backend,
-                    setup.cfg,
-                    weights,
-                    setup.steps,
-                    max_seq=MAX_SEQ,
-                    start_pos=PROMPT_TOKENS,
-                    xla_options=opts.get("xla_options"),
-                    batch=b,
-                )[0]
-            figures[f"prefill-{PREFILL_BUCKET}"] = timing.time_xla_prefill(
-                backend, setup.cfg, weights, PREFILL_BUCKET, MAX_SEQ, xla_options=opts.get("xla_options")
-            )
+            if spec.is_iree:
+                runner = generate.make_runner(setup.cfg, weights, backend, **opts)
+                times = timing.time_prefill(runner, PREFILL_BUCKET, MAX_SEQ, PREFILL_REPEATS)
+                figures[f"prefill-{PREFILL_BUCKET}"] = float(np.median(times))
+                del runner
+            else:
+                _xla_batch_figures(backend, setup, weights, opts, figures)
         except Exception as e:  # a failure is a finding of the case
             figures["error"] = error_line(e)
         out[name] = figures
@@ -291,6 +292,23 @@ def batch_timings(backend: str, setup: Setup, rows=BATCH_ROWS, log=print) -> dic
         del weights
         gc.collect()
     return out
+
+
+def _xla_batch_figures(backend: str, setup: Setup, weights: Weights, opts: dict, figures: dict) -> None:
+    for b in BATCHES:
+        figures[f"decode-{b}"] = timing.time_xla_decode_loop(
+            backend,
+            setup.cfg,
+            weights,
+            setup.steps,
+            max_seq=MAX_SEQ,
+            start_pos=PROMPT_TOKENS,
+            xla_options=opts.get("xla_options"),
+            batch=b,
+        )[0]
+    figures[f"prefill-{PREFILL_BUCKET}"] = timing.time_xla_prefill(
+        backend, setup.cfg, weights, PREFILL_BUCKET, MAX_SEQ, xla_options=opts.get("xla_options")
+    )
 
 
 def decode_timing(backend: str, cfg: Config, weights: Weights, option: str, steps: int, per_call: bool = True) -> dict:

@@ -110,7 +110,12 @@ def _batch_lines(run: dict) -> list[str]:
     rows = [(b, v) for b, v in (run.get("batched") or {}).items() if isinstance(v, dict) and "skipped" not in v]
     if not rows:
         return []
-    lines = ["", "Batched decode (per batched step) and a 64-token prefill, same run; ratio = dense bf16 / int4:", ""]
+    lines = [
+        "",
+        f"Batched decode (per batched step) and a 64-token prefill, same run (`{run['file']}`); "
+        "ratio = dense bf16 / int4:",
+        "",
+    ]
     for backend, cases in rows:
         dense = cases.get("dense:dot", {})
         keys = [k for k in dense if k != "error"]
@@ -198,7 +203,7 @@ def render(runs: list[dict]) -> list[str]:
     with_anchors = [r for r in runs if (r.get("anchors") or {}).get("batches")] or runs[-1:]
     measured = lambda r: any(isinstance(v, dict) and "skipped" not in v for v in r.get("batched", {}).values())  # noqa: E731
     with_batches = [r for r in runs if measured(r)]
-    lines += _anchor_lines(with_anchors[-1]) + (_batch_lines(with_batches[-1]) if with_batches else [])
+    lines += _anchor_lines(with_anchors[-1]) + [x for r in with_batches for x in _batch_lines(r)]
     return (
         lines
         + crossover_lines(runs, results.load(results.RESULTS_DIR, "iree-cuda-speed-*.json"))
@@ -406,6 +411,9 @@ def crossover_lines(runs: list[dict], iree_speed: list[dict]) -> list[str]:
         cells = [f"{row[k]:.2f}x" if k in row else "—" for k in cols]
         measured = ", ".join(k for k in cols if k in row)
         stop = row["stops_at"] or f"beats bf16 in every case measured ({measured})"
+        if row["stops_at"]:
+            unmeasured = [k for k in cols[: cols.index(row["stops_at"])] if k not in row]
+            stop += f" ({', '.join(unmeasured)} not measured)" if unmeasured else ""
         files = ", ".join(f"`{f}`" for f in sorted(row.get("files", ())))
         lines.append(f"| {backend} | " + " | ".join(cells) + f" | {stop} | {files} |")
     return lines
