@@ -101,4 +101,18 @@ def render(f: dict) -> list[str]:
             + f"fastest {fastest['representation']} (head {fastest['head']}) **{fastest['speedup_vs_bf16']:.2f}x**; "
             + ("the 1.5x target is met." if t["met"] else "the 1.5x target is **not met**."),
         ]
+    cross = (f.get("int4_vs_bf16_matrix") or {}).get("crossover") or {}
+    if cross:
+        lines += [
+            "",
+            "Per backend, the fastest int4 step against the fastest bf16 step of the same run at batch 1, and the "
+            "first case where no int4 form beats bf16 (table in that section): "
+            + "; ".join(
+                f"{b} {row['batch-1']:.2f}x, "
+                + (f"stops at {row['stops_at']}" if row["stops_at"] else "beats bf16 in every case measured")
+                for b, row in sorted(cross.items())
+                if "batch-1" in row
+            )
+            + ".",
+        ]
     return lines

@@ -463,4 +463,7 @@ def _what_stops(runs: list[dict]) -> list[str]:
 
 
 def findings(runs: list[dict]) -> dict:
-    return {"files": [r["file"] for r in runs], "target": target(runs) if runs else None}
+    table = crossover(runs, results.load(results.RESULTS_DIR, "iree-cuda-speed-*.json"))
+    for row in table.values():
+        row["files"] = sorted(row.get("files", ()))
+    return {"files": [r["file"] for r in runs], "target": target(runs) if runs else None, "crossover": table}

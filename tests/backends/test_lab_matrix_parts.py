@@ -195,3 +195,15 @@ def test_the_crossover_names_the_first_case_where_no_int4_form_beats_bf16():
     assert vs_bf16_section.crossover([run(0.9, 1.1)], [])["xla-cuda"]["stops_at"] == "batch-1"
     assert vs_bf16_section.crossover([run(1.2, 1.1)], [])["xla-cuda"]["stops_at"] is None
     assert "beats bf16 in every case measured" in "\n".join(vs_bf16_section.crossover_lines([run(1.2, 1.1)], []))
+
+
+def test_the_opening_says_per_backend_where_int4_stops_beating_bf16():
+    from model_impl.report import decide_section
+
+    cross = {
+        "xla-cuda": {"batch-1": 1.2, "decode-4": 0.6, "stops_at": "decode-4"},
+        "iree-cpu": {"batch-1": 1.9, "stops_at": None},
+    }
+    text = "\n".join(decide_section.render({"int4_vs_bf16_matrix": {"crossover": cross}}))
+    assert "iree-cpu 1.90x, beats bf16 in every case measured; xla-cuda 1.20x, stops at decode-4." in text
+    assert "first case where no int4" not in "\n".join(decide_section.render({}))
