@@ -20,7 +20,7 @@ import statistics
 import time
 
 from ..llama.config import Config
-from ..llama.weights import LINEAR_NAMES, STACKED, expected_shapes
+from ..llama.weights import linear_shapes
 
 GROUP = 64
 INNER_K_TILES = 8  # _convert_weight_to_int4pack's layout parameter (2, 4 or 8)
@@ -43,12 +43,7 @@ def _torch():
 def step_shapes(cfg: Config, stacked: bool = False) -> list[tuple[int, int]]:
     """``[out, in]`` of every linear of one decode step, the head last; ``stacked``: q|k|v and
     gate|up as one linear each (:data:`weights.STACKED`), as engines ship them."""
-    shapes = expected_shapes(cfg)
-    if stacked:
-        for stack, parts in STACKED.items():
-            shapes[stack] = (sum(shapes.pop(n)[0] for n in parts), cfg.hidden_size)
-    per_layer = [v for n, v in shapes.items() if n in (*LINEAR_NAMES, *STACKED)]
-    return per_layer * cfg.num_layers + [(cfg.vocab_size, cfg.hidden_size)]
+    return list(linear_shapes(cfg, stacked).values()) * cfg.num_layers + [(cfg.vocab_size, cfg.hidden_size)]
 
 
 # The layouts the anchors are timed in: key suffix -> stacked

@@ -17,7 +17,7 @@ from ..backends import cache, iree_compile
 from ..llama.graphs import GRAPH_SOURCES
 from ..llama.linears import QuantizedLinear, linear, quantized_linear_spec
 from ..llama.representations import convert_linear
-from ..llama.weights import LINEAR_NAMES, STACKED, expected_shapes, linear_fields
+from ..llama.weights import linear_fields, linear_shapes
 
 LINEAR_SHAPE = (8192, 2048)
 LINEAR_CHAIN = 16
@@ -72,12 +72,11 @@ def iree_module(representation: str | None, flags: list[str]):
 
 
 def step_linears(cfg, batch: int, steps: int, barrier: bool = True):
-    """A function of the weights timing a decode step's linears alone: those of every layer (7, or 4 stacked) and
-    the head, at ``batch`` activation rows, ``steps`` times in one ``fori_loop``. Inputs are
+    """A function of the weights timing a decode step's linears alone: those of every layer (7,
+    or 4 stacked) and the head, at ``batch`` activation rows, ``steps`` times in one ``fori_loop``. Inputs are
     fixed per width; every output is carried (nothing is dead), and the weights pass an
     optimization barrier with the carry each step (XLA cannot hoist a dequant out of the loop)."""
-    widths = {n: shape[1] for n, shape in expected_shapes(cfg).items() if n in LINEAR_NAMES}
-    widths.update(dict.fromkeys(STACKED, cfg.hidden_size))  # the stacks read what their parts read
+    widths = {n: shape[1] for n, shape in {**linear_shapes(cfg), **linear_shapes(cfg, stacked=True)}.items()}
     rng = np.random.default_rng(0)
     xs = {
         w: jnp.asarray(rng.standard_normal((batch, w), dtype=np.float32)).astype(cfg.jnp_dtype)

@@ -300,15 +300,20 @@ def specs(
     return Weights(vocab(table), layers, leaf((cfg.hidden_size,)), head)
 
 
+def linear_shapes(cfg: Config, stacked: bool = False) -> dict[str, tuple[int, int]]:
+    """``[out, in]`` of each of a layer's linears, in :data:`LINEAR_NAMES` order; ``stacked``: the
+    stacks of :data:`STACKED` (their parts' rows, the same input) in place of their parts, last."""
+    shapes = {n: s for n, s in expected_shapes(cfg).items() if n in LINEAR_NAMES}
+    if stacked:
+        for stack, parts in STACKED.items():
+            shapes[stack] = (sum(shapes.pop(n)[0] for n in parts), cfg.hidden_size)
+    return shapes
+
+
 def _linear_elements(cfg: Config, stacked: bool = False) -> list[int]:
     """Element count (out * in) of each of a layer's linears (``stacked``: the stacks in place
     of their parts)."""
-    shapes = expected_shapes(cfg)
-    sizes = {n: shapes[n][0] * shapes[n][1] for n in LINEAR_NAMES}
-    if stacked:
-        for stack, parts in STACKED.items():
-            sizes[stack] = sum(sizes.pop(n) for n in parts)
-    return list(sizes.values())
+    return [o * i for o, i in linear_shapes(cfg, stacked).values()]
 
 
 def linear_weight_elements(cfg: Config, stacked: bool = False) -> set[int]:

@@ -4,10 +4,13 @@ anchors and the copy bandwidth of the same run, the batched figures, and the tar
 
 from __future__ import annotations
 
+import collections
 from pathlib import Path
 
 from .. import checks
 from ..analyzers import FUSED
+from ..llama.shapes import llama32_config
+from ..llama.weights import linear_shapes
 from . import results
 
 TARGET, STRETCH = 1.5, 2.0  # speedup_vs_bf16 of the XLA-CUDA int4 decode step, batch 1
@@ -307,13 +310,16 @@ def _stacked_lines(runs: list[dict]) -> list[str]:
     """Stacked projections against the same forms unstacked, within one run: the dense bf16
     step and every int4 form measured both ways."""
     out = []
-    for run in runs:
-        dense = next(iter(run.get("baselines", {}).values()), {})
+    for run, (backend, dense) in ((r, b) for r in runs for b in r.get("baselines", {}).items()):
         plain = [v["seconds"] for k, v in dense.items() if k.startswith("bfloat16:") and "+" not in k]
         stacked = [v["seconds"] for k, v in dense.items() if k.startswith("bfloat16:") and k.endswith("+stacked")]
         if not (plain and stacked):
             continue
-        cells = {(c["representation"], c["head"], c["option"]): c for c in run["cells"] if c.get("decode_seconds")}
+        cells = {
+            (c["representation"], c["head"], c["option"]): c
+            for c in run["cells"]
+            if c.get("decode_seconds") and c["backend"] == backend
+        }
         pairs = []
         for (r, h, o), c in cells.items():
             if o == "default" and (r, h, "stacked") in cells:
@@ -321,14 +327,18 @@ def _stacked_lines(runs: list[dict]) -> list[str]:
                 pairs.append(f"{r} (head {h}) {_ms(a)} -> {_ms(b)} ms ({(b - a) * 1e6:+.0f} us)")
         a, b = min(plain), min(stacked)
         out.append(
-            f"- Stacked projections (q|k|v and gate|up as one GEMV each, `{run['file']}`): dense bf16 "
+            f"- Stacked projections (q|k|v and gate|up as one GEMV each, {backend}, `{run['file']}`): dense bf16 "
             f"{_ms(a)} -> {_ms(b)} ms ({(b - a) * 1e6:+.0f} us)" + (f"; int4 {', '.join(pairs)}" if pairs else "") + "."
         )
     return out
 
 
-# GEMVs per decode step of Llama-3.2-1B (16 layers) with stacked projections, by shape [out, in]
-STACKED_STEP = {"3072x2048": 16, "2048x2048": 16, "16384x2048": 16, "2048x8192": 16}
+# GEMVs per decode step of Llama-3.2-1B with stacked projections, by shape "OUTxIN" (the sweep's keys)
+STACKED_STEP = collections.Counter(
+    f"{o}x{i}"
+    for o, i in linear_shapes(llama32_config(), stacked=True).values()
+    for _ in range(llama32_config().num_layers)
+)
 
 
 def stacked_gemv_estimate(run: dict) -> dict | None:
@@ -360,6 +370,11 @@ def stacked_gemv_lines(runs: list[dict]) -> list[str]:
     ]
 
 
+# The cases int4 is set against bf16 in, smallest first (the matrix's batched keys: fusion_matrix.BATCHES
+# and PREFILL_BUCKET)
+CROSSOVER_CASES = ("batch-1", "decode-4", "decode-16", "prefill-64")
+
+
 def crossover(runs: list[dict], iree_speed: list[dict]) -> dict[str, dict]:
     """Per backend, the fastest int4 step against the fastest dense bf16 step of the same run:
     ``{"batch-1": ratio, "decode-4": ..., "stops_at": the first case no int4 form beats bf16
@@ -388,9 +403,8 @@ def crossover(runs: list[dict], iree_speed: list[dict]) -> dict[str, dict]:
         if dense and int4:
             out.setdefault("iree-cuda", {})["batch-1"] = min(dense) / min(int4)
             out["iree-cuda"].setdefault("files", set()).add(f"{run['file']} ({run['environment']['machine']['gpu']})")
-    order = ("batch-1", *(f"decode-{b}" for b in (4, 16)), "prefill-64")
     for row in out.values():
-        row["stops_at"] = next((k for k in order if k in row and row[k] < 1.0), None)
+        row["stops_at"] = next((k for k in CROSSOVER_CASES if k in row and row[k] < 1.0), None)
     return out
 
 
@@ -398,7 +412,7 @@ def crossover_lines(runs: list[dict], iree_speed: list[dict]) -> list[str]:
     table = crossover(runs, iree_speed)
     if not table:
         return []
-    cols = ("batch-1", "decode-4", "decode-16", "prefill-64")
+    cols = CROSSOVER_CASES
     lines = [
         "",
         "Where int4 stops beating bf16, per backend (fastest int4 step / fastest dense bf16 step of the same run; "

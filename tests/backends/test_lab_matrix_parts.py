@@ -146,6 +146,7 @@ def test_the_stacked_lines_pair_each_form_with_itself_unstacked_in_the_same_run(
     from model_impl.report import vs_bf16_section
 
     cell = lambda option, seconds: {  # noqa: E731
+        "backend": "xla-cuda",
         "representation": "u4-magic",
         "head": "reduce",
         "option": option,

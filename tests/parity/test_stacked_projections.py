@@ -116,12 +116,12 @@ def test_stacked_model_matches_the_unstacked_model(shrunk, label, weights, form,
     assert cmp.max_abs_logit_diff <= checks.logit_atol("float32"), cmp
 
 
-def test_stacked_real_model_int4_matches_unstacked(greedy_runs):
+def test_stacked_real_model_int4_matches_unstacked(greedy_runs, prompt_ids):
     """The real model (SmolLM2-135M), int4 in the checkpoint's form, through the generate loop."""
     cfg, q = greedy_runs.model("int4")
     run = generate.generate(
         generate.make_runner(cfg, stack_projections(q), "xla-cpu"),
-        greedy_runs._request.getfixturevalue("prompt_ids"),
+        prompt_ids,
         checks.GREEDY_TOKENS,
         stop_at_eos=False,
         keep_logits=True,
