@@ -123,6 +123,49 @@ def cmd_tp(args) -> int:
     return 0
 
 
+def cmd_verdict(args) -> int:
+    from pathlib import Path
+
+    from .backends.generate import BackendUnavailable
+    from .backends.spec import BACKENDS
+    from .lab import verdict
+
+    def fail(message: str) -> int:
+        print(f"error: {message}", file=sys.stderr)
+        return 2
+
+    parts = tuple(p for p in args.parts.split(",") if p)
+    unknown = sorted(set(parts) - set(verdict.PARTS))
+    if unknown or not parts:
+        return fail(f"--parts: unknown {', '.join(unknown) or '(none given)'}; known: {', '.join(verdict.PARTS)}")
+    if args.shapes not in verdict.SHAPES:
+        return fail(f"--shapes: unknown {args.shapes!r}; known: {', '.join(verdict.SHAPES)}")
+    if args.steps < 1:
+        return fail(f"--steps must be at least 1, got {args.steps}")
+    if args.resume:
+        resume = Path(args.resume)
+        try:
+            kind = json.loads(resume.read_text()).get("kind")
+        except (OSError, ValueError, AttributeError) as e:
+            return fail(f"--resume {resume}: not a readable verdict file ({type(e).__name__})")
+        if kind != "verdict":
+            return fail(f"--resume {resume}: not a verdict file (kind {kind!r})")
+    try:
+        backends = args.backend.split(",") if args.backend else verdict.default_backends()
+        bad = [b for b in backends if b not in BACKENDS]
+        if bad:
+            return fail(f"--backend: unknown {', '.join(bad)}; known: {', '.join(BACKENDS)}")
+        plan = verdict.Plan(args.shapes, args.dtype, args.steps, args.parity_model, args.quick, parts)
+        data = verdict.run(backends, Path(args.out) if args.out else None, plan, Path(args.resume) if args.resume else None)
+    except BackendUnavailable as e:
+        return fail(str(e))
+    from .report import verdict_section
+
+    data["file"] = str(Path(args.out or args.resume or verdict.default_out(data["environment"])))
+    print("\n".join(verdict_section.render_run(data)))
+    return 0
+
+
 def main(argv=None) -> int:
     from .backends.spec import BACKENDS
     from .llama.config import DTYPES
@@ -206,6 +249,27 @@ def main(argv=None) -> int:
     t.add_argument("--steps", type=int, default=32, help="decode steps per dispatch")
     t.add_argument("--parity-shapes", default="llama-3.2-1b", help="shapes whose TP N tokens are set against TP 1")
     t.set_defaults(func=cmd_tp)
+
+    v = sub.add_parser(
+        "verdict",
+        help="int4 against the best bf16 on this machine: every dense form, padded batches, qualifying int4 forms",
+    )
+    v.add_argument("--backend", help=f"comma-separated, of {BACKENDS} (default: this machine's GPU backends, else CPU)")
+    v.add_argument("--out", help="results JSON (default results/verdict-<machine>-<date>.json)")
+    v.add_argument(
+        "--resume", metavar="FILE", help="continue a verdict file: measure only what it lacks (written to --out if given)"
+    )
+    v.add_argument("--parts", default="bandwidth,dense,int4,anchors,profile", help="what to measure, comma-separated")
+    v.add_argument("--quick", action="store_true", help="batch 1 only, three int4 forms (about 2 minutes on a GPU)")
+    v.add_argument("--shapes", default="llama-3.2-1b", help="llama-3.2-1b, llama-3.1-8b, or tiny (a 2-layer test model)")
+    v.add_argument("--dtype", choices=("bfloat16", "float16"), default="bfloat16", help="compute dtype")
+    v.add_argument("--steps", type=int, default=32, help="decode steps per timed loop")
+    v.add_argument(
+        "--parity-model",
+        default="synthetic",
+        help="checkpoint for the parity checks: 'synthetic' (the shapes' seeded weights), 'default' (SmolLM2) or a path",
+    )
+    v.set_defaults(func=cmd_verdict)
 
     args = parser.parse_args(argv)
     return args.func(args)

@@ -231,3 +231,47 @@ def entry_unpack_kernels(text: str) -> int:
         (_reaches(comps, i.calls[0], _unpack_predicate) if i.opcode == "fusion" and i.calls else is_unpack(i))
         for i in entry
     )
+
+
+# --- bytes per kernel --------------------------------------------------------------------
+
+_ARRAY = re.compile(r"\b(pred|[suf]\d+|bf16|f8e\w+)\[([\d,]*)\]")
+_BITS = {"pred": 8, "bf16": 16}
+
+
+def shape_bytes(shape: str) -> int:
+    """Bytes of an HLO shape (a tuple sums its arrays; 4-bit types at half a byte each)."""
+    total = 0
+    for dtype, dims in _ARRAY.findall(shape):
+        n = 1
+        for d in filter(None, dims.split(",")):
+            n *= int(d)
+        bits = _BITS.get(dtype) or int(re.sub(r"\D", "", dtype.split("e")[0]) or 8)
+        total += n * bits // 8
+    return total
+
+
+def kernel_name(instruction: str) -> str:
+    """The name a profiler shows for the kernel of an HLO instruction (XLA-GPU names kernels
+    after their fusion, with ``.`` and ``-`` made ``_``)."""
+    return re.sub(r"[.\-]", "_", instruction)
+
+
+_KERNEL_OPS = ("fusion", "custom-call")
+
+
+def kernel_bytes(text: str) -> dict[str, int]:
+    """``{kernel name: bytes it reads and writes}`` for every fusion and custom call of an
+    optimized module (operands' shapes and the result's, looked up by name), so a profile's
+    per-kernel time gives a rate of the kernel's own bytes."""
+    comps = parse_hlo(text)
+    shapes = {i.name: i.shape for comp in comps.values() for i in comp}
+    out = {}
+    for comp in comps.values():
+        for i in comp:
+            if i.opcode not in _KERNEL_OPS:
+                continue
+            operands = re.findall(r"%([\w.\-]+)", i.rest.split("),", 1)[0] + ")")
+            nbytes = shape_bytes(i.shape) + sum(shape_bytes(shapes.get(o, "")) for o in operands)
+            out[kernel_name(i.name)] = nbytes
+    return out

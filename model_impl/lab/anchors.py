@@ -106,6 +106,27 @@ def copy_bandwidth(torch, rounds: int = 5) -> tuple[float, list[float]]:
     return 2 * COPY_BYTES / seconds, [2 * COPY_BYTES / t for t in reversed(spread)]
 
 
+def eager_copy_bandwidth(torch, rounds: int = 5, repeats: int = 10) -> tuple[float, list[float]]:
+    """(bytes/s, [min, max]) of a 1 GiB ``copy_`` launched eagerly (a copy kernel on the SMs,
+    as a GEMV streams its weights), timed with CUDA events around ``repeats`` copies; median
+    of ``rounds``. A graph-replayed copy (:func:`copy_bandwidth`) runs on the copy engine."""
+    src = torch.empty(COPY_BYTES // 4, dtype=torch.float32, device="cuda")
+    dst = torch.empty_like(src)
+    for _ in range(3):
+        dst.copy_(src)
+    torch.cuda.synchronize()
+    rates = []
+    for _ in range(rounds):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(repeats):
+            dst.copy_(src)
+        end.record()
+        end.synchronize()
+        rates.append(2 * COPY_BYTES * repeats / (start.elapsed_time(end) * 1e-3))
+    return statistics.median(rates), [min(rates), max(rates)]
+
+
 def measure(cfg: Config, batches=(1,), replays: int = 20, rounds: int = 5) -> dict:
     """Step-linears seconds of torch bf16 and torch int4 tinygemm at each batch, and the
     memcpy-class copy bandwidth; ``{"skipped": why}`` where torch or CUDA is missing."""

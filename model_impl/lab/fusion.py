@@ -155,18 +155,7 @@ def measure_backend(
     bf16_decode = best_dense(baselines, "bfloat16")
     gc.collect()
     prompt = parity_prompt(setup.parity_cfg)
-    runs = {}  # head -> (host-dequant run, baseline-representation run)
-
-    def references(head):
-        if head not in runs:
-            q = setup.quantized(head, parity=True)
-            host = dequantize_weights(q, setup.parity_cfg.dtype)
-            greedy = lambda w: greedy_by_decode(  # noqa: E731
-                generate.make_runner(setup.parity_cfg, w, backend), prompt, checks.GREEDY_TOKENS
-            )
-            runs[head] = (greedy(host), greedy(q))
-        return runs[head]
-
+    references = make_references(backend, setup, prompt)
     cells = []
     for row in rows:
         representation, option, head = row_parts(row)
@@ -195,6 +184,24 @@ def measure_backend(
     return cells, baselines
 
 
+def make_references(backend: str, setup: Setup, prompt: list[int]):
+    """``references(head)``: (host-dequant run, baseline-representation run) of the parity
+    model on ``backend``, each made once."""
+    runs = {}
+
+    def references(head):
+        if head not in runs:
+            q = setup.quantized(head, parity=True)
+            host = dequantize_weights(q, setup.parity_cfg.dtype)
+            greedy = lambda w: greedy_by_decode(  # noqa: E731
+                generate.make_runner(setup.parity_cfg, w, backend), prompt, checks.GREEDY_TOKENS
+            )
+            runs[head] = (greedy(host), greedy(q))
+        return runs[head]
+
+    return references
+
+
 def _measure_cell(cell: Cell, setup: Setup, prompt, references) -> None:
     backend, representation, option, head = cell.backend, cell.representation, cell.option, cell.head
     spec = backend_spec(backend)
@@ -212,6 +219,13 @@ def _measure_cell(cell: Cell, setup: Setup, prompt, references) -> None:
         cell.step_linears_seconds = step_linears_seconds(backend, setup.cfg, weights, setup.steps, option)
     del weights
     gc.collect()
+    parity_cell(cell, setup, prompt, references)
+
+
+def parity_cell(cell: Cell, setup: Setup, prompt, references) -> None:
+    """The cell's parity columns: its greedy run of the parity model against the host dequant
+    (logits) and against the baseline form (tokens, with the near-tie rule)."""
+    backend, representation, option, head = cell.backend, cell.representation, cell.option, cell.head
     cell.parity_model = setup.parity_name
     try:
         parity_weights = convert(layout(setup.quantized(head, parity=True), option), representation, head)
@@ -345,17 +359,21 @@ def decode_timing(backend: str, cfg: Config, weights: Weights, option: str, step
     return {"seconds": seconds, "spread": spread, "per_call": out.get("seconds"), "hoisted": hoisted}
 
 
-def make_setup(parity_model: str | None, steps: int, log=print, dtype: str = "float32") -> Setup:
-    """Llama-3.2-1B shapes with seeded synthetic weights in compute ``dtype``; parity on
-    ``parity_model`` (a path, "default" for the embedded SmolLM2, or "synthetic" for the
-    1B-shape weights), in the same dtype."""
-    cfg = dataclasses.replace(llama32_config(), dtype=dtype)
+def make_setup(
+    parity_model: str | None, steps: int, log=print, dtype: str = "float32", cfg: Config | None = None
+) -> Setup:
+    """``cfg``'s shapes (default Llama-3.2-1B) with seeded synthetic weights in compute
+    ``dtype``; parity on ``parity_model`` (a path, "default" for the embedded SmolLM2, or
+    "synthetic" for the same synthetic weights), in the same dtype."""
+    cfg = dataclasses.replace(cfg or llama32_config(), dtype=dtype)
     t0 = time.perf_counter()
     fp32 = synthetic(cfg, seed=0)
     int4 = quantize_weights(fp32)
-    log(f"Llama-3.2-1B synthetic weights made and quantized in {time.perf_counter() - t0:.0f} s")
+    log(f"synthetic weights ({cfg.num_layers} layers, hidden {cfg.hidden_size}) made and quantized in "
+        f"{time.perf_counter() - t0:.0f} s")  # fmt: skip
     if parity_model == "synthetic":
-        return Setup(cfg, int4, fp32, "llama-3.2-1b-synthetic", cfg, int4, steps)
+        name = "llama-3.2-1b-synthetic" if cfg.num_layers == llama32_config().num_layers else "synthetic"
+        return Setup(cfg, int4, fp32, name, cfg, int4, steps)
     path = None if parity_model in (None, "default") else parity_model
     pcfg, pint4 = checkpoints.load(path, "int4", dtype)
     name = "smollm2-135m" if path is None else str(path)

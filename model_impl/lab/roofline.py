@@ -18,15 +18,15 @@ from ..llama.weights import Weights
 from .timing import best_rate
 
 
-def decode_bytes_read(cfg: Config, weights: Weights, pos: int) -> int:
-    """The least a decode step must read: every layer weight, the head (the whole embedding
-    when tied), the final norm, one embedding row, and the K/V of ``pos + 1``
-    positions (in the compute dtype). ``weights`` may be arrays or shape-only specs."""
+def decode_bytes_read(cfg: Config, weights: Weights, pos: int, rows: int = 1) -> int:
+    """The least a decode step of ``rows`` sequences must read: every layer weight, the head
+    (the whole embedding when tied), the final norm, and per sequence one embedding row and the
+    K/V of ``pos + 1`` positions (in the compute dtype). ``weights`` may be arrays or specs."""
     layers = sum(tensor_bytes(layer) for layer in weights.layers)
     head = weights.lm_head if weights.lm_head is not None else weights.embed
     row = tensor_bytes(weights.embed) // cfg.vocab_size
     kv = 2 * cfg.num_layers * cfg.num_kv_heads * (pos + 1) * cfg.head_dim * cfg.jnp_dtype.itemsize
-    return layers + tensor_bytes(head) + tensor_bytes(weights.final_norm) + row + kv
+    return layers + tensor_bytes(head) + tensor_bytes(weights.final_norm) + rows * (row + kv)
 
 
 def copy_bandwidth(platform_name: str, nbytes: int = 1 << 30, repeats: int = 10) -> float:
