@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: test report bench fusion mutants clean-cache
+.PHONY: test report verdict bench fusion mutants clean-cache
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -45,6 +45,12 @@ mutants: $(STAMP)
 
 report: $(STAMP)
 	$(PY) -m model_impl characterize --out reports/
+	$(PY) -m model_impl decision --readme
+
+# The decision on this machine (python -m model_impl verdict): the CPU backends at SmolLM2-135M's
+# shapes here (about 40 minutes on 2 cores); on a GPU machine run the module directly (README).
+verdict: $(STAMP)
+	$(PY) -m model_impl verdict --shapes smollm2-135m --steps 4 --parity-model default
 
 clean-cache:
 	rm -rf .cache .pytest_cache .hypothesis mutants

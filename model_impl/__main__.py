@@ -10,11 +10,20 @@ import sys
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
-def _token_ids(text: str) -> list[int]:
+def _ints(flag: str, text: str) -> list[int]:
+    """Comma-separated integers, or a ValueError naming the flag (one ``error:`` line upstream)."""
     try:
-        return [int(t) for t in text.split(",") if t.strip()]
+        values = [int(t) for t in text.split(",") if t.strip()]
     except ValueError:
-        raise SystemExit(f"--token-ids must be comma-separated integers, got {text!r}") from None
+        raise ValueError(f"{flag} must be comma-separated integers, got {text!r}") from None
+    if not values:
+        raise ValueError(f"{flag} is empty")
+    return values
+
+
+def _fail(message: str) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return 2
 
 
 def cmd_generate(args) -> int:
@@ -44,7 +53,7 @@ def cmd_generate(args) -> int:
             weights = representations.convert(weights, args.representation)
         tokenizer = None
         if args.token_ids is not None:
-            prompt = _token_ids(args.token_ids)
+            prompt = _ints("--token-ids", args.token_ids)
         else:
             tokenizer = checkpoint.load_tokenizer(args.model)
             prompt = tokenizer(args.prompt).input_ids
@@ -77,40 +86,66 @@ def cmd_characterize(args) -> int:
 
 
 def cmd_fusion(args) -> int:
+    from .backends.generate import BackendUnavailable, require_device
+    from .backends.spec import BACKENDS
     from .lab import fusion, fusion_matrix
 
     rows = fusion_matrix.ROWS if args.dtype == "float32" else fusion_matrix.ROWS_VS_BF16
     if args.rows:
         given = [r.split(":") for r in args.rows.split(",")]
         wanted = {fusion_matrix.row_parts((p + ["default"])[:2] + p[2:3]) for p in given}
+        known = {fusion_matrix.row_parts(r) for r in rows}
+        missing = [":".join(w) for w in sorted(wanted - known)]
+        if missing:
+            return _fail(
+                f"--rows: not rows of the {args.dtype} matrix: {', '.join(missing)}; "
+                f"known: {', '.join(':'.join(r) for r in sorted(known))}"
+            )
         rows = tuple(r for r in rows if fusion_matrix.row_parts(r) in wanted)
     parts = tuple(args.parts.split(","))
     unknown = sorted(set(parts) - set(fusion.PARTS))
     if unknown:
-        print(f"error: --parts: unknown {', '.join(unknown)}; known: {', '.join(fusion.PARTS)}", file=sys.stderr)
-        return 2
-    fusion.run(args.backends.split(","), args.out, args.parity_model, args.steps, rows, dtype=args.dtype, parts=parts)
+        return _fail(f"--parts: unknown {', '.join(unknown)}; known: {', '.join(fusion.PARTS)}")
+    if args.steps < 1:
+        return _fail(f"--steps must be at least 1, got {args.steps}")
+    backends = args.backends.split(",")
+    bad = [b for b in backends if b not in BACKENDS]
+    if bad:
+        return _fail(f"--backends: unknown {', '.join(bad)}; known: {', '.join(BACKENDS)}")
+    try:
+        for b in backends:  # before the 1B-shape weights are made
+            require_device(b)
+    except BackendUnavailable as e:
+        return _fail(str(e))
+    fusion.run(backends, args.out, args.parity_model, args.steps, rows, dtype=args.dtype, parts=parts)
     return 0
 
 
 def cmd_tp(args) -> int:
+    from .backends.generate import BackendUnavailable, require_device
     from .lab import tensor_parallel as tpl
     from .llama.sharding import host_devices
 
-    tps = tuple(int(t) for t in args.tp.split(","))
-    if args.backend == "xla-cpu":
-        host_devices(max(tps))
-
+    try:
+        tps = tuple(_ints("--tp", args.tp))
+    except ValueError as e:
+        return _fail(str(e))
+    if min(tps) < 1:
+        return _fail(f"--tp degrees must be at least 1, got {args.tp}")
+    if args.steps < 1:
+        return _fail(f"--steps must be at least 1, got {args.steps}")
     modes = {m[0]: m for m in tpl.MODES}
     wanted = args.modes.split(",") if args.modes else list(modes)
-    shapes = args.shapes.split(",")
-    unknown = [m for m in wanted if m not in modes] + [s for s in shapes if s not in tpl.SHAPES]
+    shapes, parity = args.shapes.split(","), args.parity_shapes.split(",")
+    unknown = [m for m in wanted if m not in modes] + [s for s in shapes + parity if s not in tpl.SHAPES]
     if unknown:
-        print(
-            f"error: unknown {', '.join(unknown)}; modes: {', '.join(modes)}; shapes: {', '.join(tpl.SHAPES)}",
-            file=sys.stderr,
-        )
-        return 2
+        return _fail(f"unknown {', '.join(unknown)}; modes: {', '.join(modes)}; shapes: {', '.join(tpl.SHAPES)}")
+    try:
+        require_device(args.backend)
+    except BackendUnavailable as e:
+        return _fail(str(e))
+    if args.backend == "xla-cpu":
+        host_devices(max(tps))
     tpl.run(
         args.backend,
         args.out,
@@ -118,7 +153,7 @@ def cmd_tp(args) -> int:
         [modes[m] for m in wanted],
         tps,
         args.steps,
-        tuple(args.parity_shapes.split(",")),
+        tuple(parity),
     )
     return 0
 
@@ -130,39 +165,59 @@ def cmd_verdict(args) -> int:
     from .backends.spec import BACKENDS
     from .lab import verdict
 
-    def fail(message: str) -> int:
-        print(f"error: {message}", file=sys.stderr)
-        return 2
-
     parts = tuple(p for p in args.parts.split(",") if p)
     unknown = sorted(set(parts) - set(verdict.PARTS))
     if unknown or not parts:
-        return fail(f"--parts: unknown {', '.join(unknown) or '(none given)'}; known: {', '.join(verdict.PARTS)}")
+        return _fail(f"--parts: unknown {', '.join(unknown) or '(none given)'}; known: {', '.join(verdict.PARTS)}")
     if args.shapes not in verdict.SHAPES:
-        return fail(f"--shapes: unknown {args.shapes!r}; known: {', '.join(verdict.SHAPES)}")
+        return _fail(f"--shapes: unknown {args.shapes!r}; known: {', '.join(verdict.SHAPES)}")
     if args.steps < 1:
-        return fail(f"--steps must be at least 1, got {args.steps}")
+        return _fail(f"--steps must be at least 1, got {args.steps}")
     if args.resume:
         resume = Path(args.resume)
         try:
             kind = json.loads(resume.read_text()).get("kind")
         except (OSError, ValueError, AttributeError) as e:
-            return fail(f"--resume {resume}: not a readable verdict file ({type(e).__name__})")
+            return _fail(f"--resume {resume}: not a readable verdict file ({type(e).__name__})")
         if kind != "verdict":
-            return fail(f"--resume {resume}: not a verdict file (kind {kind!r})")
+            return _fail(f"--resume {resume}: not a verdict file (kind {kind!r})")
     try:
         backends = args.backend.split(",") if args.backend else verdict.default_backends()
         bad = [b for b in backends if b not in BACKENDS]
         if bad:
-            return fail(f"--backend: unknown {', '.join(bad)}; known: {', '.join(BACKENDS)}")
+            return _fail(f"--backend: unknown {', '.join(bad)}; known: {', '.join(BACKENDS)}")
         plan = verdict.Plan(args.shapes, args.dtype, args.steps, args.parity_model, args.quick, parts)
-        data = verdict.run(backends, Path(args.out) if args.out else None, plan, Path(args.resume) if args.resume else None)
+        data = verdict.run(
+            backends, Path(args.out) if args.out else None, plan, Path(args.resume) if args.resume else None
+        )
     except BackendUnavailable as e:
-        return fail(str(e))
+        return _fail(str(e))
     from .report import verdict_section
 
     data["file"] = str(Path(args.out or args.resume or verdict.default_out(data["environment"])))
     print("\n".join(verdict_section.render_run(data)))
+    return 0
+
+
+def cmd_decision(args) -> int:
+    """Print the per-machine decision table from the committed results; ``--readme``: rewrite
+    the README's generated block with it."""
+    import re
+    from pathlib import Path
+
+    from .report import verdict_section
+
+    runs = verdict_section.load()
+    block = verdict_section.readme_block(runs)
+    if args.readme:
+        readme = Path(__file__).resolve().parents[1] / "README.md"
+        text = readme.read_text()
+        pattern = re.escape(verdict_section.README_START) + ".*?" + re.escape(verdict_section.README_END)
+        if not re.search(pattern, text, flags=re.S):
+            print(f"error: {readme}: no generated block ({verdict_section.README_START})", file=sys.stderr)
+            return 2
+        readme.write_text(re.sub(pattern, lambda _: block, text, flags=re.S))
+    print(block)
     return 0
 
 
@@ -257,19 +312,29 @@ def main(argv=None) -> int:
     v.add_argument("--backend", help=f"comma-separated, of {BACKENDS} (default: this machine's GPU backends, else CPU)")
     v.add_argument("--out", help="results JSON (default results/verdict-<machine>-<date>.json)")
     v.add_argument(
-        "--resume", metavar="FILE", help="continue a verdict file: measure only what it lacks (written to --out if given)"
+        "--resume",
+        metavar="FILE",
+        help="continue a verdict file: measure only what it lacks (written to --out if given)",
     )
     v.add_argument("--parts", default="bandwidth,dense,int4,anchors,profile", help="what to measure, comma-separated")
     v.add_argument("--quick", action="store_true", help="batch 1 only, three int4 forms (about 2 minutes on a GPU)")
-    v.add_argument("--shapes", default="llama-3.2-1b", help="llama-3.2-1b, llama-3.1-8b, or tiny (a 2-layer test model)")
+    v.add_argument(
+        "--shapes",
+        default="llama-3.2-1b",
+        help="llama-3.2-1b, llama-3.1-8b, smollm2-135m (a CPU's size), or tiny (a 2-layer test model)",
+    )
     v.add_argument("--dtype", choices=("bfloat16", "float16"), default="bfloat16", help="compute dtype")
     v.add_argument("--steps", type=int, default=32, help="decode steps per timed loop")
     v.add_argument(
         "--parity-model",
         default="synthetic",
-        help="checkpoint for the parity checks: 'synthetic' (the shapes' seeded weights), 'default' (SmolLM2) or a path",
+        help="checkpoint for the parity checks: 'synthetic' (the shapes' seeded weights), 'default' (SmolLM2), a path",
     )
     v.set_defaults(func=cmd_verdict)
+
+    d = sub.add_parser("decision", help="the per-machine decision table from the committed results")
+    d.add_argument("--readme", action="store_true", help="rewrite the README's generated table")
+    d.set_defaults(func=cmd_decision)
 
     args = parser.parse_args(argv)
     return args.func(args)

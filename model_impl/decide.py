@@ -109,9 +109,7 @@ def best_dense(run: dict, backend: str, batch: int, dtype: str = COMPUTE_DTYPE) 
     form the run timed (the dot, multiply + reduce, stacked projections), padded batches
     included; None when the run timed none."""
     steps = [
-        r
-        for r in _of(run, "step", backend)
-        if r["weights"] == "dense" and r["dtype"] == dtype and serves(r, batch)
+        r for r in _of(run, "step", backend) if r["weights"] == "dense" and r["dtype"] == dtype and serves(r, batch)
     ]
     return min(steps, key=lambda r: r["seconds"], default=None)
 
@@ -218,7 +216,11 @@ def decide_backend(run: dict, backend: str) -> dict:
     bandwidth = roofline_bandwidth(run, backend)
     profiles = _of(run, "profile", backend)
     batches = sorted(
-        {r["rows"] for r in _of(run, "step", backend) if r["weights"] == "int4" and r["phase"] == "decode" and r["seconds"]}
+        {
+            r["rows"]
+            for r in _of(run, "step", backend)
+            if r["weights"] == "int4" and r["phase"] == "decode" and r["seconds"]
+        }
     )
     rows = []
     for b in batches:
@@ -275,8 +277,13 @@ def crossover(rows: list[dict]) -> int | None:
 
 def target(batch_one: dict | None) -> dict:
     ratio = (batch_one or {}).get("ratio") or 0.0
-    return {"target": TARGET, "stretch": STRETCH, "ratio": batch_one and batch_one["ratio"],
-            "met": ratio >= TARGET, "stretch_met": ratio >= STRETCH}
+    return {
+        "target": TARGET,
+        "stretch": STRETCH,
+        "ratio": batch_one and batch_one["ratio"],
+        "met": ratio >= TARGET,
+        "stretch_met": ratio >= STRETCH,
+    }
 
 
 def decide(run: dict) -> dict:
@@ -348,6 +355,31 @@ def from_matrix(run: dict) -> dict:
                  "kernel_class": False, "bytes_per_s": run["bandwidth_bytes_per_s"]}
             )  # fmt: skip
     return {"records": records, "method": "matrix", "environment": run["environment"], "file": run.get("file")}
+
+
+def share_checks(runs: list[dict]) -> list[dict]:
+    """Runs of one machine and compiler version lend each other their int4 checks: whether a
+    form qualifies (lowering verdict, parity) is a property of the form, the compiler and the
+    GPU, not of the run that timed it (ratios still come from one run's own timings). A run
+    keeps its own check of a form; a borrowed one names its file."""
+    out = []
+    for run in runs:
+        here = {form_key(r) for r in run["records"] if r["kind"] == "check"}
+        borrowed = []
+        for other in runs:
+            if other is run or _compiler_and_gpu(other) != _compiler_and_gpu(run):
+                continue
+            for c in other["records"]:
+                if c["kind"] == "check" and form_key(c) not in here:
+                    borrowed.append({**c, "check_from": other.get("file")})
+                    here.add(form_key(c))
+        out.append({**run, "records": run["records"] + borrowed})
+    return out
+
+
+def _compiler_and_gpu(run: dict) -> tuple:
+    e = run["environment"]
+    return e["machine"].get("gpu") or e["machine"].get("cpu"), e.get("versions", {}).get("jaxlib")
 
 
 _CHECK_FIELDS = (

@@ -20,7 +20,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from model_impl import env  # noqa: E402
-from model_impl.lab import anchors, fusion, profile, timing  # noqa: E402
+from model_impl.lab import anchors, fusion, profile, protocol, timing  # noqa: E402
 from model_impl.llama.model import KVCache  # noqa: E402
 from model_impl.llama.representations import convert, convert_dense  # noqa: E402
 from model_impl.llama.shapes import llama32_config  # noqa: E402
@@ -45,7 +45,8 @@ def step_case(cfg, w, batch=None, xla_options=None):
 
 
 def linears_case(cfg, w, batch=1):
-    return {"step_linears_s": fusion.step_linears_seconds("xla-cuda", cfg, w, STEPS, "default", batch)}
+    proto = protocol.protocol("xla-cuda", fusion.MAX_SEQ, fusion.PROMPT_TOKENS)
+    return {"step_linears_s": proto.linears(cfg, w, STEPS, batch)}
 
 
 def prefill_case(cfg, w, bucket=64):

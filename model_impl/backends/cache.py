@@ -4,6 +4,11 @@ Keys are JSON-able dicts (model config, weight shapes/dtypes, graph kind, compil
 compiler version, a digest of the graph's source code) hashed with SHA-256. Writes are
 atomic (temp file + ``os.replace``) and serialized per key by an ``flock``, so parallel
 test workers (pytest-xdist) never read a half-written entry and never compile twice.
+
+Every entry's sidecar holds the SHA-256 of its content, checked on every hit: an entry that
+does not match (truncated by a partial copy, overwritten) or has no sidecar is dropped and
+made again; where it cannot be made again (no compiler on this machine) :class:`CacheError`
+names the file and how to clear it.
 """
 
 from __future__ import annotations
@@ -18,6 +23,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 PACKAGE_ROOT = Path(__file__).resolve().parents[1]  # model_impl/
+CLEAR = "make clean-cache (or delete the file and its .json sidecar)"
+
+
+class CacheError(ValueError):
+    """A damaged cache entry that cannot be rebuilt here (one line: the file, the way out)."""
 
 
 def cache_root() -> Path:
@@ -62,12 +72,23 @@ def cached_file(kind: str, key: dict, suffix: str, produce: Callable[[], bytes])
     path = entry_path(kind, key, suffix)
     directory = path.parent
     directory.mkdir(parents=True, exist_ok=True)
-    if path.exists():
+    if intact(path):
         return path, True
     with _locked(path):
-        if path.exists():  # another worker made it while we waited
+        if intact(path):  # another worker made it while we waited
             return path, True
-        data, meta = _split(produce())
+        damaged = path.exists()
+        if damaged:
+            drop(path)
+        try:
+            data, meta = _split(produce())
+        except ImportError as e:  # no compiler here: the entry was carried, and it is damaged
+            if not damaged:
+                raise
+            raise CacheError(
+                f"{path}: damaged cache entry (its content does not match its sidecar's digest) and "
+                f"{e.name or 'the compiler'} is not installed here to rebuild it: {CLEAR}, then carry it again"
+            ) from None
         fd, tmp = tempfile.mkstemp(dir=directory, prefix=path.name, suffix=".tmp")
         try:
             with os.fdopen(fd, "wb") as f:
@@ -77,9 +98,32 @@ def cached_file(kind: str, key: dict, suffix: str, produce: Callable[[], bytes])
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
             raise
-        sidecar = {"key": key, "meta": meta}
+        sidecar = {"key": key, "meta": meta, "sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
         (directory / f"{path.stem}.json").write_text(json.dumps(sidecar, indent=1, sort_keys=True, default=str))
     return path, False
+
+
+def intact(path: Path) -> bool:
+    """The entry exists and its content matches the digest its sidecar records."""
+    try:
+        sidecar = json.loads(path.with_suffix(".json").read_text())
+        recorded = sidecar.get("sha256")
+        if not recorded or path.stat().st_size != sidecar.get("bytes"):
+            return False
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 24), b""):
+                h.update(block)
+        return h.hexdigest() == recorded
+    except (OSError, json.JSONDecodeError):
+        return False
+
+
+def drop(path: Path) -> None:
+    """Remove an entry and its sidecar (a damaged or rejected one)."""
+    for p in (path, path.with_suffix(".json")):
+        with contextlib.suppress(FileNotFoundError):
+            p.unlink()
 
 
 def _split(produced):

@@ -15,7 +15,7 @@ import numpy as np
 
 from ..llama.config import Config
 from ..llama.graphs import loop_graph, shape_bucket
-from . import iree_compile
+from . import cache, iree_compile
 from .spec import IREE_CPU, Backend
 from .spec import backend as backend_spec
 
@@ -90,6 +90,25 @@ class IreeDevice:
         return context.modules[module.name][function]
 
 
+def load_or_rebuild(iree: IreeDevice, path: Path, compile_):
+    """``main`` of the cached module at ``path``; a module the runtime rejects (one its digest
+    cannot catch, e.g. made by another runtime's compiler) is dropped and compiled again with
+    ``compile_()``, or named in a :class:`cache.CacheError` where no compiler is installed."""
+    try:
+        return iree.load(path)
+    except (RuntimeError, ValueError) as e:  # "Error creating vm module from aligned memory: ..."
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        cache.drop(path)
+        try:
+            path, _ = compile_()
+        except ImportError:
+            raise cache.CacheError(
+                f"{path}: the IREE runtime rejects this cached module ({reason}) and no compiler is installed "
+                f"here to rebuild it: {cache.CLEAR}, then carry it again"
+            ) from None
+        return iree.load(path)
+
+
 class IreeRunner:
     """A compiled prefill/decode pair on one IREE device (``local-task`` CPU or ``cuda``)."""
 
@@ -117,11 +136,12 @@ class IreeRunner:
     def function(self, graph: str, bucket: int, max_seq: int):
         key = (graph, shape_bucket(graph, bucket), max_seq)
         if key not in self._functions:
-            path, seconds = iree_compile.compiled_module(
+            compile_ = lambda: iree_compile.compiled_module(  # noqa: E731
                 self.cfg, self.specs, graph, bucket, max_seq, self.target, self.cuda_target, self.extra_flags
             )
+            path, seconds = compile_()
             self.compile_seconds[graph] = seconds
-            self._functions[key] = self.iree.load(path)
+            self._functions[key] = load_or_rebuild(self.iree, path, compile_)
         return self._functions[key]
 
     def put_token(self, token_id: int):

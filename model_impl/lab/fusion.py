@@ -42,6 +42,7 @@ from .fusion_matrix import (
     summary_line,
 )
 from .linear_chain import LINEAR_CHAIN, LINEAR_SHAPE
+from .protocol import NotMeasurable, Protocol, protocol
 
 
 def time_linear(
@@ -114,7 +115,7 @@ class Setup:
 BASELINE_DTYPES = ("float32", "float16", "bfloat16")
 
 
-def dense_baselines(backend: str, setup: Setup, log=print, stacked: bool = False) -> dict:
+def dense_baselines(proto: Protocol, setup: Setup, log=print, stacked: bool = False) -> dict:
     """``{"<dtype>:<form>": {"seconds", "spread"}}``: dense decode steps on ``backend``;
     ``stacked``: the run's dtype also with stacked projections (``"<dtype>:<form>+stacked"``),
     so that stacked int4 cells are held to the fastest dense layout too."""
@@ -128,10 +129,10 @@ def dense_baselines(backend: str, setup: Setup, log=print, stacked: bool = False
         for option in options:
             for form in forms:
                 dense = convert_dense(layout(weights, option), form)
-                t = decode_timing(backend, cfg, dense, "default", setup.steps, per_call=False)
+                t = decode_timing(proto, cfg, dense, "default", setup.steps, per_call=False)
                 key = f"{dtype}:{form}" + ("" if option == "default" else f"+{option}")
                 out[key] = {"seconds": t["seconds"], "spread": t["spread"]}
-                log(f"{backend}: dense {key} decode {t['seconds'] * 1e3:.3f} ms")
+                log(f"{proto.backend}: dense {key} decode {t['seconds'] * 1e3:.3f} ms")
         del weights
         gc.collect()
     return out
@@ -148,9 +149,10 @@ def measure_backend(
 ):
     """Every row's cell on ``backend``, plus the dense references the cells are set against:
     (cells, dense baselines)."""
+    proto = protocol(backend, MAX_SEQ, PROMPT_TOKENS)  # the backend resolved once, its timing handed down
     fp32 = setup.cfg.dtype == "float32"
     fp32_linear = time_linear(backend, None, "default") if fp32 else None
-    baselines = dense_baselines(backend, setup, log, stacked=any(row_parts(r)[1] == STACKED for r in rows))
+    baselines = dense_baselines(proto, setup, log, stacked=any(row_parts(r)[1] == STACKED for r in rows))
     fp32_decode = best_dense(baselines, "float32")
     bf16_decode = best_dense(baselines, "bfloat16")
     gc.collect()
@@ -175,7 +177,7 @@ def measure_backend(
         if cell.skipped:
             continue
         try:
-            _measure_cell(cell, setup, prompt, references)
+            _measure_cell(proto, cell, setup, prompt, references)
         except Exception as e:  # a compiler or runtime failure is a finding of the cell
             cell.error = error_line(e)
         gc.collect()
@@ -202,9 +204,8 @@ def make_references(backend: str, setup: Setup, prompt: list[int]):
     return references
 
 
-def _measure_cell(cell: Cell, setup: Setup, prompt, references) -> None:
+def _measure_cell(proto: Protocol, cell: Cell, setup: Setup, prompt, references) -> None:
     backend, representation, option, head = cell.backend, cell.representation, cell.option, cell.head
-    spec = backend_spec(backend)
     int4_head = head == "int4"
     specs = convert(layout(weight_specs(setup.cfg, "int4", embedding=int4_head), option), representation, head)
     lowering_cell(cell, setup.cfg, specs)
@@ -212,11 +213,11 @@ def _measure_cell(cell: Cell, setup: Setup, prompt, references) -> None:
         cell.linear_seconds = time_linear(backend, representation, option)
     weights = convert(layout(setup.quantized(head), option), representation, head)
     cell.bytes_per_step = roofline.decode_bytes_read(setup.cfg, weights, PROMPT_TOKENS)
-    timing = decode_timing(backend, setup.cfg, weights, option, setup.steps, per_call=setup.cfg.dtype == "float32")
+    timing = decode_timing(proto, setup.cfg, weights, option, setup.steps, per_call=setup.cfg.dtype == "float32")
     cell.decode_seconds, cell.decode_spread = timing["seconds"], timing["spread"]
     cell.decode_per_call_seconds, cell.loop_hoisted_dequants = timing.get("per_call"), timing.get("hoisted")
-    if spec.is_xla and spec.is_cuda and setup.cfg.dtype != "float32":
-        cell.step_linears_seconds = step_linears_seconds(backend, setup.cfg, weights, setup.steps, option)
+    if setup.cfg.dtype != "float32" and proto.spec.is_xla:  # IREE compiles the exported graphs whole
+        cell.step_linears_seconds = proto.linears(setup.cfg, weights, setup.steps, **_xla(option, backend))
     del weights
     gc.collect()
     parity_cell(cell, setup, prompt, references)
@@ -255,50 +256,35 @@ def parity_atol(dtype: str) -> float:
     return checks.IN_GRAPH_VS_HOST_DEQUANT_ATOL if dtype == "float32" else checks.logit_atol(dtype)
 
 
-def step_linears_seconds(backend: str, cfg: Config, weights: Weights, steps: int, option: str, batch: int = 1):
-    """Seconds per step of the step's linears alone (:func:`linear_chain.step_linears`), median
-    of rounds; the figure set beside torch's linears (the anchors)."""
-    device = jax.devices(backend_spec(backend).platform)[0]
-    fn = jax.jit(
-        linear_chain.step_linears(cfg, batch, steps),
-        compiler_options=settings(option, backend).get("xla_options") or None,
-    )
-    w = jax.device_put(weights, device)
-    call = lambda: jax.block_until_ready(fn(w))  # noqa: E731
-    return timing.median_seconds(call, timing.DECODE_ROUNDS, float("inf"), warmup=1) / steps
-
-
 # IREE's batched figure: a 64-token prefill (its decode graphs take one sequence); the uint32
 # words and the one form IREE fuses.
 IREE_BATCH_ROWS = ((BASELINE, "default", "dot"), ("s4-grouped", "default", "dot"))
-PREFILL_REPEATS = 3
 
 
 def batch_timings(backend: str, setup: Setup, rows=None, log=print) -> dict:
-    """``{"<representation>:<option>:<head>" | "dense:<form>": {"decode-B": s, "prefill-64": s}}``:
-    on XLA-CUDA the batched decode loop (:func:`model.decode_batch`) and one prefill call; on
-    IREE the 64-token prefill (median of :data:`PREFILL_REPEATS` synced calls)."""
-    spec = backend_spec(backend)
-    if spec.is_xla and not spec.is_cuda:
-        return {"skipped": "XLA-CPU: int4 already loses to bf16 at batch 1 (the weights are rebuilt every step)"}
-    rows = rows or (BATCH_ROWS if spec.is_xla else IREE_BATCH_ROWS)
+    """``{"<representation>:<option>:<head>" | "dense:dot": {"decode-B": s, "prefill-64": s}}``:
+    the batched decode step (:data:`BATCHES` rows; where the backend cannot batch, as IREE's
+    one-sequence graphs, the figure says why) and a 64-token prefill, on the backend's protocol."""
+    proto = protocol(backend, MAX_SEQ, PROMPT_TOKENS)
+    rows = rows or (BATCH_ROWS if proto.spec.is_xla else IREE_BATCH_ROWS)
     # the dense dot only: at more than one row the multiply + reduce form is the dot
-    cases = [("dense:dot", lambda: setup.fp32, {})]
+    cases = [("dense:dot", lambda: setup.fp32, "default")]
     for row in rows:
         representation, option, head = row_parts(row)
         make = lambda r=representation, o=option, h=head: convert(layout(setup.quantized(h), o), r, h)  # noqa: E731
-        cases.append((f"{representation}:{option}:{head}", make, settings(option, backend)))
+        cases.append((f"{representation}:{option}:{head}", make, option))
     out = {}
-    for name, make, opts in cases:
+    for name, make, option in cases:
         weights, figures = make(), {}
+        opts = _xla(option, backend) | _iree(option, backend)
         try:
-            if spec.is_iree:
-                runner = generate.make_runner(setup.cfg, weights, backend, **opts)
-                times = timing.time_prefill(runner, PREFILL_BUCKET, MAX_SEQ, PREFILL_REPEATS)
-                figures[f"prefill-{PREFILL_BUCKET}"] = float(np.median(times))
-                del runner
-            else:
-                _xla_batch_figures(backend, setup, weights, opts, figures)
+            for b in BATCHES:
+                try:
+                    figures[f"decode-{b}"] = proto.decode(setup.cfg, weights, setup.steps, b, **opts)["seconds"]
+                except NotMeasurable as e:
+                    figures[f"decode-{b}"] = None
+                    figures["not_measurable"] = str(e)
+            figures[f"prefill-{PREFILL_BUCKET}"] = proto.prefill(setup.cfg, weights, PREFILL_BUCKET, **opts)["seconds"]
         except Exception as e:  # a failure is a finding of the case
             figures["error"] = error_line(e)
         out[name] = figures
@@ -308,55 +294,26 @@ def batch_timings(backend: str, setup: Setup, rows=None, log=print) -> dict:
     return out
 
 
-def _xla_batch_figures(backend: str, setup: Setup, weights: Weights, opts: dict, figures: dict) -> None:
-    for b in BATCHES:
-        figures[f"decode-{b}"] = timing.time_xla_decode_loop(
-            backend,
-            setup.cfg,
-            weights,
-            setup.steps,
-            max_seq=MAX_SEQ,
-            start_pos=PROMPT_TOKENS,
-            xla_options=opts.get("xla_options"),
-            batch=b,
-        )[0]
-    figures[f"prefill-{PREFILL_BUCKET}"] = timing.time_xla_prefill(
-        backend, setup.cfg, weights, PREFILL_BUCKET, MAX_SEQ, xla_options=opts.get("xla_options")
-    )
+def _xla(option: str, backend: str) -> dict:
+    return {"xla_options": settings(option, backend).get("xla_options")}
 
 
-def decode_timing(backend: str, cfg: Config, weights: Weights, option: str, steps: int, per_call: bool = True) -> dict:
-    """Per-step decode time as the cells report it. XLA on a GPU: the in-graph loop (device
-    time), with the per-call figure (one dispatch per step, queued) beside it (``per_call``).
-    Elsewhere: one call per step, each ending with its token on the host (CPU compute dwarfs
-    dispatch; IREE-CUDA steps are tens of milliseconds)."""
-    spec = backend_spec(backend)
-    out = {}
-    if per_call or not (spec.is_xla and spec.is_cuda):
-        runner = generate.make_runner(cfg, weights, backend, **settings(option, backend))
-        measured = timing.time_decode(
-            runner,
-            MAX_SEQ,
-            start_pos=PROMPT_TOKENS,
-            synced_steps=0 if spec.is_cuda else steps,
-            queued_rounds=timing.DECODE_ROUNDS if spec.is_cuda else 0,
-            steps_per_round=steps,
-        ).device_bound
-        del runner
-        gc.collect()
-        out = {"seconds": float(np.median(measured)), "spread": [min(measured), max(measured)]}
-        if not (spec.is_xla and spec.is_cuda):
-            return out
-    seconds, spread, hoisted = timing.time_xla_decode_loop(
-        backend,
-        cfg,
-        weights,
-        steps,
-        max_seq=MAX_SEQ,
-        start_pos=PROMPT_TOKENS,
-        xla_options=settings(option, backend).get("xla_options"),
-    )
-    return {"seconds": seconds, "spread": spread, "per_call": out.get("seconds"), "hoisted": hoisted}
+def _iree(option: str, backend: str) -> dict:
+    return {"iree_flags": tuple(settings(option, backend).get("iree_flags", ()))}
+
+
+def decode_timing(
+    proto: Protocol, cfg: Config, weights: Weights, option: str, steps: int, per_call: bool = True
+) -> dict:
+    """Per-step decode time as the cells report it: the protocol's step (XLA: the in-graph
+    loop; IREE: one call per step), and on XLA-CUDA with ``per_call`` the figure of one dispatch
+    per step, queued, beside it."""
+    opts = _xla(option, proto.backend) | _iree(option, proto.backend)
+    t = proto.decode(cfg, weights, steps, 1, **opts)
+    out = {"seconds": t["seconds"], "spread": t["spread"], "hoisted": t.get("hoisted_dequants")}
+    if per_call and proto.spec.is_xla and proto.spec.is_cuda:
+        out["per_call"] = proto.per_call(cfg, weights, steps, **_xla(option, proto.backend))
+    return out
 
 
 def make_setup(
@@ -411,13 +368,14 @@ def run(
     log=_log,
     dtype: str = "float32",
     parts=PARTS,
+    cfg: Config | None = None,
 ) -> dict:
     """The matrix on ``backends``, written to ``out_path`` after every cell. In half precision
     (the matrix vs bf16) a GPU run also records the torch anchors (:mod:`.anchors`), the
     run's copy bandwidth (the better of a memcpy-class copy and XLA's own) and the batched
     figures (:func:`batch_timings`). ``parts``: which of :data:`PARTS` to measure (a GPU run
     of ten minutes at most holds a part of the matrix; the report merges the files)."""
-    setup = make_setup(parity_model, steps, log, dtype)
+    setup = make_setup(parity_model, steps, log, dtype, cfg)
     result = {
         "environment": environment(backends),
         "dtype": dtype,

@@ -43,7 +43,7 @@ class Protocol:
     def spec(self):
         return backend_spec(self.backend)
 
-    def decode(self, cfg: Config, weights: Weights, steps: int, rows: int = 1, xla_options=None, iree_flags=()):
+    def decode(self, cfg: Config, weights: Weights, steps: int, rows: int = 1, xla_options=None, iree_flags=()) -> dict:
         """``{"seconds", "spread"}`` per decode step of ``rows`` sequences."""
         spec = self.spec
         if spec.is_xla:
@@ -60,7 +60,7 @@ class Protocol:
             return {"seconds": seconds, "spread": spread, "hoisted_dequants": hoisted}
         if rows != 1:
             raise NotMeasurable(f"{self.backend}: the exported decode graph takes one sequence")
-        runner = generate.make_runner(cfg, weights, self.backend, iree_flags=iree_flags)
+        runner = generate.make_runner(cfg, weights, self.backend, iree_flags=tuple(iree_flags))
         measured = timing.time_decode(
             runner,
             self.max_seq,
@@ -73,11 +73,40 @@ class Protocol:
         gc.collect()
         return {"seconds": float(np.median(measured)), "spread": [min(measured), max(measured)]}
 
+    def per_call(self, cfg: Config, weights: Weights, steps: int, xla_options=None) -> float:
+        """XLA-CUDA: seconds per step with one dispatch per step, queued (the fp32 matrix's
+        second figure, beside the in-graph loop's)."""
+        runner = generate.make_runner(cfg, weights, self.backend, xla_options=xla_options)
+        measured = timing.time_decode(
+            runner,
+            self.max_seq,
+            start_pos=self.start_pos,
+            synced_steps=0,
+            queued_rounds=timing.DECODE_ROUNDS,
+            steps_per_round=steps,
+        ).device_bound
+        del runner
+        gc.collect()
+        return float(np.median(measured))
+
+    def linears(self, cfg: Config, weights: Weights, steps: int, rows: int = 1, xla_options=None) -> float:
+        """Seconds per step of the step's linears alone (:func:`linear_chain.step_linears`), the
+        figure set beside torch's linears; XLA only (IREE compiles the exported graphs whole)."""
+        if not self.spec.is_xla:
+            raise NotMeasurable(f"{self.backend}: the step's linears alone are an XLA graph")
+        from . import linear_chain
+
+        device = jax.devices(self.spec.platform)[0]
+        fn = jax.jit(linear_chain.step_linears(cfg, rows, steps), compiler_options=xla_options or None)
+        w = jax.device_put(weights, device)
+        call = lambda: jax.block_until_ready(fn(w))  # noqa: E731
+        return timing.median_seconds(call, timing.DECODE_ROUNDS, float("inf"), warmup=1) / steps
+
     def prefill(self, cfg: Config, weights: Weights, tokens: int, xla_options=None, iree_flags=()) -> dict:
         if self.spec.is_xla:
             s = timing.time_xla_prefill(self.backend, cfg, weights, tokens, self.max_seq, xla_options, PREFILL_ROUNDS)
             return {"seconds": s}
-        runner = generate.make_runner(cfg, weights, self.backend, iree_flags=iree_flags)
+        runner = generate.make_runner(cfg, weights, self.backend, iree_flags=tuple(iree_flags))
         times = timing.time_prefill(runner, tokens, self.max_seq, PREFILL_ROUNDS)
         return {"seconds": float(np.median(times)), "spread": [min(times), max(times)]}
 

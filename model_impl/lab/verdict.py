@@ -25,7 +25,7 @@ import json
 import re
 from pathlib import Path
 
-from .. import checks, decide, env
+from .. import checks, decide
 from ..backends.spec import backend as backend_spec
 from ..llama.config import Config
 from ..llama.linears import tensor_bytes
@@ -37,7 +37,16 @@ from .fusion_matrix import MAX_SEQ, PROMPT_TOKENS, STACKED, Cell, applicability,
 from .fusion_matrix import lowering_cell as lower_cell
 from .protocol import NotMeasurable, protocol
 
-SHAPES = {**REAL_SHAPES, "tiny": shrunk_llama32_config}
+
+def _smollm2_shapes() -> Config:
+    from ..checkpoints import load_config
+
+    return load_config(None)
+
+
+# The shapes a verdict runs on (seeded synthetic weights): the real configs; the embedded
+# SmolLM2-135M's (what a 2-core CPU can time in minutes); a 2-layer model for the tests.
+SHAPES = {**REAL_SHAPES, "smollm2-135m": _smollm2_shapes, "tiny": shrunk_llama32_config}
 PARTS = ("bandwidth", "dense", "int4", "anchors", "profile")
 DENSE_ROWS = (1, 2, 4, 8, 16)  # a server pads a batch to a graph it has: each serves every batch <= rows
 INT4_ROWS = (1, 2, 4, 16)
@@ -65,15 +74,18 @@ class Plan:
     steps: int
     parity_model: str
     quick: bool
-    parts: tuple[str, ...]
+    parts: tuple[str, ...] = PARTS
+    forms: tuple | None = None  # int4 candidates (default: CANDIDATES, or QUICK_CANDIDATES)
+    rows: tuple[int, ...] | None = None  # int4 rows (default INT4_ROWS, or 1 when quick)
+    dense_rows: tuple[int, ...] = DENSE_ROWS
 
     @property
     def int4_rows(self):
-        return (1,) if self.quick else INT4_ROWS
+        return self.rows or ((1,) if self.quick else INT4_ROWS)
 
     @property
     def candidates(self):
-        return QUICK_CANDIDATES if self.quick else CANDIDATES
+        return self.forms or (QUICK_CANDIDATES if self.quick else CANDIDATES)
 
 
 def machine_slug(environment: dict) -> str:
@@ -159,7 +171,8 @@ def _timed(run: Run, key: dict, measure, extra: dict | None = None) -> dict | No
         record.update(seconds=None, error=error_line(e))
     gc.collect()
     what = f"{key['backend']} {key['weights']} {key['dtype']} {decide.form_name(key)} {key['phase']} rows={key['rows']}"
-    run.add(record, f"{what}: {_ms(record.get('seconds')) if record.get('seconds') else record.get('skipped') or record.get('error')}")
+    outcome = _ms(record["seconds"]) if record.get("seconds") else record.get("skipped") or record.get("error")
+    run.add(record, f"{what}: {outcome}")
     return record
 
 
@@ -181,19 +194,19 @@ def measure_dense(run: Run, proto, plan: Plan, setup) -> None:
         for form, lay in forms:
             weights = convert_dense(layout(base, lay), form)
             nbytes = tensor_bytes(weights.layers) + tensor_bytes(weights.embed)
-            rows_ = DENSE_ROWS if (dtype == plan.dtype and form == "dot") else (1,)
+            rows_ = plan.dense_rows if (dtype == plan.dtype and form == "dot") else (1,)
             for rows in rows_:
                 _timed(
                     run,
                     _step_key(proto.backend, "dense", dtype, form, lay, form, rows),
-                    lambda w=weights, r=rows: proto.decode(dcfg, w, plan.steps, r),
+                    lambda w=weights, r=rows, c=dcfg: proto.decode(c, w, plan.steps, r),
                     {"weight_bytes": nbytes, "bytes_per_step": bytes_per_step(dcfg, weights, rows)},
                 )
             if dtype == plan.dtype and form == "dot":
                 _timed(
                     run,
                     _step_key(proto.backend, "dense", dtype, form, lay, form, PREFILL_TOKENS, "prefill"),
-                    lambda w=weights: proto.prefill(dcfg, w, PREFILL_TOKENS),
+                    lambda w=weights, c=dcfg: proto.prefill(c, w, PREFILL_TOKENS),
                     {"weight_bytes": nbytes},
                 )
             del weights
@@ -241,14 +254,14 @@ def measure_int4(run: Run, proto, plan: Plan, setup) -> None:
             _timed(
                 run,
                 _step_key(backend, "int4", cfg.dtype, representation, lay, head, rows),
-                lambda r=rows: proto.decode(cfg, weights, plan.steps, r),
+                lambda r=rows, w=weights: proto.decode(cfg, w, plan.steps, r),
                 {"weight_bytes": nbytes, "bytes_per_step": bytes_per_step(cfg, weights, rows)},
             )
         if ok and not plan.quick:
             _timed(
                 run,
                 _step_key(backend, "int4", cfg.dtype, representation, lay, head, PREFILL_TOKENS, "prefill"),
-                lambda: proto.prefill(cfg, weights, PREFILL_TOKENS),
+                lambda w=weights: proto.prefill(cfg, w, PREFILL_TOKENS),
                 {"weight_bytes": nbytes},
             )
         del weights

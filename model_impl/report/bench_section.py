@@ -7,47 +7,11 @@ from pathlib import Path
 from .. import env
 from ..backends.spec import backend as backend_spec
 
-MODE_COLORS = {"fp32": "tab:blue", "int4": "tab:orange", "bf16": "tab:green", "int4-bf16": "tab:red"}
 TARGETS = (
     ("XLA-CUDA fp32 decode on Llama-3.2-1B at >= 85% of its roofline", "roofline"),
     ("IREE-CUDA within 1.5x of XLA-CUDA per mode", ("iree-cuda", "xla-cuda", 1.5)),
     ("IREE-CPU within 2x of XLA-CPU per mode", ("iree-cpu", "xla-cpu", 2.0)),
 )
-
-
-def chart(runs: list[dict], path: Path) -> Path | None:
-    """tokens/s per backend and mode, each bar with its roofline marked, one panel per model."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    cases = [(run, c) for run in runs for c in run["cases"]]
-    if not cases:
-        return None
-    models = sorted({c["model"] for _, c in cases})
-    fig, axes = plt.subplots(1, len(models), figsize=(6 * len(models), 4.5), squeeze=False)
-    for ax, model in zip(axes[0], models):
-        rows = [(run, c) for run, c in cases if c["model"] == model]
-        labels = [f"{c['backend']}\n{c['quant']}" for _, c in rows]
-        tps = [c["decode"]["tokens_per_s"] for _, c in rows]
-        roof = [c["roofline_tokens_per_s"] for _, c in rows]
-        x = range(len(rows))
-        colors = [MODE_COLORS.get(c["quant"], "tab:gray") for _, c in rows]
-        ax.bar(x, tps, color=colors)
-        ax.scatter(x, roof, marker="_", s=600, color="black", label="roofline (measured bandwidth / bytes read)")
-        ax.set_xticks(list(x), labels, fontsize=8)
-        ax.set_yscale("log")
-        ax.set_ylabel("decode tokens/s (batch 1)")
-        ax.set_title(model)
-        ax.legend(fontsize=7, loc="lower right")
-    fig.suptitle(
-        "Decode speed vs roofline (" + ", ".join(f"{c.split(':')[1]} {m}" for m, c in MODE_COLORS.items()) + ")"
-    )
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
 
 
 def _find(cases, model, backend, quant):
@@ -127,10 +91,7 @@ def explanations(runs: list[dict], rows: list[dict]) -> list[str]:
 def render(runs: list[dict], out_dir: Path, rows: list[dict] | None = None) -> list[str]:
     if not runs:
         return ["", "## Performance", "", "No benchmark results under `results/` yet: run `make bench`."]
-    png = chart(runs, out_dir / "bench.png")
     lines = ["", "## Performance (decode batch 1, weights resident, KV cache on the device)", ""]
-    if png:
-        lines += [f"![decode tokens/s vs roofline]({png.name})", ""]
     for run in runs:
         if not run["cases"]:
             continue

@@ -33,7 +33,7 @@ from ..llama.weights import (
     quantize_weights,
 )
 from ..llama.weights import specs as weight_specs
-from . import bench_section, fusion_section, half_section, results, tp_section, vs_bf16_section
+from . import bench_section, fusion_section, half_section, results, tp_section, verdict_section, vs_bf16_section
 from .markdown import render_markdown
 from .results import ROW_KEYS
 
@@ -328,9 +328,12 @@ def main(out_dir: str = "reports/", model: str | None = None) -> int:
     tp = tp_section.load(results.RESULTS_DIR)
     iree_md = next(iter(results.load(results.RESULTS_DIR, "iree-multidevice.json")), None)
     findings["tensor_parallel"] = tp_section.findings(tp)
+    verdicts = verdict_section.load(results.RESULTS_DIR)
+    findings["decision"] = verdict_section.table_rows(verdicts)
     (out / "findings.json").write_text(json.dumps(findings, indent=2, default=str) + "\n")
+    opening = verdict_section.render(verdicts) + ["", *verdict_section.charts(verdicts, out)]
     md = (
-        render_markdown(findings)
+        render_markdown(findings, opening)
         + "\n".join(bench_section.render(findings["benchmarks"], out, findings["rows"]))
         + "\n".join(fusion_section.render(matrix))
         + "\n".join(vs_bf16_section.render(vs_bf16))

@@ -9,6 +9,7 @@ from ..backends.spec import BACKENDS
 from ..llama.linears import tensor_bytes
 from ..llama.shapes import llama32_config
 from ..llama.weights import specs
+from . import results
 
 MODEL = "llama-3.2-1b"
 SHAPES_MODEL = "llama-3.2-1b (shapes)"
@@ -32,13 +33,13 @@ def _speed(runs: list[dict], backend: str) -> str:
         text += f" (**{gb['step_s'] / ga['step_s']:.2f}x**, {ga['chunk']} steps per dispatch)"
         da, db = ga["device_bound_step_s"], gb["device_bound_step_s"]
         text += f"; device-bound {1 / da:.0f} vs {1 / db:.0f} tok/s (**{db / da:.2f}x**)"
-        return text + f" [`{a[0]['file']}`]"
+        return text + f" [{results.where(a[0])}]"
     text = f"{ca['decode']['tokens_per_s']:.1f} vs {cb['decode']['tokens_per_s']:.1f} tok/s synced"
     text += f" (**{ca['decode']['tokens_per_s'] / cb['decode']['tokens_per_s']:.2f}x**)"
     pa, pb = ca["decode"].get("pipelined_step_s"), cb["decode"].get("pipelined_step_s")
     if pa and pb:
         text += f"; device-bound {1 / pa:.0f} vs {1 / pb:.0f} tok/s (**{pb / pa:.2f}x**)"
-    return text + f" [`{a[0]['file']}`]"
+    return text + f" [{results.where(a[0])}]"
 
 
 def _fused(rows: list[dict], runs_cuda: list[dict], backend: str) -> str:
@@ -82,37 +83,13 @@ def render(f: dict) -> list[str]:
         "## What to decide: int4 (in-graph dequant) against bf16 weights",
         "",
         f"Llama-3.2-1B shapes, decode batch 1. Weights resident: bf16 {bf16 / 2**30:.2f} GiB, int4 with a bf16 "
-        f"embedding/head {int4 / 2**30:.2f} GiB (**{bf16 / int4:.2f}x** less). Speed is int4-bf16 against bf16 in "
-        "the same benchmark run; `fused`: the int4-bf16 decode graph's dequant verdict on that backend.",
+        f"embedding/head {int4 / 2**30:.2f} GiB (**{bf16 / int4:.2f}x** less). Speed is int4-bf16 against bf16 "
+        "as the dense dot, in the same benchmark run, on the machine its file names (the decision per machine, "
+        "against every bf16 form, is the table above); `fused`: the int4-bf16 decode graph's dequant verdict.",
         "",
         "| backend | decode speed, int4 vs bf16 | tokens | dequant in the decode graph |",
         "|---|---|---|---|",
     ]
     for b in BACKENDS:
         lines.append(f"| {b} | {_speed(runs, b)} | {_agreement(half, cuda, b)} | {_fused(rows, cuda, b)} |")
-    t = (f.get("int4_vs_bf16_matrix") or {}).get("target")
-    if t and t.get("fastest"):
-        best, fastest = t["best_qualifying"], t["fastest"]
-        lines += [
-            "",
-            "The int4 forms against the fastest dense bf16 form of the same run (XLA-CUDA, section "
-            '"int4 against bf16: the matrix"): '
-            + (f"best qualifying {best['representation']} **{best['speedup_vs_bf16']:.2f}x**, " if best else "")
-            + f"fastest {fastest['representation']} (head {fastest['head']}) **{fastest['speedup_vs_bf16']:.2f}x**; "
-            + ("the 1.5x target is met." if t["met"] else "the 1.5x target is **not met**."),
-        ]
-    cross = (f.get("int4_vs_bf16_matrix") or {}).get("crossover") or {}
-    if cross:
-        lines += [
-            "",
-            "Per backend, the fastest int4 step against the fastest bf16 step of the same run at batch 1, and the "
-            "first case where no int4 form beats bf16 (table in that section): "
-            + "; ".join(
-                f"{b} {row['batch-1']:.2f}x, "
-                + (f"stops at {row['stops_at']}" if row["stops_at"] else "beats bf16 in every case measured")
-                for b, row in sorted(cross.items())
-                if "batch-1" in row
-            )
-            + ".",
-        ]
     return lines

@@ -18,7 +18,8 @@ def _fmt(v):
     return str(v)
 
 
-def render_markdown(f: dict) -> str:
+def render_markdown(f: dict, opening: list[str] = ()) -> str:
+    """``opening``: the lines that lead the report (the per-machine decision)."""
     environment, m, fmt = f["environment"], f["model"], f["format"]
     cfg = m["config"]
     lines = [
@@ -28,6 +29,7 @@ def render_markdown(f: dict) -> str:
         f"({env.describe(environment)}). Versions: "
         + ", ".join(f"{k} {v}" for k, v in environment["versions"].items() if v)
         + ".",
+        *opening,
         *decide_section.render(f),
         "",
         "## Model",

@@ -32,10 +32,28 @@ ROW_KEYS = (
 RESULTS_DIR = Path(__file__).resolve().parents[2] / "results"
 
 
+MANIFEST = "MANIFEST.json"
+
+
+def manifest(results_dir: Path = RESULTS_DIR) -> dict:
+    """``{path under results/: {"question", "machine", "date", "status", ...}}``; empty where the
+    directory has no manifest (a test's fixture directory)."""
+    path = Path(results_dir) / MANIFEST
+    return json.loads(path.read_text())["files"] if path.exists() else {}
+
+
+def is_current(name: str, listed: dict) -> bool:
+    """A file the report may read: listed as current, or in a directory without a manifest."""
+    return not listed or listed.get(name, {}).get("status") == "current"
+
+
 def load(results_dir: Path = RESULTS_DIR, pattern: str = "bench-*.json") -> list[dict]:
-    """The committed result files matching ``pattern``, each marked with its path."""
-    runs = []
+    """The current result files matching ``pattern`` (superseded ones live under
+    ``results/archive/`` and are never read), each marked with its path."""
+    runs, listed = [], manifest(results_dir)
     for f in sorted(Path(results_dir).glob(pattern)):
+        if f.name == MANIFEST or not is_current(f.name, listed):
+            continue
         data = json.loads(f.read_text())
         data["file"] = f"results/{f.name}"
         runs.append(data)

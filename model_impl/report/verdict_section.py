@@ -57,7 +57,9 @@ def table_rows(runs: list[dict]) -> list[dict]:
             if p["ratio"] is not None and (row["prefill"] is None or p["ratio"] > row["prefill"]["ratio"]):
                 row["prefill"] = {**p, "file": run["file"]}
                 used = True
-            if d["bandwidth"] and (row["bandwidth"] is None or d["bandwidth"]["bytes_per_s"] > row["bandwidth"]["bytes_per_s"]):
+            if d["bandwidth"] and (
+                row["bandwidth"] is None or d["bandwidth"]["bytes_per_s"] > row["bandwidth"]["bytes_per_s"]
+            ):
                 row["bandwidth"] = d["bandwidth"]
             if used:
                 row["files"].append(run["file"])
@@ -96,11 +98,14 @@ def _ms(s) -> str:
 def render_run(run: dict) -> list[str]:
     """One verdict run in full: per backend the bandwidths, each batch's references and what
     stops int4, the forms that do not qualify and why, the profile's top kernels."""
-    lines = [f"### {machine_of(run)}: `{run['file']}` ({env.describe(run['environment'])}, {run['environment']['date'][:10]})", ""]
-    lines.append(
+    e = run["environment"]
+    scope = "quick run (batch 1)" if run.get("quick") else "full run"
+    lines = [
+        f"### {machine_of(run)}: `{run['file']}` ({env.describe(e)}, {e['date'][:10]})",
+        "",
         f"Shapes {run.get('shapes')}, {run.get('dtype')} compute, {run.get('steps')} decode steps per timed loop, "
-        f"parity on {run.get('parity_model')} (bound {run.get('parity_atol')}); {'quick run (batch 1)' if run.get('quick') else 'full run'}."
-    )
+        f"parity on {run.get('parity_model')} (bound {run.get('parity_atol')}); {scope}.",
+    ]
     for backend, d in decide.decide(run).items():
         lines += ["", f"**{backend}**", ""]
         for c in [r for r in run["records"] if r["kind"] == "bandwidth" and r["backend"] == backend]:
@@ -110,8 +115,12 @@ def render_run(run: dict) -> list[str]:
             )
         if d["bandwidth"]:
             lines.append(f"- the roofline uses: {d['bandwidth']['name']}")
-        lines += ["", "| batch | best bf16 (rows) | ms | best qualifying int4 (rows) | ms | ratio | roofline int4 / bf16 | what stops it |",
-                  "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+        lines += [
+            "",
+            "| batch | best bf16 (rows) | ms | best qualifying int4 (rows) | ms | ratio | roofline int4 / bf16 "
+            "| what stops it |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
         for b in d["batches"]:
             dn, i4 = b["best_dense"] or {}, b["best_int4"] or {}
             roof = (
@@ -131,8 +140,14 @@ def render_run(run: dict) -> list[str]:
                 f"int4 {p['best_int4']['form']} {_ms(p['best_int4']['seconds'])} ms: {p['ratio']:.2f}x"
             )
         if d["not_qualifying"]:
-            lines += ["", "Forms that do not qualify: " + "; ".join(f"{k}: {', '.join(v)}" for k, v in d["not_qualifying"].items())]
-        for prof in [r for r in run["records"] if r["kind"] == "profile" and r["backend"] == backend and r.get("kernels")]:
+            lines += [
+                "",
+                "Forms that do not qualify: "
+                + "; ".join(f"{k}: {', '.join(v)}" for k, v in d["not_qualifying"].items()),
+            ]
+        for prof in [
+            r for r in run["records"] if r["kind"] == "profile" and r["backend"] == backend and r.get("kernels")
+        ]:
             top = ", ".join(
                 f"{k['name']} {k['seconds'] * 1e6:.1f} us"
                 + (f" ({k['bytes_per_s'] / 1e12:.2f} TB/s)" if k.get("bytes_per_s") else "")
@@ -140,3 +155,161 @@ def render_run(run: dict) -> list[str]:
             )
             lines.append(f"\nProfile, {prof['of']} ({prof['form']}), per step: {top}")
     return lines
+
+
+def load(results_dir=None) -> list[dict]:
+    """The current verdict runs, and each current half-precision matrix file as a run
+    (:func:`decide.from_matrix`): :func:`table_rows` uses a matrix file only for a machine
+    that has no verdict run."""
+    from . import results
+
+    d = results.RESULTS_DIR if results_dir is None else results_dir
+    verdicts = results.load(d, "verdict-*.json")
+    matrices = [
+        {**decide.from_matrix(r), "file": r["file"]}
+        for r in results.load(d, "fusion-*.json")
+        if r.get("dtype", "float32") != "float32"
+    ]
+    return verdicts + decide.share_checks(matrices)
+
+
+def _crossover_text(row: dict) -> str:
+    measured = sorted(row["batches"])
+    lost = [b for b in measured if (row["batches"][b]["ratio"] or 0) < 1]
+    if not lost:
+        return f"int4 wins at every batch measured ({', '.join(map(str, measured))})"
+    if lost[0] == measured[0]:
+        return "int4 loses at every batch measured" if len(lost) == len(measured) else f"int4 loses at batch {lost[0]}"
+    return f"int4 wins up to batch {max(b for b in measured if b < lost[0])} and loses from batch {lost[0]}"
+
+
+def summary_lines(rows: list[dict]) -> list[str]:
+    """What is true on which machine, one line per (machine, backend), each naming its file."""
+    lines = []
+    for r in rows:
+        one = r["batches"].get(1)
+        files = ", ".join(f"`{f}`" for f in dict.fromkeys(r["files"]))
+        if one is None:
+            continue
+        fastest, dense = one.get("fastest_int4"), one["best_dense"]
+        if one["ratio"] is None:
+            text = "no int4 form qualifies: " + one["what_stops"].removeprefix("no form qualifies; ")
+            if fastest and dense:
+                text += f"; it runs at {dense['seconds'] / fastest['seconds']:.2f}x the best bf16 step"
+        else:
+            text = (
+                f"the best qualifying int4 form, {r['best_form']}, runs the decode step at **{one['ratio']:.2f}x** "
+                f"the best bf16 form ({dense['form']}, {dense['rows']} row{'s' if dense['rows'] > 1 else ''}); "
+                f"{_crossover_text(r)}"
+            )
+            if one["ratio"] < 1:
+                text += f"; at batch 1, {one['what_stops']}"
+        lines.append(f"- **{r['machine']}, {r['backend']}**: {text}. [{files}]")
+    return lines
+
+
+def render(runs: list[dict]) -> list[str]:
+    rows = table_rows(runs)
+    if not rows:
+        return ["", "## The decision", "", "No verdict or half-precision matrix results committed."]
+    out = ["", "## The decision: int4 against the best bf16, per machine", ""] + render_table(rows)
+    out += ["", *summary_lines(rows)]
+    for run in runs:
+        if run.get("kind") == "verdict":
+            out += ["", *render_run(run)]
+    return out
+
+
+README_START = "<!-- verdict table: generated by `python -m model_impl decision --readme`; do not edit -->"
+README_END = "<!-- end of verdict table -->"
+
+
+def readme_block(runs: list[dict]) -> str:
+    rows = table_rows(runs)
+    return "\n".join([README_START, *render_table(rows), "", *summary_lines(rows), README_END])
+
+
+def charts(runs: list[dict], out_dir) -> list[str]:
+    """Two pictures from the verdict runs (one panel per machine and backend, machine and file
+    in each title): int4 against the best bf16 by batch, with 1.0 marked; and the batch-1 step
+    of the best bf16 and best int4 forms against their byte floors (least bytes / the run's
+    best copy). Returns the markdown lines that show them."""
+    from pathlib import Path
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [
+        (run, backend, d) for run in runs if run.get("kind") == "verdict" for backend, d in decide.decide(run).items()
+    ]
+    panels = [p for p in panels if any(b["best_dense"] for b in p[2]["batches"])]
+    if not panels:
+        return []
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.2), squeeze=False)
+    for ax, (run, backend, d) in zip(axes[0], panels):
+        rows = [b for b in d["batches"] if b["ratio"] is not None]
+        x = [str(b["batch"]) for b in d["batches"]]
+        ax.axhline(1.0, color="black", lw=1, ls="--", label="bf16 (the best form serving the batch)")
+        if rows:
+            ax.plot([str(b["batch"]) for b in rows], [b["ratio"] for b in rows], "o-", color="tab:red",
+                    label="best qualifying int4")  # fmt: skip
+            for b in rows:
+                ax.annotate(f"{b['ratio']:.2f}x", (str(b["batch"]), b["ratio"]), textcoords="offset points",
+                            xytext=(0, 7 if b["ratio"] >= 1 else -13), ha="center", fontsize=8)  # fmt: skip
+        else:
+            ax.text(0.5, 0.5, "no int4 form qualifies", transform=ax.transAxes, ha="center")
+        fastest = [b for b in d["batches"] if b["fastest_int4"] and b["best_dense"]]
+        others = [(str(b["batch"]), b["best_dense"]["seconds"] / b["fastest_int4"]["seconds"]) for b in fastest]
+        others = [(x_, r) for (x_, r), b in zip(others, fastest) if b["fastest_int4"] != b["best_int4"]]
+        if others:
+            ax.plot(*zip(*others), "o", mfc="none", color="tab:gray", label="fastest int4 that does not qualify")
+        ax.set_xticks(range(len(x)), x)
+        ax.set_ylim(0, max([1.3] + [b["ratio"] * 1.2 for b in rows] + [r * 1.2 for _, r in others]))
+        ax.set_xlabel("decode batch (sequences)")
+        ax.set_ylabel("bf16 step / int4 step")
+        ax.set_title(f"{machine_of(run)}, {backend}\n{run['file']}", fontsize=9)
+        ax.legend(fontsize=7, loc="lower left")
+    fig.tight_layout()
+    fig.savefig(out / "verdict-ratio.png", dpi=110)
+    plt.close(fig)
+
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.2), squeeze=False)
+    for ax, (run, backend, d) in zip(axes[0], panels):
+        one = next((b for b in d["batches"] if b["batch"] == 1), None)
+        bars = []
+        for label, key, floor in (
+            ("best bf16", "best_dense", "roofline_dense"),
+            ("best int4", "best_int4", "roofline_int4"),
+        ):
+            step = (one or {}).get(key)
+            if step:
+                bars.append((f"{label}\n{step['form']}", step["seconds"] * 1e3, one[floor]))
+        xs = range(len(bars))
+        ax.bar(xs, [b[1] for b in bars], color=["tab:green", "tab:red"][: len(bars)])
+        for i, (_, ms, frac) in enumerate(bars):
+            if frac:
+                ax.hlines(ms * frac, i - 0.4, i + 0.4, color="black", label="byte floor" if i == 0 else None)
+                ax.annotate(f"{frac:.0%} of floor", (i, ms), textcoords="offset points", xytext=(0, 4), ha="center",
+                            fontsize=8)  # fmt: skip
+        ax.set_xticks(list(xs), [b[0] for b in bars], fontsize=7)
+        ax.set_ylabel("decode step, batch 1 (ms, in-graph loop)")
+        bw = d["bandwidth"]
+        ax.set_title(
+            f"{machine_of(run)}, {backend}\n{run['file']}"
+            + (f"\nfloor = least bytes / {bw['bytes_per_s'] / 1e12:.2f} TB/s ({bw['name']})" if bw else ""),
+            fontsize=8,
+        )
+        if any(b[2] for b in bars):
+            ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(out / "verdict-roofline.png", dpi=110)
+    plt.close(fig)
+    return [
+        "![int4 against the best bf16 by batch](verdict-ratio.png)",
+        "",
+        "![the batch-1 step against its byte floor](verdict-roofline.png)",
+    ]

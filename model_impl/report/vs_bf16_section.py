@@ -7,14 +7,12 @@ from __future__ import annotations
 import collections
 from pathlib import Path
 
-from .. import checks
-from ..analyzers import FUSED
+from .. import checks, decide
 from ..llama.shapes import llama32_config
 from ..llama.weights import linear_shapes
 from . import results
 
-TARGET, STRETCH = 1.5, 2.0  # speedup_vs_bf16 of the XLA-CUDA int4 decode step, batch 1
-ROOFLINE_TARGET = 0.5
+TARGET, STRETCH, ROOFLINE_TARGET = decide.TARGET, decide.STRETCH, decide.ROOFLINE_TARGET
 
 
 def load(results_dir: Path = results.RESULTS_DIR) -> list[dict]:
@@ -24,22 +22,8 @@ def load(results_dir: Path = results.RESULTS_DIR) -> list[dict]:
 
 
 def qualifies(cell: dict) -> bool:
-    """A cell that may carry the target: no custom_call, every quantized linear fused, logits
-    within the dtype's parity bound of host dequant, 48/48 tokens against the baseline form or
-    a first divergence at a near-tie (the half-precision rule)."""
-    return bool(
-        not cell.get("skipped")
-        and not cell.get("error")
-        and cell.get("speedup_vs_bf16")
-        and not cell.get("custom_call")
-        and cell.get("verdict") == FUSED
-        and cell.get("linears_fused") == cell.get("linears_total")
-        and cell.get("parity_within_atol")
-        and (
-            cell.get("tokens_vs_baseline") == f"{checks.GREEDY_TOKENS}/{checks.GREEDY_TOKENS}"
-            or cell.get("tokens_agree_or_near_tie")
-        )
-    )
+    """A timed matrix cell that passes :func:`model_impl.decide.qualifies` (the one rule)."""
+    return bool(not cell.get("skipped") and cell.get("speedup_vs_bf16") and decide.qualifies(cell))
 
 
 def target(runs: list[dict]) -> dict:
@@ -209,7 +193,6 @@ def render(runs: list[dict]) -> list[str]:
     lines += _anchor_lines(with_anchors[-1]) + [x for r in with_batches for x in _batch_lines(r)]
     return (
         lines
-        + crossover_lines(runs, results.load(results.RESULTS_DIR, "iree-cuda-speed-*.json"))
         + pallas_gemv_lines(results.load(results.RESULTS_DIR, "pallas-gemv-*.json"))
         + stacked_gemv_lines(results.load(results.RESULTS_DIR, "gemv-stacked-shapes-*.json"))
         + iree_cuda_lines(results.load(results.RESULTS_DIR, "iree-cuda-speed-*.json"))
@@ -372,67 +355,6 @@ def stacked_gemv_lines(runs: list[dict]) -> list[str]:
 
 # The cases int4 is set against bf16 in, smallest first (the matrix's batched keys: fusion_matrix.BATCHES
 # and PREFILL_BUCKET)
-CROSSOVER_CASES = ("batch-1", "decode-4", "decode-16", "prefill-64")
-
-
-def crossover(runs: list[dict], iree_speed: list[dict]) -> dict[str, dict]:
-    """Per backend, the fastest int4 step against the fastest dense bf16 step of the same run:
-    ``{"batch-1": ratio, "decode-4": ..., "stops_at": the first case no int4 form beats bf16
-    in (None: it beats bf16 in every case measured)}``. Batch 1 from the matrix cells (or, for
-    IREE-CUDA, its speed study's variants); larger batches from the matrix's batched figures."""
-    out: dict[str, dict] = {}
-    for run in runs:
-        for c in run["cells"]:
-            if c.get("speedup_vs_bf16"):
-                row = out.setdefault(c["backend"], {})
-                row["batch-1"] = max(row.get("batch-1", 0.0), c["speedup_vs_bf16"])
-                row.setdefault("files", set()).add(run["file"])
-        for backend, cases in (run.get("batched") or {}).items():
-            dense = cases.get("dense:dot") if isinstance(cases, dict) else None
-            if not dense:
-                continue
-            for key, seconds in dense.items():
-                int4 = [f[key] for name, f in cases.items() if name != "dense:dot" and f.get(key)]
-                if key != "error" and int4:
-                    out.setdefault(backend, {})[key] = seconds / min(int4)
-                    out[backend].setdefault("files", set()).add(run["file"])
-    for run in iree_speed[-1:]:
-        timed = [v for v in run["variants"] if v.get("step_s") and v.get("flag_set") != "call-overhead"]
-        dense = [v["step_s"] for v in timed if v["form"].startswith("dense")]
-        int4 = [v["step_s"] for v in timed if not v["form"].startswith("dense")]
-        if dense and int4:
-            out.setdefault("iree-cuda", {})["batch-1"] = min(dense) / min(int4)
-            out["iree-cuda"].setdefault("files", set()).add(f"{run['file']} ({run['environment']['machine']['gpu']})")
-    for row in out.values():
-        row["stops_at"] = next((k for k in CROSSOVER_CASES if k in row and row[k] < 1.0), None)
-    return out
-
-
-def crossover_lines(runs: list[dict], iree_speed: list[dict]) -> list[str]:
-    table = crossover(runs, iree_speed)
-    if not table:
-        return []
-    cols = CROSSOVER_CASES
-    lines = [
-        "",
-        "Where int4 stops beating bf16, per backend (fastest int4 step / fastest dense bf16 step of the same run; "
-        "batched figures where a run measured them, — where none did):",
-        "",
-        "| backend | " + " | ".join(cols) + " | int4 stops beating bf16 at | from |",
-        "|---|" + "---|" * (len(cols) + 2),
-    ]
-    for backend, row in sorted(table.items()):
-        cells = [f"{row[k]:.2f}x" if k in row else "—" for k in cols]
-        measured = ", ".join(k for k in cols if k in row)
-        stop = row["stops_at"] or f"beats bf16 in every case measured ({measured})"
-        if row["stops_at"]:
-            unmeasured = [k for k in cols[: cols.index(row["stops_at"])] if k not in row]
-            stop += f" ({', '.join(unmeasured)} not measured)" if unmeasured else ""
-        files = ", ".join(f"`{f}`" for f in sorted(row.get("files", ())))
-        lines.append(f"| {backend} | " + " | ".join(cells) + f" | {stop} | {files} |")
-    return lines
-
-
 def _what_stops(runs: list[dict]) -> list[str]:
     """The measurements that say why the target is missed: the step's linears alone against
     tinygemm in the same run, how many of them the whole step fuses, and (from the probe's
@@ -477,7 +399,5 @@ def _what_stops(runs: list[dict]) -> list[str]:
 
 
 def findings(runs: list[dict]) -> dict:
-    table = crossover(runs, results.load(results.RESULTS_DIR, "iree-cuda-speed-*.json"))
-    for row in table.values():
-        row["files"] = sorted(row.get("files", ()))
-    return {"files": [r["file"] for r in runs], "target": target(runs) if runs else None, "crossover": table}
+    """The matrix files' target verdict (per machine, the decision is :mod:`.verdict_section`'s)."""
+    return {"files": [r["file"] for r in runs], "target": target(runs) if runs else None}

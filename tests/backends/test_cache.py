@@ -53,3 +53,118 @@ def test_different_keys_are_different_entries():
     a, _ = cache.cached_file("t", {"flags": ["-O2"]}, ".bin", lambda: b"a")
     b, _ = cache.cached_file("t", {"flags": ["-O3"]}, ".bin", lambda: b"b")
     assert a != b and a.read_bytes() == b"a" and b.read_bytes() == b"b"
+
+
+# --- a cache that heals ---------------------------------------------------------------------
+
+
+def test_a_truncated_entry_is_detected_and_rebuilt():
+    calls = []
+
+    def produce():
+        calls.append(1)
+        return b"module" * 1000
+
+    path, _ = cache.cached_file("t", {"k": 3}, ".vmfb", produce)
+    path.write_bytes(path.read_bytes()[: len(path.read_bytes()) // 2])  # a partial copy
+    again, hit = cache.cached_file("t", {"k": 3}, ".vmfb", produce)
+    assert not hit and len(calls) == 2 and again.read_bytes() == b"module" * 1000
+
+
+def test_an_entry_whose_bytes_changed_or_whose_sidecar_is_gone_is_rebuilt():
+    path, _ = cache.cached_file("t", {"k": 4}, ".bin", lambda: b"abcd")
+    path.write_bytes(b"abce")  # same size, other content
+    assert not cache.intact(path)
+    assert cache.cached_file("t", {"k": 4}, ".bin", lambda: b"abcd") == (path, False)
+    path.with_suffix(".json").unlink()
+    assert cache.cached_file("t", {"k": 4}, ".bin", lambda: b"abcd") == (path, False)
+    assert cache.cached_file("t", {"k": 4}, ".bin", lambda: b"never") == (path, True)
+
+
+def test_a_damaged_entry_without_a_compiler_is_one_error_naming_the_file_and_the_way_out():
+    path, _ = cache.cached_file("t", {"k": 5}, ".vmfb", lambda: b"good module")
+    path.write_bytes(b"good")
+
+    def no_compiler():
+        raise ModuleNotFoundError("No module named 'iree.compiler'", name="iree.compiler")
+
+    with pytest.raises(cache.CacheError) as e:
+        cache.cached_file("t", {"k": 5}, ".vmfb", no_compiler)
+    message = str(e.value)
+    assert str(path) in message and "make clean-cache" in message and "iree.compiler" in message
+    assert "\n" not in message
+
+
+def _heal_in_a_process(root, queue):
+    import os
+
+    os.environ["MODEL_IMPL_CACHE"] = root
+    from model_impl.backends import cache as c
+
+    def produce():
+        queue.put("compiled")
+        time.sleep(0.3)
+        return b"y" * 100_000
+
+    path, hit = c.cached_file("t", {"k": 6}, ".vmfb", produce)
+    queue.put(path.read_bytes() == b"y" * 100_000)
+
+
+def test_two_workers_racing_on_a_damaged_entry_end_with_one_good_module(tmp_path):
+    import multiprocessing
+
+    path, _ = cache.cached_file("t", {"k": 6}, ".vmfb", lambda: b"y" * 100_000)
+    path.write_bytes(b"y" * 10)
+    ctx = multiprocessing.get_context("spawn")
+    queue = ctx.Queue()
+    procs = [ctx.Process(target=_heal_in_a_process, args=(str(tmp_path), queue)) for _ in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+    got = [queue.get(timeout=5) for _ in range(3)]
+    assert sorted(map(str, got)) == ["True", "True", "compiled"]  # one rebuild, both read it whole
+    assert cache.intact(path) and path.read_bytes() == b"y" * 100_000
+
+
+def test_a_real_iree_module_truncated_in_the_cache_is_rebuilt_and_runs():
+    iree_compile = pytest.importorskip("model_impl.backends.iree_compile")
+    from model_impl.backends.iree_runtime import IreeDevice, load_or_rebuild
+
+    mlir = """func.func @main(%a: tensor<4xf32>) -> tensor<4xf32> {
+      %0 = stablehlo.add %a, %a : tensor<4xf32>
+      return %0 : tensor<4xf32>
+    }"""
+    flags = iree_compile.target_flags("llvm-cpu", iree_compile.DEFAULT_CUDA_TARGET)
+    compile_ = lambda: iree_compile.compile_cached({"test": "double"}, lambda: mlir, flags)  # noqa: E731
+    path, _ = compile_()
+    good = path.read_bytes()
+    path.write_bytes(good[: len(good) // 2])
+    iree = IreeDevice("local-task")
+    path, _ = compile_()  # the digest catches the truncation: compiled again
+    assert path.read_bytes() == good
+    main = load_or_rebuild(iree, path, compile_)
+    import numpy as np
+
+    assert np.array_equal(main(np.arange(4, dtype=np.float32)).to_host(), [0, 2, 4, 6])
+
+
+def test_a_module_the_runtime_rejects_is_dropped_and_compiled_again():
+    iree_compile = pytest.importorskip("model_impl.backends.iree_compile")
+    import numpy as np
+
+    from model_impl.backends.iree_runtime import IreeDevice, load_or_rebuild
+
+    mlir = """func.func @main(%a: tensor<4xf32>) -> tensor<4xf32> {
+      %0 = stablehlo.multiply %a, %a : tensor<4xf32>
+      return %0 : tensor<4xf32>
+    }"""
+    flags = iree_compile.target_flags("llvm-cpu", iree_compile.DEFAULT_CUDA_TARGET)
+    key = iree_compile.module_key({"test": "square"}, flags)
+    # an intact entry (its digest matches) that is not a module: what the digest cannot catch
+    bad, _ = cache.cached_file("iree", key, ".vmfb", lambda: b"\0" * 4096)
+    compile_ = lambda: iree_compile.compile_cached({"test": "square"}, lambda: mlir, flags)  # noqa: E731
+    assert compile_()[0] == bad
+    main = load_or_rebuild(IreeDevice("local-task"), bad, compile_)
+    assert np.array_equal(main(np.arange(4, dtype=np.float32)).to_host(), [0, 1, 4, 9])
+    assert cache.intact(bad) and bad.read_bytes() != b"\0" * 4096

@@ -182,22 +182,6 @@ def test_the_stacked_gemv_estimate_sums_the_stacked_shapes_and_needs_all_of_them
     assert vs_bf16_section.stacked_gemv_lines([partial]) == []
 
 
-def test_the_crossover_names_the_first_case_where_no_int4_form_beats_bf16():
-    from model_impl.report import vs_bf16_section
-
-    def run(batch1, decode4):
-        return {
-            "file": "results/x.json",
-            "cells": [{"backend": "xla-cuda", "speedup_vs_bf16": batch1}],
-            "batched": {"xla-cuda": {"dense:dot": {"decode-4": 1.0}, "int4:x": {"decode-4": 1.0 / decode4}}},
-        }
-
-    assert vs_bf16_section.crossover([run(1.2, 0.6)], [])["xla-cuda"]["stops_at"] == "decode-4"
-    assert vs_bf16_section.crossover([run(0.9, 1.1)], [])["xla-cuda"]["stops_at"] == "batch-1"
-    assert vs_bf16_section.crossover([run(1.2, 1.1)], [])["xla-cuda"]["stops_at"] is None
-    assert "beats bf16 in every case measured" in "\n".join(vs_bf16_section.crossover_lines([run(1.2, 1.1)], []))
-
-
 def test_the_opening_says_per_backend_where_int4_stops_beating_bf16():
     from model_impl.report import decide_section
 

@@ -129,3 +129,30 @@ def test_a_tp_the_model_cannot_shard_is_one_line(capsys):
 def test_tp_below_one_is_one_line(capsys):
     assert main(["generate", "--token-ids", "1", "--tp", "0", "--model", "/nonexistent.gguf"]) == 2
     assert _error_lines(capsys) == ["error: --tp must be at least 1, got 0"]
+
+
+@pytest.mark.parametrize(
+    "argv, says",
+    [
+        (["generate", "--token-ids", "1,2,x"], "--token-ids must be comma-separated integers"),
+        (["generate", "--token-ids", ","], "--token-ids is empty"),
+        (["tp", "--backend", "xla-cpu", "--tp", "1,x", "--out", "t.json"], "--tp must be comma-separated integers"),
+        (["tp", "--backend", "xla-cpu", "--tp", "0,2", "--out", "t.json"], "--tp degrees must be at least 1"),
+        (["tp", "--backend", "xla-cpu", "--shapes", "llama-9", "--out", "t.json"], "unknown llama-9"),
+        (["tp", "--backend", "xla-cpu", "--parity-shapes", "x", "--out", "t.json"], "unknown x"),
+        (["tp", "--backend", "xla-cuda", "--out", "t.json"], "backend xla-cuda"),
+        (["fusion", "--rows", "bogus", "--out", "f.json"], "--rows: not rows of the float32 matrix: bogus:default:dot"),
+        (["fusion", "--backends", "bogus", "--out", "f.json"], "--backends: unknown bogus"),
+        (["fusion", "--backends", "xla-cuda", "--out", "f.json"], "backend xla-cuda"),
+        (["fusion", "--parts", "cells,x", "--out", "f.json"], "--parts: unknown x"),
+        (["fusion", "--steps", "0", "--out", "f.json"], "--steps must be at least 1"),
+    ],
+)
+def test_every_subcommands_bad_input_is_one_error_line_and_exit_2_before_anything_is_built(
+    argv, says, capsys, tmp_path, monkeypatch
+):
+    monkeypatch.chdir(tmp_path)
+    assert main(argv) == 2
+    (line,) = _error_lines(capsys)
+    assert line.startswith("error: ") and says in line, line
+    assert not list(tmp_path.iterdir())  # nothing written

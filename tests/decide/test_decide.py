@@ -62,7 +62,11 @@ FAILURES = {
     "custom_call": {"custom_call": True},
     "unfused": {"verdict": "materialized", "linears_fused": 48},
     "over the bound": {"max_abs_logit_diff_vs_host": 2.5},
-    "tokens off a near-tie": {"tokens_vs_baseline": "30/48", "tokens_agree_or_near_tie": False, "tokens_gap_at_divergence": 3.0},
+    "tokens off a near-tie": {
+        "tokens_vs_baseline": "30/48",
+        "tokens_agree_or_near_tie": False,
+        "tokens_gap_at_divergence": 3.0,
+    },
 }
 
 
@@ -211,8 +215,10 @@ def test_what_stops_names_the_failing_conditions_when_nothing_qualifies():
 
 
 def test_what_stops_reads_the_profiles_rates_when_int4_loses():
-    prof = lambda of, b, s: {"kind": "profile", "backend": B, "of": of, "rows": 1,  # noqa: E731
-                             "kernels": [{"name": "k", "seconds": s, "bytes": b}, {"name": "gemm", "seconds": 1.0, "bytes": None}]}  # fmt: skip
+    def prof(of, nbytes, seconds):
+        kernels = [{"name": "k", "seconds": seconds, "bytes": nbytes}, {"name": "gemm", "seconds": 1.0, "bytes": None}]
+        return {"kind": "profile", "backend": B, "of": of, "rows": 1, "kernels": kernels}
+
     r = run(check(), step("dense", 1e-3), step("int4", 1.1e-3, form="u4-magic", head="reduce"),
             prof("dense", 2.5e9, 1e-3), prof("int4", 1e9, 1e-3))  # fmt: skip
     (one,) = decide.decide_backend(r, B)["batches"]
