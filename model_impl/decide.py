@@ -241,6 +241,7 @@ def decide_backend(run: dict, backend: str) -> dict:
             }
         )
     ok = qualifying_forms(run, backend)
+    anchors = anchor_rows(run, backend, [r["batch"] for r in rows])
     prefill_dense, prefill_int4 = best_prefill(run, backend, "dense"), best_prefill(run, backend, "int4", ok)
     one = next((r for r in rows if r["batch"] == 1), None)
     return {
@@ -256,7 +257,41 @@ def decide_backend(run: dict, backend: str) -> dict:
         "qualifying_forms": sorted(form_name({"form": f, "layout": lay, "head": h}) for f, lay, h in ok),
         "not_qualifying": {form_name(c): why_not(c) for c in checks_ if not qualifies(c)},
         "target": target(one),
+        "anchors": anchors,
     }
+
+
+def anchor_rows(run: dict, backend: str, batches: list[int]) -> list[dict]:
+    """The other routes beside the verdict, per batch, each against what it is comparable with:
+    XLA's own int4 GEMM (per-channel scales, the whole step) and the custom-kernel int4 forms
+    (a ``custom_call``: never qualifying) against the best bf16 step serving the batch; torch's
+    tinygemm against torch's cuBLAS bf16 (the step's linears alone, the same run)."""
+    out = []
+    customs = {form_key(c) for c in _of(run, "check", backend) if c.get("custom_call")}
+    for b in batches:
+        dense = best_dense(run, backend, b)
+        for r in _of(run, "step", backend):
+            is_custom = r["weights"] == "int4" and form_key(r) in customs
+            if (
+                r.get("phase") == "decode"
+                and r["rows"] == b
+                and r.get("seconds")
+                and (r["weights"] == "anchor" or is_custom)
+            ):
+                route = "custom kernel" if is_custom else "XLA int4 GEMM"
+                ratio = dense["seconds"] / r["seconds"] if dense else None
+                out.append({"batch": b, "name": form_name(r), "route": route, "seconds": r["seconds"],
+                            "ratio": ratio, "versus": "best bf16 step"})  # fmt: skip
+        for a in _of(run, "anchor", backend):
+            row = (a.get("batches") or {}).get(str(b)) or {}
+            for layout in ("", "-stacked"):
+                bf16, tiny = row.get(f"torch-bf16{layout}"), row.get(f"torch-int4-tinygemm{layout}")
+                if bf16 and tiny:
+                    out.append({"batch": b, "name": f"torch tinygemm{' (stacked)' if layout else ''}",
+                                "route": "custom kernel (torch)", "seconds": tiny["step_linears_seconds"],
+                                "ratio": bf16["step_linears_seconds"] / tiny["step_linears_seconds"],
+                                "versus": "torch cuBLAS bf16, the step's linears alone"})  # fmt: skip
+    return out
 
 
 def _saved(dense: dict | None, int4: dict | None) -> int | None:

@@ -67,7 +67,7 @@ GRAPHS = {
     ),
     "native-int4-bare": (native_int4_bare, (_x(), jax.ShapeDtypeStruct((OUT, IN), jnp.int4))),
     # The same bare extension from unsigned codes: IREE fuses it too, and (3.13) reads the
-    # codes as signed (see tests/lowering/test_representations.py).
+    # codes as signed (see tests/lowering/test_int4_forms_lowering.py).
     "native-uint4-bare": (native_int4_bare, (_x(), jax.ShapeDtypeStruct((OUT, IN), jnp.uint4))),
 }
 # Each native-int4 representation of model_impl.representations, as one linear (the

@@ -17,7 +17,7 @@ from . import results
 GOAL_SPEEDUP, STRETCH_SPEEDUP = 1.5, 2.0
 
 # Why IREE 3.13 leaves a representation unfused, from its executable sources (the dequant
-# dispatch's body) and the one-linear graphs in tests/lowering/test_representations.py.
+# dispatch's body) and the one-linear graphs in tests/lowering/test_int4_forms_lowering.py.
 IREE_BLOCKERS = {
     "u32-affine": "dispatch creation: the shift/and/uitofp/mul/add producer is not a pure bit-extend "
     "(u32 -> f32 is not narrower), so it is not cloned into the contraction; it gets a "

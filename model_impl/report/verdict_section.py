@@ -139,6 +139,14 @@ def render_run(run: dict) -> list[str]:
                 f"\n{p['tokens']}-token prefill: bf16 {p['best_dense']['form']} {_ms(p['best_dense']['seconds'])} ms, "
                 f"int4 {p['best_int4']['form']} {_ms(p['best_int4']['seconds'])} ms: {p['ratio']:.2f}x"
             )
+        if d["anchors"]:
+            lines += ["", "Other routes, same run (never qualifying: another format or a custom kernel):", "",
+                      "| batch | route | form | ms | ratio | against |", "|---|---|---|---|---|---|"]  # fmt: skip
+            for a in d["anchors"]:
+                ratio = f"{a['ratio']:.2f}x" if a["ratio"] else "—"
+                lines.append(
+                    f"| {a['batch']} | {a['route']} | {a['name']} | {_ms(a['seconds'])} | {ratio} | {a['versus']} |"
+                )
         if d["not_qualifying"]:
             lines += [
                 "",

@@ -105,6 +105,24 @@ def test_loop_stops_at_eos_where_the_per_step_path_stops(small_int4, per_step, b
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+def test_loop_stops_at_whichever_of_several_eos_ids_comes_first(small_int4, per_step, backend):
+    # Llama-3 ends on any of three ids (128001, 128008, 128009): here three ids of the small
+    # vocabulary, listed with the one reached (inside a chunk of 4) in the middle, one reached
+    # later, and one the run never emits.
+    cfg, weights = small_int4
+    reference = per_step[backend]
+    at, later = EOS_AT["inside_a_chunk"], EOS_AT["first_of_a_chunk"] + 2
+    assert reference.tokens[later] not in reference.tokens[: at + 1]  # a later id, not an earlier one
+    never = next(t for t in range(cfg.vocab_size - 1, 0, -1) if t not in reference.tokens)
+    eos_cfg = dataclasses.replace(cfg, eos_token_ids=(never, reference.tokens[at], reference.tokens[later]))
+    runner = generate.make_runner(eos_cfg, weights, backend)
+    looped = generate.generate(runner, PROMPT, NEW_TOKENS, keep_logits=True, chunk=4)
+    stepped = generate.generate(runner, PROMPT, NEW_TOKENS, keep_logits=True, chunk=None)
+    assert stepped.tokens == reference.tokens[: at + 1]
+    assert_same_run(looped, stepped)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_loop_runs_past_eos_when_told_not_to_stop(small_int4, per_step, backend):
     cfg, weights = small_int4
     reference = per_step[backend]

@@ -264,3 +264,26 @@ def test_a_matrix_file_decides_within_its_own_run():
     assert rows[4]["ratio"] == pytest.approx(1.3 / 1.4)
     assert d["crossover"] == 4
     assert d["prefill"]["ratio"] == pytest.approx(0.5)
+
+
+def test_the_other_routes_are_set_beside_the_verdict_and_never_carry_it():
+    torch_rows = {
+        "1": {"torch-bf16": {"step_linears_seconds": 1.0e-3}, "torch-int4-tinygemm": {"step_linears_seconds": 0.5e-3}}
+    }
+    r = run(
+        check("pallas-u32", head="dot", custom_call=True),
+        check(),
+        step("dense", 1.0e-3),
+        step("int4", 1.25e-3, form="u4-magic", head="reduce"),
+        step("int4", 0.4e-3, form="pallas-u32"),  # a custom kernel: fastest, and not the verdict's
+        step("anchor", 0.8e-3, form="xla-s4-channel"),
+        {"kind": "anchor", "backend": B, "name": "torch", "batches": torch_rows},
+    )
+    d = decide.decide_backend(r, B)
+    assert d["batches"][0]["best_int4"]["form"] == "u4-magic (head reduce)" and d["batches"][0]["ratio"] == 0.8
+    got = {a["name"]: (a["route"], a["ratio"]) for a in d["anchors"]}
+    assert got == {
+        "pallas-u32": ("custom kernel", pytest.approx(2.5)),
+        "xla-s4-channel": ("XLA int4 GEMM", pytest.approx(1.25)),
+        "torch tinygemm": ("custom kernel (torch)", pytest.approx(2.0)),
+    }

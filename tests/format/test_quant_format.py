@@ -47,7 +47,7 @@ def weight_matrices(draw, dtypes=tuple(DTYPES)):
     groups = draw(st.integers(1, 4))
     dtype = draw(st.sampled_from(dtypes))
     seed = draw(st.integers(0, 2**32 - 1))
-    kind = draw(st.sampled_from(["normal", "uniform", "shifted", "wide", "sparse"]))
+    kind = draw(st.sampled_from(["normal", "uniform", "shifted", "wide", "sparse", "symmetric"]))
     rng = np.random.default_rng(seed)
     shape = (rows, groups * group)
     magnitude = 10.0 ** rng.uniform(-4, 2)
@@ -59,12 +59,24 @@ def weight_matrices(draw, dtypes=tuple(DTYPES)):
         w = rng.uniform(0, magnitude, shape) + rng.choice([-1, 1]) * 3 * magnitude
     elif kind == "wide":
         w = rng.standard_normal(shape) * 10.0 ** rng.uniform(-3, 3, shape)
-    else:  # mostly zeros, with constant and all-zero groups
+    elif kind == "sparse":  # mostly zeros, with constant and all-zero groups
         w = rng.standard_normal(shape) * magnitude * (rng.random(shape) < 0.1)
         w[0, :group] = 0.0
         if rows > 1:
             w[1, :group] = magnitude
-    return w.astype(DTYPES[dtype][0]), group, bits, dtype
+    else:  # symmetric: every group's max == -min, the tie of the quantizer's edge rule
+        w = rng.standard_normal(shape) * magnitude
+        g = w.reshape(rows, groups, group)
+        edge = np.abs(g).max(axis=-1)
+        lo, hi = rng.integers(0, group // 2, (rows, groups)), rng.integers(group // 2, group, (rows, groups))
+        np.put_along_axis(g, lo[..., None], -edge[..., None], axis=-1)
+        np.put_along_axis(g, hi[..., None], edge[..., None], axis=-1)
+        w = g.reshape(shape)
+    w = w.astype(DTYPES[dtype][0])
+    if kind == "symmetric":  # the tie must survive the cast: -x is exact in every float dtype
+        g = w.reshape(rows, groups, group).astype(np.float32)
+        assert (g.max(axis=-1) == -g.min(axis=-1)).all()
+    return w, group, bits, dtype
 
 
 # --- packing ---------------------------------------------------------------------------

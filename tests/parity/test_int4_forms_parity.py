@@ -44,7 +44,7 @@ def test_representation_matches_host_dequant_and_baseline_tokens(shrunk_model, b
 
 
 def test_iree_cpu_u4_grouped_model_diverges_from_the_baseline(shrunk_model):
-    """The fused-uint4 miscompile (tests/lowering/test_representations.py) at model scale: the
+    """The fused-uint4 miscompile (tests/lowering/test_int4_forms_lowering.py) at model scale: the
     parity check gives its other answer."""
     cfg, int4, prompt, host, baseline = shrunk_model
     run = greedy_by_decode(
