@@ -337,6 +337,29 @@ def _brief(step: dict | None) -> dict | None:
     }
 
 
+# --- which runs decide a machine -------------------------------------------------------------
+
+
+def machine(run: dict) -> str:
+    """The machine a run measured: its GPU, or its CPU and core count."""
+    m = run["environment"]["machine"]
+    return m.get("gpu") or f"CPU ({m.get('cpu')}, {m.get('cores')} cores)"
+
+
+def deciding_runs(runs: list[dict]) -> dict[str, dict]:
+    """Per machine, the verdict run that decides it: the newest full run (a ``--quick`` run only
+    where the machine has no full one). Ratios are never mixed across verdict runs; a machine
+    without one is decided from its matrix files (:func:`from_matrix`)."""
+    best = {}
+    for run in runs:
+        if run.get("kind") != "verdict":
+            continue
+        rank = (not run.get("quick"), run["environment"]["date"])
+        if machine(run) not in best or rank > best[machine(run)][0]:
+            best[machine(run)] = (rank, run)
+    return {m: run for m, (_, run) in best.items()}
+
+
 # --- machines without a verdict run ----------------------------------------------------------
 
 

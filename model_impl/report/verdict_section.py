@@ -9,9 +9,8 @@ from .. import decide, env
 BATCH_COLUMNS = (1, 2, 4, 16)
 
 
-def machine_of(run: dict) -> str:
-    m = run["environment"]["machine"]
-    return m.get("gpu") or f"CPU ({m.get('cpu')}, {m.get('cores')} cores)"
+machine_of = decide.machine
+deciding_runs = decide.deciding_runs
 
 
 def _ratio(row: dict | None) -> str:
@@ -28,12 +27,19 @@ def table_rows(runs: list[dict]) -> list[dict]:
     1, memory saved, the roofline's copy and the file(s). Verdict runs replace the matrix
     files of the same machine; several matrix files of one machine give, per batch, the best
     ratio any one of them measured (each within its own run), naming its file."""
-    verdict_machines = {machine_of(r) for r in runs if r.get("kind") == "verdict"}
+    chosen = deciding_runs(runs)
+    others = {}  # machine -> the other verdict runs' batch-1 ratios, so disagreement shows
+    for run in runs:
+        if run.get("kind") == "verdict" and run is not chosen.get(machine_of(run)):
+            for backend, d in decide.decide(run).items():
+                one = next((b for b in d["batches"] if b["batch"] == 1), None)
+                if one is not None:
+                    others.setdefault((machine_of(run), backend), []).append((run["file"], one["ratio"]))
     rows = {}
     for run in runs:
         machine = machine_of(run)
         is_verdict = run.get("kind") == "verdict"
-        if not is_verdict and machine in verdict_machines:
+        if (is_verdict and run is not chosen.get(machine)) or (not is_verdict and machine in chosen):
             continue
         for backend, d in decide.decide(run).items():
             key = (machine, backend)
@@ -41,7 +47,8 @@ def table_rows(runs: list[dict]) -> list[dict]:
                 key,
                 {"machine": machine, "backend": backend, "batches": {}, "prefill": None, "files": [],
                  "method": "verdict" if is_verdict else "matrix", "dates": [], "bandwidth": None,
-                 "best_form": None, "weight_bytes_saved": None, "what_stops": None},
+                 "best_form": None, "weight_bytes_saved": None, "what_stops": None,
+                 "other_runs": others.get((machine, backend), [])},
             )  # fmt: skip
             used = False
             for b in d["batches"]:
@@ -184,6 +191,8 @@ def load(results_dir=None) -> list[dict]:
 def _crossover_text(row: dict) -> str:
     measured = sorted(row["batches"])
     lost = [b for b in measured if (row["batches"][b]["ratio"] or 0) < 1]
+    if len(measured) == 1:
+        return f"int4 {'loses' if lost else 'wins'} at the one batch measured ({measured[0]})"
     if not lost:
         return f"int4 wins at every batch measured ({', '.join(map(str, measured))})"
     if lost[0] == measured[0]:
@@ -212,6 +221,10 @@ def summary_lines(rows: list[dict]) -> list[str]:
             )
             if one["ratio"] < 1:
                 text += f"; at batch 1, {one['what_stops']}"
+        if r["other_runs"]:
+            text += "; other runs of this machine at batch 1: " + ", ".join(
+                f"{'no int4 qualifies' if q is None else f'{q:.2f}x'} (`{f}`)" for f, q in r["other_runs"]
+            )
         lines.append(f"- **{r['machine']}, {r['backend']}**: {text}. [{files}]")
     return lines
 
@@ -249,9 +262,8 @@ def charts(runs: list[dict], out_dir) -> list[str]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = [
-        (run, backend, d) for run in runs if run.get("kind") == "verdict" for backend, d in decide.decide(run).items()
-    ]
+    chosen = list(deciding_runs(runs).values())
+    panels = [(run, backend, d) for run in chosen for backend, d in decide.decide(run).items()]
     panels = [p for p in panels if any(b["best_dense"] for b in p[2]["batches"])]
     if not panels:
         return []

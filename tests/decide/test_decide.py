@@ -287,3 +287,15 @@ def test_the_other_routes_are_set_beside_the_verdict_and_never_carry_it():
         "xla-s4-channel": ("XLA int4 GEMM", pytest.approx(1.25)),
         "torch tinygemm": ("custom kernel (torch)", pytest.approx(2.0)),
     }
+
+
+def test_a_machine_is_decided_by_its_newest_full_verdict_run_never_a_mix():
+    def v(date, quick=False, gpu="NVIDIA H200"):
+        return {"kind": "verdict", "quick": quick, "environment": {"date": date, "machine": {"gpu": gpu}}}
+
+    old, new, newer_quick = v("2026-12-01"), v("2026-12-04"), v("2026-12-05", quick=True)
+    other = v("2026-11-01", gpu="NVIDIA H100 80GB HBM3")
+    matrix = {"environment": {"date": "2026-12-09", "machine": {"gpu": "NVIDIA H200"}}}
+    chosen = decide.deciding_runs([old, newer_quick, new, other, matrix])
+    assert chosen == {"NVIDIA H200": new, "NVIDIA H100 80GB HBM3": other}
+    assert decide.deciding_runs([newer_quick])["NVIDIA H200"] is newer_quick

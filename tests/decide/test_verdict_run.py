@@ -131,3 +131,14 @@ def test_resuming_a_file_that_is_not_a_verdict_is_refused(tmp_path, capsys):
     other.write_text(json.dumps({"cells": []}))
     assert main(["verdict", "--resume", str(other)]) == 2
     assert "not a verdict file" in capsys.readouterr().err
+
+
+def test_the_charts_are_drawn_from_the_verdict_run(tiny_run, tmp_path):
+    out, data = tiny_run
+    lines = verdict_section.charts([{**data, "file": str(out)}], tmp_path)
+    assert [line for line in lines if line.startswith("![")] == [
+        "![int4 against the best bf16 by batch](verdict-ratio.png)",
+        "![the batch-1 step against its byte floor](verdict-roofline.png)",
+    ]
+    for name in ("verdict-ratio.png", "verdict-roofline.png"):
+        assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
