@@ -24,7 +24,7 @@ $(STAMP): pyproject.toml Makefile
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(PY) -m pytest -n 2 --dist loadfile tests benchmarks --benchmark-disable
+	$(PY) -m pytest -n 2 --dist loadfile --durations=25 tests benchmarks --benchmark-disable
 
 # Real benchmark runs: results/bench-<machine>.json, and pytest-benchmark's own history in
 # .benchmarks/ (compare two runs with --benchmark-compare).
