@@ -336,7 +336,7 @@ def main(out_dir: str = "reports/", model: str | None = None) -> int:
         render_markdown(findings, opening)
         + "\n".join(bench_section.render(findings["benchmarks"], out, findings["rows"]))
         + "\n".join(fusion_section.render(matrix))
-        + "\n".join(vs_bf16_section.render(vs_bf16))
+        + "\n".join(vs_bf16_section.render(vs_bf16, vs_bf16_section.load_related(results.RESULTS_DIR)))
         + "\n".join(tp_section.render(tp, iree_md))
         + "\n"
     )

@@ -117,7 +117,18 @@ def _batch_lines(run: dict) -> list[str]:
     return lines
 
 
-def render(runs: list[dict]) -> list[str]:
+def load_related(results_dir: Path = results.RESULTS_DIR) -> dict:
+    """The other studies the section renders beside the matrix (loaded here, rendered there)."""
+    return {
+        "pallas": results.load(results_dir, "pallas-gemv-*.json"),
+        "stacked": results.load(results_dir, "gemv-stacked-shapes-*.json"),
+        "iree_speed": results.load(results_dir, "iree-cuda-speed-*.json"),
+        "probe": next(iter(results.load(results_dir, "probe-int4-vs-bf16.json")), None),
+    }
+
+
+def render(runs: list[dict], related: dict | None = None) -> list[str]:
+    related = related or {}
     if not runs:
         return ["", "## int4 against bf16: the matrix", "", "No half-precision matrix results committed."]
     t = target(runs)
@@ -186,16 +197,16 @@ def render(runs: list[dict]) -> list[str]:
         "",
     ]
     if not t["met"]:
-        lines += _what_stops(runs)
+        lines += _what_stops(runs, related.get("probe"))
     with_anchors = [r for r in runs if (r.get("anchors") or {}).get("batches")] or runs[-1:]
     measured = lambda r: any(isinstance(v, dict) and "skipped" not in v for v in r.get("batched", {}).values())  # noqa: E731
     with_batches = [r for r in runs if measured(r)]
     lines += _anchor_lines(with_anchors[-1]) + [x for r in with_batches for x in _batch_lines(r)]
     return (
         lines
-        + pallas_gemv_lines(results.load(results.RESULTS_DIR, "pallas-gemv-*.json"))
-        + stacked_gemv_lines(results.load(results.RESULTS_DIR, "gemv-stacked-shapes-*.json"))
-        + iree_cuda_lines(results.load(results.RESULTS_DIR, "iree-cuda-speed-*.json"))
+        + pallas_gemv_lines(related.get("pallas", []))
+        + stacked_gemv_lines(related.get("stacked", []))
+        + iree_cuda_lines(related.get("iree_speed", []))
     )
 
 
@@ -355,7 +366,7 @@ def stacked_gemv_lines(runs: list[dict]) -> list[str]:
 
 # The cases int4 is set against bf16 in, smallest first (the matrix's batched keys: fusion_matrix.BATCHES
 # and PREFILL_BUCKET)
-def _what_stops(runs: list[dict]) -> list[str]:
+def _what_stops(runs: list[dict], probe: dict | None = None) -> list[str]:
     """The measurements that say why the target is missed: the step's linears alone against
     tinygemm in the same run, how many of them the whole step fuses, and (from the probe's
     per-kernel profile) the time of one fused int4 reduction against its bf16 twin."""
@@ -384,7 +395,6 @@ def _what_stops(runs: list[dict]) -> list[str]:
             f"{_ms(c['decode_seconds'])} ms ({c['speedup_vs_bf16']:.2f}x)."
         )
     lines += _stacked_lines(runs)
-    probe = next(iter(results.load(results.RESULTS_DIR, "probe-int4-vs-bf16.json")), None)
     profile = (probe or {}).get("runs", {}).get("profile-h200")
     if profile:
         top = {tuple(map(str, c["case"])): c["top"][0] for c in profile["cases"] if c.get("top")}
