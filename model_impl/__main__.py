@@ -316,7 +316,9 @@ def main(argv=None) -> int:
         metavar="FILE",
         help="continue a verdict file: measure only what it lacks (written to --out if given)",
     )
-    v.add_argument("--parts", default="bandwidth,dense,int4,anchors,profile", help="what to measure, comma-separated")
+    v.add_argument(
+        "--parts", default="bandwidth,dense,int4,anchors,profile,generate", help="what to measure, comma-separated"
+    )
     v.add_argument("--quick", action="store_true", help="batch 1 only, three int4 forms (about 2 minutes on a GPU)")
     v.add_argument(
         "--shapes",

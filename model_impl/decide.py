@@ -258,6 +258,24 @@ def decide_backend(run: dict, backend: str) -> dict:
         "not_qualifying": {form_name(c): why_not(c) for c in checks_ if not qualifies(c)},
         "target": target(one),
         "anchors": anchors,
+        "generate": generate_path(run, backend, bandwidth),
+    }
+
+
+def generate_path(run: dict, backend: str, bandwidth: dict | None) -> dict | None:
+    """The serving path (the on-device generate loop) of the fastest dense and fastest
+    qualifying int4 form at one sequence: seconds per token, their ratio, and each against
+    its byte floor; None where the run did not time it."""
+    got = {r["of"]: r for r in _of(run, "generate", backend) if r.get("seconds")}
+    if not got:
+        return None
+    dense, int4 = got.get("dense"), got.get("int4")
+    return {
+        "dense": dense and {"form": dense["form"], "seconds": dense["seconds"]},
+        "int4": int4 and {"form": int4["form"], "seconds": int4["seconds"]},
+        "ratio": dense["seconds"] / int4["seconds"] if dense and int4 else None,
+        "roofline_dense": roofline_fraction(dense, bandwidth),
+        "roofline_int4": roofline_fraction(int4, bandwidth),
     }
 
 

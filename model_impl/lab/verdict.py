@@ -13,7 +13,9 @@ What it measures, per backend (:mod:`.protocol` times each the same way on every
   tokens against the baseline form) and its steps at 1, 2, 4 and 16 rows and the prefill;
   XLA's own int4 GEMM on the same codes with per-channel scales (an anchor: never qualifies);
 - ``anchors``: torch's cuBLAS bf16 and tinygemm step linears where torch and CUDA are present;
-- ``profile``: per-kernel device time of the fastest dense and fastest qualifying int4 step.
+- ``profile``: per-kernel device time of the fastest dense and fastest qualifying int4 step;
+- ``generate``: the same two forms through the serving path (``generate``'s on-device loop, 32
+  steps per dispatch, token ids streamed back), seconds per token.
 """
 
 from __future__ import annotations
@@ -47,7 +49,8 @@ def _smollm2_shapes() -> Config:
 # The shapes a verdict runs on (seeded synthetic weights): the real configs; the embedded
 # SmolLM2-135M's (what a 2-core CPU can time in minutes); a 2-layer model for the tests.
 SHAPES = {**REAL_SHAPES, "smollm2-135m": _smollm2_shapes, "tiny": shrunk_llama32_config}
-PARTS = ("bandwidth", "dense", "int4", "anchors", "profile")
+PARTS = ("bandwidth", "dense", "int4", "anchors", "profile", "generate")
+GENERATE_TOKENS = 64  # new tokens per timed generation (two chunks of the device loop)
 DENSE_ROWS = (1, 2, 4, 8, 16)  # a server pads a batch to a graph it has: each serves every batch <= rows
 INT4_ROWS = (1, 2, 4, 16)
 PREFILL_TOKENS = 64
@@ -118,6 +121,7 @@ KEY_FIELDS = {
     "step": ("backend", "weights", "dtype", "form", "layout", "head", "rows", "phase"),
     "check": ("backend", "dtype", "form", "layout", "head"),
     "profile": ("backend", "of", "rows"),
+    "generate": ("backend", "of"),
     "anchor": ("backend", "name"),
 }
 
@@ -288,9 +292,7 @@ def measure_profile(run: Run, proto, plan: Plan, setup) -> None:
         key = {"kind": "profile", "backend": backend, "of": of, "rows": 1}
         if step is None or run.has(**key):
             continue
-        form, lay, head = decide.form_key(step)
-        base = layout(setup.quantized(head) if of == "int4" else cast_weights(setup.fp32, step["dtype"]), lay)
-        weights = convert(base, form, head) if of == "int4" else convert_dense(base, form)
+        weights = _weights_of(setup, step, of)
         record = {**key, "form": decide.form_name(step), "step_rows": step["rows"]}
         try:
             record["kernels"] = proto.profile(cfg, weights, plan.steps, step["rows"])[:12]
@@ -300,7 +302,43 @@ def measure_profile(run: Run, proto, plan: Plan, setup) -> None:
             record.update(kernels=[], error=error_line(e))
         why = record.get("skipped") or record.get("error") or f"{len(record['kernels'])} kernels"
         run.add(record, f"{backend} profile of {of} ({record['form']}): {why}")
-        del weights, base
+        del weights
+        gc.collect()
+
+
+def _weights_of(setup, step: dict, of: str):
+    form, lay, head = decide.form_key(step)
+    base = layout(setup.quantized(head) if of == "int4" else cast_weights(setup.fp32, step["dtype"]), lay)
+    return convert(base, form, head) if of == "int4" else convert_dense(base, form)
+
+
+def measure_generate(run: Run, proto, plan: Plan, setup) -> None:
+    """The fastest dense and the fastest qualifying int4 form at one sequence, through the
+    generate path a server runs (:func:`timing.time_generate`): seconds per token."""
+    from ..backends import generate
+    from ..llama.graphs import DECODE_CHUNK
+    from . import timing
+
+    backend = proto.backend
+    picks = {"dense": decide.best_dense(run.data, backend, 1), "int4": decide.best_int4(run.data, backend, 1)}
+    for of, step in picks.items():
+        key = {"kind": "generate", "backend": backend, "of": of}
+        if step is None or run.has(**key):
+            continue
+        record = {**key, "form": decide.form_name(step), "dtype": step["dtype"], "chunk": DECODE_CHUNK,
+                  "new_tokens": GENERATE_TOKENS, "prompt_tokens": PROMPT_TOKENS}  # fmt: skip
+        weights = _weights_of(setup, step, of)
+        try:
+            runner = generate.make_runner(setup.cfg, weights, backend)
+            t = timing.time_generate(runner, PROMPT_TOKENS, GENERATE_TOKENS, MAX_SEQ, DECODE_CHUNK, rounds=3)
+            record.update(seconds=float(sorted(t.rounds)[len(t.rounds) // 2]), spread=[min(t.rounds), max(t.rounds)])
+            record["bytes_per_step"] = bytes_per_step(setup.cfg, weights, 1)
+            del runner
+        except Exception as e:
+            record.update(seconds=None, error=error_line(e))
+        outcome = _ms(record["seconds"]) if record.get("seconds") else record.get("error")
+        run.add(record, f"{backend} generate path, {of} ({record['form']}): {outcome} per token")
+        del weights
         gc.collect()
 
 
@@ -369,6 +407,8 @@ def run(
             measure_anchors(r, proto, plan, setup)
         if "profile" in plan.parts:
             measure_profile(r, proto, plan, setup)
+        if "generate" in plan.parts:
+            measure_generate(r, proto, plan, setup)
     r.data["decision"] = decide.decide(r.data)
     r.write()
     log(f"wrote {path}")

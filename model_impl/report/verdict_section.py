@@ -140,6 +140,16 @@ def render_run(run: dict) -> list[str]:
                 f"{i4.get('form', '—')} ({i4.get('rows', '—')}) | {_ms(i4.get('seconds'))} | {_ratio(b)} | {roof} | "
                 f"{b['what_stops']} |"
             )
+        g = d["generate"]
+        if g:
+            parts = [
+                f"{of} {g[of]['form']} {_ms(g[of]['seconds'])} ms per token"
+                + (f" ({g['roofline_' + of]:.0%} of its floor)" if g["roofline_" + of] is not None else "")
+                for of in ("dense", "int4")
+                if g[of]
+            ]
+            ratio = f": {g['ratio']:.2f}x" if g["ratio"] else ""
+            lines.append(f"\nGenerate path (on-device loop, one sequence): {'; '.join(parts)}{ratio}")
         p = d["prefill"]
         if p["ratio"] is not None:
             lines.append(
@@ -300,14 +310,14 @@ def charts(runs: list[dict], out_dir) -> list[str]:
     fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.2), squeeze=False)
     for ax, (run, backend, d) in zip(axes[0], panels):
         one = next((b for b in d["batches"] if b["batch"] == 1), None)
+        g = d["generate"]
+        path = "generate path (on-device loop)" if g else "device-bound step (in-graph loop; no generate run)"
         bars = []
-        for label, key, floor in (
-            ("best bf16", "best_dense", "roofline_dense"),
-            ("best int4", "best_int4", "roofline_int4"),
-        ):
-            step = (one or {}).get(key)
+        for label, of in (("best bf16", "dense"), ("best int4", "int4")):
+            step = (g or {}).get(of) or (one or {}).get(f"best_{of}")
             if step:
-                bars.append((f"{label}\n{step['form']}", step["seconds"] * 1e3, one[floor]))
+                frac = g[f"roofline_{of}"] if g and g.get(of) else one[f"roofline_{of}"]
+                bars.append((f"{label}\n{step['form']}", step["seconds"] * 1e3, frac))
         xs = range(len(bars))
         ax.bar(xs, [b[1] for b in bars], color=["tab:green", "tab:red"][: len(bars)])
         for i, (_, ms, frac) in enumerate(bars):
@@ -316,7 +326,7 @@ def charts(runs: list[dict], out_dir) -> list[str]:
                 ax.annotate(f"{frac:.0%} of floor", (i, ms), textcoords="offset points", xytext=(0, 4), ha="center",
                             fontsize=8)  # fmt: skip
         ax.set_xticks(list(xs), [b[0] for b in bars], fontsize=7)
-        ax.set_ylabel("decode step, batch 1 (ms, in-graph loop)")
+        ax.set_ylabel(f"ms per token, one sequence:\n{path}", fontsize=8)
         bw = d["bandwidth"]
         ax.set_title(
             f"{machine_of(run)}, {backend}\n{run['file']}"

@@ -17,7 +17,15 @@ from model_impl.report import verdict_section
 
 FORMS = ((BASELINE, "default", "dot"), ("u4-magic", "default", "reduce"))
 PLAN = verdict.Plan(
-    "tiny", "bfloat16", 1, "synthetic", False, ("bandwidth", "dense", "int4", "profile"), FORMS, (1, 2), (1, 2)
+    "tiny",
+    "bfloat16",
+    1,
+    "synthetic",
+    False,
+    ("bandwidth", "dense", "int4", "profile", "generate"),
+    FORMS,
+    (1, 2),
+    (1, 2),
 )
 
 
@@ -34,7 +42,7 @@ def test_the_file_is_written_with_its_environment_and_every_record_kind(tiny_run
     assert on_disk["records"] == data["records"]
     assert on_disk["environment"]["machine"]["cores"] and on_disk["machine"] == "cpu"
     kinds = {r["kind"] for r in data["records"]}
-    assert kinds == {"bandwidth", "step", "check", "profile"}
+    assert kinds == {"bandwidth", "step", "check", "profile", "generate"}
     steps = [r for r in data["records"] if r["kind"] == "step"]
     assert all(r["seconds"] > 0 for r in steps if r["phase"] == "decode"), steps
     # the dense forms at every planned row count, the other dtypes at one row, the prefill
@@ -87,6 +95,10 @@ def test_ratios_rooflines_and_qualifying_flags_recompute_from_the_records(tiny_r
     assert int4_rows == {1}
     # the profile is a CUDA figure: recorded as not measurable here, with why
     assert all("XLA-CUDA only" in r["skipped"] for r in records if r["kind"] == "profile")
+    # the generate path of the best dense form (no int4 form qualifies here, so none for int4)
+    (gen,) = [r for r in records if r["kind"] == "generate"]
+    assert gen["of"] == "dense" and gen["seconds"] > 0 and gen["form"] == d["batches"][0]["best_dense"]["form"]
+    assert d["generate"]["dense"]["seconds"] == gen["seconds"] and d["generate"]["ratio"] is None
 
 
 def test_a_resumed_run_measures_nothing_it_has(tiny_run, tmp_path):
