@@ -190,7 +190,7 @@ def cmd_verdict(args) -> int:
         data = verdict.run(
             backends, Path(args.out) if args.out else None, plan, Path(args.resume) if args.resume else None
         )
-    except BackendUnavailable as e:
+    except (BackendUnavailable, FileExistsError) as e:
         return _fail(str(e))
     from .report import verdict_section
 

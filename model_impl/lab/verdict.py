@@ -378,6 +378,8 @@ def run(
     protos = [protocol(b, MAX_SEQ, PROMPT_TOKENS) for b in backends]
     environment = fusion.environment(backends)
     path = Path(out or resume or default_out(environment))
+    if path.exists() and resume is None:
+        raise FileExistsError(f"{path}: exists; pass --resume {path} to continue it, or --out for a new file")
     header = {
         "kind": "verdict",
         "machine": machine_slug(environment),

@@ -138,6 +138,14 @@ def test_bad_input_is_one_error_line_and_exit_2_before_anything_is_built(argv, s
     assert not (tmp_path / "v.json").exists()
 
 
+def test_an_existing_results_file_is_not_overwritten_or_resumed_silently(tiny_run, capsys):
+    out, data = tiny_run
+    before = out.read_text()
+    assert main(["verdict", "--backend", "xla-cpu", "--shapes", "tiny", "--out", str(out)]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith(f"error: {out}: exists; pass --resume") and out.read_text() == before
+
+
 def test_resuming_a_file_that_is_not_a_verdict_is_refused(tmp_path, capsys):
     other = tmp_path / "fusion.json"
     other.write_text(json.dumps({"cells": []}))
