@@ -81,16 +81,21 @@ def render_table(rows: list[dict]) -> list[str]:
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        cells = [_ratio(r["batches"].get(b)) for b in BATCH_COLUMNS]
+        names = list(dict.fromkeys(r["files"]))
+
+        def mark(cell: dict | None, text: str, names=names) -> str:  # a cell's file, where several
+            return text if cell is None or len(names) < 2 else f"{text} [{names.index(cell['file']) + 1}]"
+
+        cells = [mark(r["batches"].get(b), _ratio(r["batches"].get(b))) for b in BATCH_COLUMNS]
         p = r["prefill"]
-        prefill = f"{p['ratio']:.2f}x" if p else "—"
+        prefill = mark(p, f"{p['ratio']:.2f}x") if p else "—"
         saved = f"{r['weight_bytes_saved'] / 2**30:.2f} GiB" if r["weight_bytes_saved"] else "—"
         how = (
             "`verdict` (padded bf16 batches, same run)"
             if r["method"] == "verdict"
             else "matrix files (bf16 at one row; no padded batches)"
         )
-        files = ", ".join(f"`{f}`" for f in dict.fromkeys(r["files"]))
+        files = ", ".join(f"[{i}] `{f}`" if len(names) > 1 else f"`{f}`" for i, f in enumerate(names, 1))
         lines.append(
             f"| {r['machine']} | {r['backend']} | {' | '.join(cells)} | {prefill} | {r['best_form'] or '—'} | {saved} "
             f"| {how}, {max(r['dates']) if r['dates'] else ''} | {files} |"
