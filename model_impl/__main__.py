@@ -161,7 +161,6 @@ def cmd_tp(args) -> int:
 def cmd_verdict(args) -> int:
     from pathlib import Path
 
-    from .backends.generate import BackendUnavailable
     from .backends.spec import BACKENDS
     from .lab import verdict
 
@@ -190,7 +189,7 @@ def cmd_verdict(args) -> int:
         data = verdict.run(
             backends, Path(args.out) if args.out else None, plan, Path(args.resume) if args.resume else None
         )
-    except (BackendUnavailable, FileExistsError) as e:
+    except (ValueError, FileExistsError) as e:  # BackendUnavailable, a resume of another plan
         return _fail(str(e))
     from .report import verdict_section
 

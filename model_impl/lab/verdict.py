@@ -126,6 +126,10 @@ KEY_FIELDS = {
 }
 
 
+# What a resumed file and the run that continues it must share (ratios never mix plans or machines)
+SAME_PLAN = ("machine", "shapes", "dtype", "steps", "parity_model")
+
+
 class Run:
     """The results file being written: its records, what is already measured (``--resume``)."""
 
@@ -133,6 +137,12 @@ class Run:
         self.path, self.log = path, log
         source = resume or path
         self.data = json.loads(source.read_text()) if source.exists() else {**header, "records": []}
+        differ = [
+            f"{k} {self.data.get(k)!r} (asked: {header[k]!r})" for k in SAME_PLAN if self.data.get(k) != header[k]
+        ]
+        if differ:
+            raise ValueError(f"--resume {source}: measured with another plan or machine: {', '.join(differ)}")
+        self.data["quick"] = bool(self.data.get("quick")) and header["quick"]  # full once a full plan ran
         self.done = {self.key(r) for r in self.data["records"]}
 
     @staticmethod

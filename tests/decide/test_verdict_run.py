@@ -146,6 +146,15 @@ def test_an_existing_results_file_is_not_overwritten_or_resumed_silently(tiny_ru
     assert line.startswith(f"error: {out}: exists; pass --resume") and out.read_text() == before
 
 
+def test_a_resume_with_another_plan_is_refused_before_anything_is_measured(tiny_run, tmp_path, capsys):
+    out, _ = tiny_run
+    argv = ["verdict", "--backend", "xla-cpu", "--shapes", "tiny", "--steps", "3", "--resume", str(out)]
+    assert main([*argv, "--out", str(tmp_path / "x.json")]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert "measured with another plan or machine: steps 1 (asked: 3)" in line
+    assert not (tmp_path / "x.json").exists()
+
+
 def test_resuming_a_file_that_is_not_a_verdict_is_refused(tmp_path, capsys):
     other = tmp_path / "fusion.json"
     other.write_text(json.dumps({"cells": []}))
