@@ -243,11 +243,8 @@ def shape_bytes(shape: str) -> int:
     """Bytes of an HLO shape (a tuple sums its arrays; 4-bit types at half a byte each)."""
     total = 0
     for dtype, dims in _ARRAY.findall(shape):
-        n = 1
-        for d in filter(None, dims.split(",")):
-            n *= int(d)
         bits = _BITS.get(dtype) or int(re.sub(r"\D", "", dtype.split("e")[0]) or 8)
-        total += n * bits // 8
+        total += element_count(dims.split(",")) * bits // 8
     return total
 
 

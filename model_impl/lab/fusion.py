@@ -276,7 +276,7 @@ def batch_timings(backend: str, setup: Setup, rows=None, log=print) -> dict:
     out = {}
     for name, make, option in cases:
         weights, figures = make(), {}
-        opts = _xla(option, backend) | _iree(option, backend)
+        opts = _options(option, backend)
         try:
             for b in BATCHES:
                 try:
@@ -298,8 +298,9 @@ def _xla(option: str, backend: str) -> dict:
     return {"xla_options": settings(option, backend).get("xla_options")}
 
 
-def _iree(option: str, backend: str) -> dict:
-    return {"iree_flags": tuple(settings(option, backend).get("iree_flags", ()))}
+def _options(option: str, backend: str) -> dict:
+    """The option's compiler settings as the protocol takes them (each compiler reads its own)."""
+    return _xla(option, backend) | {"iree_flags": tuple(settings(option, backend).get("iree_flags", ()))}
 
 
 def decode_timing(
@@ -308,8 +309,7 @@ def decode_timing(
     """Per-step decode time as the cells report it: the protocol's step (XLA: the in-graph
     loop; IREE: one call per step), and on XLA-CUDA with ``per_call`` the figure of one dispatch
     per step, queued, beside it."""
-    opts = _xla(option, proto.backend) | _iree(option, proto.backend)
-    t = proto.decode(cfg, weights, steps, 1, **opts)
+    t = proto.decode(cfg, weights, steps, 1, **_options(option, proto.backend))
     out = {"seconds": t["seconds"], "spread": t["spread"], "hoisted": t.get("hoisted_dequants")}
     if per_call and proto.spec.is_xla and proto.spec.is_cuda:
         out["per_call"] = proto.per_call(cfg, weights, steps, **_xla(option, proto.backend))

@@ -60,34 +60,32 @@ class Protocol:
             return {"seconds": seconds, "spread": spread, "hoisted_dequants": hoisted}
         if rows != 1:
             raise NotMeasurable(f"{self.backend}: the exported decode graph takes one sequence")
-        runner = generate.make_runner(cfg, weights, self.backend, iree_flags=tuple(iree_flags))
+        make = lambda: generate.make_runner(cfg, weights, self.backend, iree_flags=tuple(iree_flags))  # noqa: E731
+        measured = self._per_step(make, steps, queued=spec.is_cuda)
+        return {"seconds": float(np.median(measured)), "spread": [min(measured), max(measured)]}
+
+    def _per_step(self, make_runner, steps: int, queued: bool) -> list[float]:
+        """Seconds per step of one call per step on ``make_runner()``: queued rounds (a GPU,
+        where a per-step sync costs as much as the step), or each step synced (a CPU); the
+        runner released after."""
+        runner = make_runner()
         measured = timing.time_decode(
             runner,
             self.max_seq,
             start_pos=self.start_pos,
-            synced_steps=0 if spec.is_cuda else steps,
-            queued_rounds=timing.DECODE_ROUNDS if spec.is_cuda else 0,
+            synced_steps=0 if queued else steps,
+            queued_rounds=timing.DECODE_ROUNDS if queued else 0,
             steps_per_round=steps,
         ).device_bound
         del runner
         gc.collect()
-        return {"seconds": float(np.median(measured)), "spread": [min(measured), max(measured)]}
+        return measured
 
     def per_call(self, cfg: Config, weights: Weights, steps: int, xla_options=None) -> float:
         """XLA-CUDA: seconds per step with one dispatch per step, queued (the fp32 matrix's
         second figure, beside the in-graph loop's)."""
-        runner = generate.make_runner(cfg, weights, self.backend, xla_options=xla_options)
-        measured = timing.time_decode(
-            runner,
-            self.max_seq,
-            start_pos=self.start_pos,
-            synced_steps=0,
-            queued_rounds=timing.DECODE_ROUNDS,
-            steps_per_round=steps,
-        ).device_bound
-        del runner
-        gc.collect()
-        return float(np.median(measured))
+        make = lambda: generate.make_runner(cfg, weights, self.backend, xla_options=xla_options)  # noqa: E731
+        return float(np.median(self._per_step(make, steps, queued=True)))
 
     def linears(self, cfg: Config, weights: Weights, steps: int, rows: int = 1, xla_options=None) -> float:
         """Seconds per step of the step's linears alone (:func:`linear_chain.step_linears`), the

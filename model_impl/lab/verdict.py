@@ -30,10 +30,9 @@ from pathlib import Path
 from .. import checks, decide
 from ..backends.spec import backend as backend_spec
 from ..llama.config import Config
-from ..llama.linears import tensor_bytes
 from ..llama.representations import BASELINE, PALLAS, convert, convert_dense
 from ..llama.shapes import REAL_SHAPES, shrunk_llama32_config
-from ..llama.weights import cast_weights
+from ..llama.weights import cast_weights, nbytes
 from . import anchors, fusion, roofline, xla_int4_gemm
 from .fusion_matrix import MAX_SEQ, PROMPT_TOKENS, STACKED, Cell, applicability, cell_record, error_line, layout
 from .fusion_matrix import lowering_cell as lower_cell
@@ -207,21 +206,21 @@ def measure_dense(run: Run, proto, plan: Plan, setup) -> None:
         forms = DENSE_FORMS if dtype == plan.dtype else (("dot", "default"),)
         for form, lay in forms:
             weights = convert_dense(layout(base, lay), form)
-            nbytes = tensor_bytes(weights.layers) + tensor_bytes(weights.embed)
+            size = nbytes(weights)
             rows_ = plan.dense_rows if (dtype == plan.dtype and form == "dot") else (1,)
             for rows in rows_:
                 _timed(
                     run,
                     _step_key(proto.backend, "dense", dtype, form, lay, form, rows),
                     lambda w=weights, r=rows, c=dcfg: proto.decode(c, w, plan.steps, r),
-                    {"weight_bytes": nbytes, "bytes_per_step": bytes_per_step(dcfg, weights, rows)},
+                    {"weight_bytes": size, "bytes_per_step": bytes_per_step(dcfg, weights, rows)},
                 )
             if dtype == plan.dtype and form == "dot":
                 _timed(
                     run,
                     _step_key(proto.backend, "dense", dtype, form, lay, form, PREFILL_TOKENS, "prefill"),
                     lambda w=weights, c=dcfg: proto.prefill(c, w, PREFILL_TOKENS),
-                    {"weight_bytes": nbytes},
+                    {"weight_bytes": size},
                 )
             del weights
         del base
@@ -263,32 +262,32 @@ def measure_int4(run: Run, proto, plan: Plan, setup) -> None:
         # a form that does not qualify is timed at one row only: the fastest of all, for context
         ok = decide.qualifies(next(r for r in run.data["records"] if run.key(r) == run.key(key)))
         weights = convert(layout(setup.quantized(head), lay), representation, head)
-        nbytes = tensor_bytes(weights.layers) + tensor_bytes(weights.embed)
+        size = nbytes(weights)
         for rows in plan.int4_rows if ok else (1,):
             _timed(
                 run,
                 _step_key(backend, "int4", cfg.dtype, representation, lay, head, rows),
                 lambda r=rows, w=weights: proto.decode(cfg, w, plan.steps, r),
-                {"weight_bytes": nbytes, "bytes_per_step": bytes_per_step(cfg, weights, rows)},
+                {"weight_bytes": size, "bytes_per_step": bytes_per_step(cfg, weights, rows)},
             )
         if ok and not plan.quick:
             _timed(
                 run,
                 _step_key(backend, "int4", cfg.dtype, representation, lay, head, PREFILL_TOKENS, "prefill"),
                 lambda w=weights: proto.prefill(cfg, w, PREFILL_TOKENS),
-                {"weight_bytes": nbytes},
+                {"weight_bytes": size},
             )
         del weights
         gc.collect()
     if backend_spec(backend).is_xla:
         weights = xla_int4_gemm.convert(setup.int4)
-        nbytes = tensor_bytes(weights.layers) + tensor_bytes(weights.embed)
+        size = nbytes(weights)
         for rows in plan.int4_rows:
             _timed(
                 run,
                 _step_key(backend, "anchor", cfg.dtype, xla_int4_gemm.FORM, "default", "dot", rows),
                 lambda r=rows: proto.decode(cfg, weights, plan.steps, r),
-                {"weight_bytes": nbytes, "bytes_per_step": bytes_per_step(cfg, weights, rows),
+                {"weight_bytes": size, "bytes_per_step": bytes_per_step(cfg, weights, rows),
                  "note": "per-channel scales: not the MLX format, never qualifies"},
             )  # fmt: skip
         del weights

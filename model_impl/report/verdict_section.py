@@ -9,10 +9,6 @@ from .. import decide, env
 BATCH_COLUMNS = (1, 2, 4, 16)
 
 
-machine_of = decide.machine
-deciding_runs = decide.deciding_runs
-
-
 def _ratio(row: dict | None) -> str:
     if row is None:
         return "—"
@@ -27,17 +23,17 @@ def table_rows(runs: list[dict]) -> list[dict]:
     1, memory saved, the roofline's copy and the file(s). Verdict runs replace the matrix
     files of the same machine; several matrix files of one machine give, per batch, the best
     ratio any one of them measured (each within its own run), naming its file."""
-    chosen = deciding_runs(runs)
+    chosen = decide.deciding_runs(runs)
     others = {}  # machine -> the other verdict runs' batch-1 ratios, so disagreement shows
     for run in runs:
-        if run.get("kind") == "verdict" and run is not chosen.get(machine_of(run)):
+        if run.get("kind") == "verdict" and run is not chosen.get(decide.machine(run)):
             for backend, d in decide.decide(run).items():
                 one = next((b for b in d["batches"] if b["batch"] == 1), None)
                 if one is not None:
-                    others.setdefault((machine_of(run), backend), []).append((run["file"], one["ratio"]))
+                    others.setdefault((decide.machine(run), backend), []).append((run["file"], one["ratio"]))
     rows = {}
     for run in runs:
-        machine = machine_of(run)
+        machine = decide.machine(run)
         is_verdict = run.get("kind") == "verdict"
         if (is_verdict and run is not chosen.get(machine)) or (not is_verdict and machine in chosen):
             continue
@@ -113,7 +109,7 @@ def render_run(run: dict) -> list[str]:
     e = run["environment"]
     scope = "quick run (batch 1)" if run.get("quick") else "full run"
     lines = [
-        f"### {machine_of(run)}: `{run['file']}` ({env.describe(e)}, {e['date'][:10]})",
+        f"### {decide.machine(run)}: `{run['file']}` ({env.describe(e)}, {e['date'][:10]})",
         "",
         f"Shapes {run.get('shapes')}, {run.get('dtype')} compute, {run.get('steps')} decode steps per timed loop, "
         f"parity on {run.get('parity_model')} (bound {run.get('parity_atol')}); {scope}.",
@@ -191,16 +187,11 @@ def load(results_dir=None) -> list[dict]:
     """The current verdict runs, and each current half-precision matrix file as a run
     (:func:`decide.from_matrix`): :func:`table_rows` uses a matrix file only for a machine
     that has no verdict run."""
-    from . import results
+    from . import results, vs_bf16_section
 
     d = results.RESULTS_DIR if results_dir is None else results_dir
-    verdicts = results.load(d, "verdict-*.json")
-    matrices = [
-        {**decide.from_matrix(r), "file": r["file"]}
-        for r in results.load(d, "fusion-*.json")
-        if r.get("dtype", "float32") != "float32"
-    ]
-    return verdicts + decide.share_checks(matrices)
+    matrices = [{**decide.from_matrix(r), "file": r["file"]} for r in vs_bf16_section.load(d)]
+    return results.load(d, "verdict-*.json") + decide.share_checks(matrices)
 
 
 def _crossover_text(row: dict) -> str:
@@ -277,7 +268,7 @@ def charts(runs: list[dict], out_dir) -> list[str]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    chosen = list(deciding_runs(runs).values())
+    chosen = list(decide.deciding_runs(runs).values())
     panels = [(run, backend, d) for run in chosen for backend, d in decide.decide(run).items()]
     panels = [p for p in panels if any(b["best_dense"] for b in p[2]["batches"])]
     if not panels:
@@ -306,7 +297,7 @@ def charts(runs: list[dict], out_dir) -> list[str]:
         ax.set_ylim(0, max([1.3] + [b["ratio"] * 1.2 for b in rows] + [r * 1.2 for _, r in others]))
         ax.set_xlabel("decode batch (sequences)")
         ax.set_ylabel("bf16 step / int4 step")
-        ax.set_title(f"{machine_of(run)}, {backend}\n{run['file']}", fontsize=9)
+        ax.set_title(f"{decide.machine(run)}, {backend}\n{run['file']}", fontsize=9)
         ax.legend(fontsize=7, loc="lower left")
     fig.tight_layout()
     fig.savefig(out / "verdict-ratio.png", dpi=110)
@@ -334,7 +325,7 @@ def charts(runs: list[dict], out_dir) -> list[str]:
         ax.set_ylabel(f"ms per token, one sequence:\n{path}", fontsize=8)
         bw = d["bandwidth"]
         ax.set_title(
-            f"{machine_of(run)}, {backend}\n{run['file']}"
+            f"{decide.machine(run)}, {backend}\n{run['file']}"
             + (f"\nfloor = least bytes / {bw['bytes_per_s'] / 1e12:.2f} TB/s ({bw['name']})" if bw else ""),
             fontsize=8,
         )

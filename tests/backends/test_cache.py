@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 
+import numpy as np
 import pytest
 
 from model_impl.backends import cache
@@ -127,44 +128,42 @@ def test_two_workers_racing_on_a_damaged_entry_end_with_one_good_module(tmp_path
     assert cache.intact(path) and path.read_bytes() == b"y" * 100_000
 
 
-def test_a_real_iree_module_truncated_in_the_cache_is_rebuilt_and_runs():
+def _one_op_module(op: str):
+    """(compile, flags, identity) of a one-op StableHLO module for IREE-CPU, cached under the
+    test's cache root: ``compile()`` is :func:`iree_compile.compile_cached` on it."""
     iree_compile = pytest.importorskip("model_impl.backends.iree_compile")
+    mlir = f"""func.func @main(%a: tensor<4xf32>) -> tensor<4xf32> {{
+      %0 = stablehlo.{op} %a, %a : tensor<4xf32>
+      return %0 : tensor<4xf32>
+    }}"""
+    flags = iree_compile.target_flags("llvm-cpu", iree_compile.DEFAULT_CUDA_TARGET)
+    identity = {"test": op}
+    return (lambda: iree_compile.compile_cached(identity, lambda: mlir, flags)), flags, identity
+
+
+def _run(main) -> list[float]:
+    return main(np.arange(4, dtype=np.float32)).to_host().tolist()
+
+
+def test_a_real_iree_module_truncated_in_the_cache_is_rebuilt_and_runs():
     from model_impl.backends.iree_runtime import IreeDevice, load_or_rebuild
 
-    mlir = """func.func @main(%a: tensor<4xf32>) -> tensor<4xf32> {
-      %0 = stablehlo.add %a, %a : tensor<4xf32>
-      return %0 : tensor<4xf32>
-    }"""
-    flags = iree_compile.target_flags("llvm-cpu", iree_compile.DEFAULT_CUDA_TARGET)
-    compile_ = lambda: iree_compile.compile_cached({"test": "double"}, lambda: mlir, flags)  # noqa: E731
+    compile_, _, _ = _one_op_module("add")
     path, _ = compile_()
     good = path.read_bytes()
     path.write_bytes(good[: len(good) // 2])
-    iree = IreeDevice("local-task")
     path, _ = compile_()  # the digest catches the truncation: compiled again
     assert path.read_bytes() == good
-    main = load_or_rebuild(iree, path, compile_)
-    import numpy as np
-
-    assert np.array_equal(main(np.arange(4, dtype=np.float32)).to_host(), [0, 2, 4, 6])
+    assert _run(load_or_rebuild(IreeDevice("local-task"), path, compile_)) == [0, 2, 4, 6]
 
 
 def test_a_module_the_runtime_rejects_is_dropped_and_compiled_again():
-    iree_compile = pytest.importorskip("model_impl.backends.iree_compile")
-    import numpy as np
-
+    from model_impl.backends import iree_compile
     from model_impl.backends.iree_runtime import IreeDevice, load_or_rebuild
 
-    mlir = """func.func @main(%a: tensor<4xf32>) -> tensor<4xf32> {
-      %0 = stablehlo.multiply %a, %a : tensor<4xf32>
-      return %0 : tensor<4xf32>
-    }"""
-    flags = iree_compile.target_flags("llvm-cpu", iree_compile.DEFAULT_CUDA_TARGET)
-    key = iree_compile.module_key({"test": "square"}, flags)
+    compile_, flags, identity = _one_op_module("multiply")
     # an intact entry (its digest matches) that is not a module: what the digest cannot catch
-    bad, _ = cache.cached_file("iree", key, ".vmfb", lambda: b"\0" * 4096)
-    compile_ = lambda: iree_compile.compile_cached({"test": "square"}, lambda: mlir, flags)  # noqa: E731
+    bad, _ = cache.cached_file("iree", iree_compile.module_key(identity, flags), ".vmfb", lambda: b"\0" * 4096)
     assert compile_()[0] == bad
-    main = load_or_rebuild(IreeDevice("local-task"), bad, compile_)
-    assert np.array_equal(main(np.arange(4, dtype=np.float32)).to_host(), [0, 1, 4, 9])
+    assert _run(load_or_rebuild(IreeDevice("local-task"), bad, compile_)) == [0, 1, 4, 9]
     assert cache.intact(bad) and bad.read_bytes() != b"\0" * 4096
