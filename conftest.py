@@ -30,9 +30,13 @@ host_devices(2)
 # CPU tests run on the CPU even where a GPU is present; CUDA tests ask for it by name.
 jax.config.update("jax_default_device", jax.devices("cpu")[0])
 
-# Persistent XLA compilation cache: a second local run skips recompiling the real model.
-jax.config.update("jax_compilation_cache_dir", str(CACHE_DIR / "jax"))
-jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+# Persistent XLA compilation cache: a second local run skips recompiling, every graph (the
+# tiny-shape matrix and verdict runs compile a hundred graphs of under a second each). Set in the
+# environment too, so the CLI tests' subprocesses share it.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(CACHE_DIR / "jax"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
 
 # "ci" is deterministic (derandomized: the same examples on every run and machine), and the
 # default; HYPOTHESIS_PROFILE=dev explores new random examples.
@@ -57,7 +61,26 @@ def cuda_unavailable_reason() -> str | None:
     return None if devices else "no CUDA device found by JAX"
 
 
+# The files that take longest on a cold 2-core run (README, CI paragraph), handed out first so the
+# two workers finish together: `make test` runs xdist with --dist loadfile --no-loadscope-reorder,
+# which gives out whole files in collection order; the others follow in theirs.
+LONGEST_FIRST = (
+    "tests/parity/test_mlx_peer_half.py",
+    "tests/parity/test_mlx_peer.py",
+    "tests/backends/test_decode_loop.py",
+    "tests/parity/test_half_precision.py",
+    "benchmarks/test_decode.py",
+    "tests/cli/test_cli.py",
+    "tests/report/test_report_path.py",
+    "tests/parallel/test_tensor_parallel.py",
+    "tests/decide/test_verdict_run.py",
+    "tests/parity/test_int4_forms_parity.py",
+)
+
+
 def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.nodeid.split("::")[0], len(rank)))
     cuda_items = [item for item in items if item.get_closest_marker("cuda") is not None]
     reason = cuda_unavailable_reason() if cuda_items else None
     if reason:
@@ -94,6 +117,26 @@ def prompt_ids(tokenizer):
     from model_impl.checks import REFERENCE_PROMPT
 
     return tokenizer(REFERENCE_PROMPT).input_ids
+
+
+@pytest.fixture(scope="session")
+def tiny_hf_dir(tmp_path_factory):
+    """A shrunk Llama-3.2-layout checkpoint (2 layers, seeded weights) with a word-level
+    tokenizer of its vocabulary: what mlx_lm.convert and transformers need of a directory."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    from model_impl import checkpoints
+    from model_impl.llama.shapes import shrunk_llama32_config
+    from model_impl.llama.weights import synthetic
+
+    cfg = shrunk_llama32_config()
+    directory = checkpoints.save_hf_dir(cfg, synthetic(cfg, seed=7), tmp_path_factory.mktemp("tiny") / "hf")
+    vocab = {f"t{i}": i for i in range(cfg.vocab_size)}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="t0"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="t1", eos_token="t2").save_pretrained(str(directory))
+    return directory
 
 
 class GreedyRuns:
@@ -137,21 +180,53 @@ class GreedyRuns:
         weights = QUANT_ALIASES.get(weights, weights)
         key = (backend, weights, dtype, chunk)
         if key not in self._runs:
-            from model_impl.backends import generate
-            from model_impl.checks import GREEDY_TOKENS
-
-            runner = generate.make_runner(*self.model(weights, dtype), backend)
-            prompt = self._request.getfixturevalue("prompt_ids")
-            run = generate.generate(runner, prompt, GREEDY_TOKENS, stop_at_eos=False, keep_logits=True, chunk=chunk)
-            info = {
-                "compile_seconds": dict(runner.compile_seconds),
-                "cuda_target": getattr(runner, "cuda_target", None) if backend == "iree-cuda" else None,
-            }
-            self._runs[key] = (run, info)
+            self._runs[key] = self._shared(key, lambda: self._make(backend, weights, dtype, chunk))
         return self._runs[key]
+
+    def _make(self, backend, weights, dtype, chunk):
+        from model_impl.backends import generate
+        from model_impl.checks import GREEDY_TOKENS
+
+        runner = generate.make_runner(*self.model(weights, dtype), backend)
+        prompt = self._request.getfixturevalue("prompt_ids")
+        run = generate.generate(runner, prompt, GREEDY_TOKENS, stop_at_eos=False, keep_logits=True, chunk=chunk)
+        info = {
+            "compile_seconds": dict(runner.compile_seconds),
+            "cuda_target": getattr(runner, "cuda_target", None) if backend == "iree-cuda" else None,
+        }
+        return run, info
+
+    def _shared(self, key, make):
+        """One run per key for the whole `pytest -n` session: the first worker to ask makes it
+        (under a file lock) and leaves it in this session's shared temporary directory; the other
+        worker reads it. Nothing outlives the session (the directory is this run's)."""
+        import fcntl
+        import pickle
+
+        shared = self._request.getfixturevalue("session_shared_dir")
+        path = shared / ("greedy-" + "-".join(map(str, key)) + ".pkl")
+        with open(path.with_suffix(".lock"), "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if path.exists():
+                return pickle.loads(path.read_bytes())
+            value = make()
+            tmp = path.with_suffix(".tmp")
+            tmp.write_bytes(pickle.dumps(value))
+            tmp.replace(path)
+            return value
 
     def run(self, backend: str, weights: str, dtype: str = "float32", chunk: int | None = DECODE_CHUNK):
         return self.get(backend, weights, dtype, chunk)[0]
+
+
+@pytest.fixture(scope="session")
+def session_shared_dir(tmp_path_factory, worker_id):
+    """A directory of this test session that every xdist worker of it sees (the workers' base
+    temporary directories are siblings under the session's); without xdist, the session's own."""
+    base = tmp_path_factory.getbasetemp()
+    shared = (base.parent if worker_id != "master" else base) / "shared"
+    shared.mkdir(exist_ok=True)
+    return shared
 
 
 @pytest.fixture(scope="session")

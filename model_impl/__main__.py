@@ -220,6 +220,30 @@ def cmd_decision(args) -> int:
     return 0
 
 
+def cmd_record_peer(args) -> int:
+    """Run mlx_lm greedy on the half-precision variants of the embedded model and write the
+    recording the tests read (``model_impl/data/mlx_peer_greedy.json``)."""
+    import tempfile
+    from pathlib import Path
+
+    from . import checkpoints as checkpoint
+    from . import checks
+    from .checks import mlx_peer
+
+    prompt = checkpoint.load_tokenizer(None)(checks.REFERENCE_PROMPT).input_ids
+    with tempfile.TemporaryDirectory() as tmp:
+        hf = mlx_peer.write_hf_dir(None, Path(tmp) / "hf")
+        entries = []
+        for dtype, bits, group in mlx_peer.HALF_VARIANTS:
+            name = mlx_peer.variant_name(dtype, bits, group)
+            entries.append((name, mlx_peer.convert(hf, Path(tmp) / name, bits, group, dtype)))
+        out = mlx_peer.record(entries, prompt, checks.GREEDY_TOKENS)
+    for run in out["runs"]:
+        print(f"{run['variant']}: {len(run['tokens'])} tokens")
+    print(f"wrote {mlx_peer.RECORDED}")
+    return 0
+
+
 def main(argv=None) -> int:
     from .backends.spec import BACKENDS
     from .llama.config import DTYPES
@@ -336,6 +360,9 @@ def main(argv=None) -> int:
     d = sub.add_parser("decision", help="the per-machine decision table from the committed results")
     d.add_argument("--readme", action="store_true", help="rewrite the README's generated table")
     d.set_defaults(func=cmd_decision)
+
+    r = sub.add_parser("record-peer", help="record mlx_lm's greedy tokens on the half-precision checkpoints")
+    r.set_defaults(func=cmd_record_peer)
 
     args = parser.parse_args(argv)
     return args.func(args)

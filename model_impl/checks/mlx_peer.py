@@ -7,6 +7,8 @@ matmul; no one here wrote it. Our int4 graph runs the same packed codes and must
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +17,6 @@ from .. import checkpoints as checkpoint
 from .. import checks
 from ..backends.generate import Generation
 
-# (bits, group_size) of the checkpoint variants the suite builds and compares.
 # (dtype, bits, group_size) of the checkpoint variants the suite builds and compares: mlx_lm's
 # own conversions in float32, and in float16/bfloat16 as mlx-community ships them.
 VARIANTS = (
@@ -27,6 +28,11 @@ VARIANTS = (
     ("bfloat16", 4, 64),
     ("bfloat16", 8, 32),
 )
+HALF_VARIANTS = tuple(v for v in VARIANTS if v[0] != "float32")
+
+
+def variant_name(dtype: str, bits: int, group: int) -> str:
+    return f"{dtype}-{bits}bit-g{group}"
 
 
 def write_hf_dir(model_path, dest: Path) -> Path:
@@ -122,6 +128,67 @@ def greedy(path: Path, prompt_ids, max_new_tokens: int, until_parting_from=None)
         if len(tokens) == max_new_tokens or parted:
             break
     return Generation(list(prompt_ids), tokens, np.stack(rows))
+
+
+# mlx_lm's greedy tokens on the half-precision checkpoints, recorded by `python -m model_impl
+# record-peer`: MLX's CPU float16 quantized matmul is a scalar loop (28.7 ms for one [1536, 576]
+# 4-bit linear against 0.87 ms in float32 and 6.3 in bfloat16, on the 2-core EPYC), so one 48-token
+# float16 run takes 90 s. The greedy check of a half-precision checkpoint reads only the peer's
+# tokens (the near-tie gap is ours), so a run recorded under the same key compares exactly as a
+# live one; a key that is not recorded (another mlx, mlx-lm, checkpoint, prompt or length) runs live.
+RECORDED = Path(__file__).resolve().parents[1] / "data" / "mlx_peer_greedy.json"
+
+
+def greedy_key(path: Path, prompt_ids, max_new_tokens: int) -> dict:
+    """What a recorded greedy run of mlx_lm depends on: mlx and mlx-lm, the checkpoint's bytes
+    (weights and config), the prompt and the length."""
+    from .. import env
+
+    h = hashlib.sha256()
+    for f in sorted(Path(path).glob("*.safetensors")) + [Path(path) / "config.json"]:
+        h.update(f.name.encode())
+        h.update(f.read_bytes())
+    return {
+        "mlx": env.version("mlx"),
+        "mlx-lm": env.version("mlx-lm"),
+        "checkpoint_sha256": h.hexdigest(),
+        "prompt": [int(t) for t in prompt_ids],
+        "max_new_tokens": int(max_new_tokens),
+    }
+
+
+def recorded_tokens(key: dict, recorded: Path = RECORDED) -> list[int] | None:
+    """The tokens recorded under exactly ``key``, or None."""
+    if not recorded.exists():
+        return None
+    for entry in json.loads(recorded.read_text())["runs"]:
+        if entry["key"] == key:
+            return list(entry["tokens"])
+    return None
+
+
+def greedy_tokens(path: Path, prompt_ids, max_new_tokens: int, until_parting_from=None) -> tuple[Generation, str]:
+    """mlx_lm's greedy tokens (no log-probabilities): recorded under this key, else run live.
+    Returns the run and where it came from ("recorded" or "live")."""
+    tokens = recorded_tokens(greedy_key(path, prompt_ids, max_new_tokens))
+    if tokens is not None:
+        return Generation(list(prompt_ids), tokens, None), "recorded"
+    run = greedy(path, prompt_ids, max_new_tokens, until_parting_from)
+    return Generation(run.prompt_tokens, run.tokens, None), "live"
+
+
+def record(entries: list[tuple[str, Path]], prompt_ids, max_new_tokens: int, recorded: Path = RECORDED) -> dict:
+    """Run mlx_lm live on each ``(variant name, checkpoint)`` and write the recording file
+    (the whole run: the comparison stops at the first divergence of whoever it is compared with)."""
+    from .. import env
+
+    runs = []
+    for name, path in entries:
+        key = greedy_key(path, prompt_ids, max_new_tokens)
+        runs.append({"variant": name, "key": key, "tokens": greedy(path, prompt_ids, max_new_tokens).tokens})
+    out = {"environment": env.environment(), "runs": runs}
+    recorded.write_text(json.dumps(out, indent=1) + "\n")
+    return out
 
 
 def prompt_logits(path: Path, prompt_ids) -> tuple[np.ndarray, np.ndarray]:

@@ -21,7 +21,7 @@ from .. import checks, env, quant
 from ..analyzers import dumps, iree_dispatch, minimal, stablehlo, xla_hlo
 from ..backends import generate, iree_compile
 from ..backends.spec import for_iree_target
-from ..llama.shapes import LLAMA32_SHAPES, llama32_config
+from ..llama.shapes import LLAMA32_SHAPES, llama32_config, shrunk_llama32_config
 from ..llama.weights import (
     LINEAR_NAMES,
     dequantize_weights,
@@ -163,8 +163,9 @@ def lowering_rows(
     return rows
 
 
-def mlx_peer_section(model_path, prompt, n) -> list[dict]:
-    """Per mlx-lm checkpoint variant: agreement and |Δ log-prob| of our int4 graph vs mlx_lm."""
+def mlx_peer_section(model_path, prompt, n, variants=None) -> list[dict]:
+    """Per mlx-lm checkpoint variant (default: all of ``mlx_peer.VARIANTS``): agreement and
+    |Δ log-prob| of our int4 graph vs mlx_lm."""
     import tempfile
 
     from ..checks import mlx_peer
@@ -172,7 +173,7 @@ def mlx_peer_section(model_path, prompt, n) -> list[dict]:
     out = []
     with tempfile.TemporaryDirectory() as tmp:
         hf_dir = mlx_peer.write_hf_dir(model_path, Path(tmp) / "hf")
-        for dtype, bits, group in mlx_peer.VARIANTS:
+        for dtype, bits, group in mlx_peer.VARIANTS if variants is None else variants:
             path = mlx_peer.convert(hf_dir, Path(tmp) / f"{dtype}-q{bits}g{group}", bits, group, dtype)
             peer = mlx_peer.greedy(path, prompt, n)  # whole: the report shows both runs' agreement
             cfg, weights = checkpoint.load(path, "int4")
@@ -218,13 +219,31 @@ def minimal_graph_section() -> list[dict]:
     return out
 
 
-def main(out_dir: str = "reports/", model: str | None = None) -> int:
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """What one characterization runs: ``make report`` takes the defaults; the tests run the whole
+    path on a 2-layer checkpoint with few tokens, one shape row and two MLX variants."""
+
+    model: str | None = None  # a GGUF or HF directory; None: the embedded SmolLM2-135M
+    results_dir: Path = results.RESULTS_DIR  # the measured results the report renders
+    tokens: int = checks.GREEDY_TOKENS
+    shapes: str = "llama-3.2-1b"  # the synthetic shapes characterized from shapes alone
+    shape_modes: tuple[str, ...] = ("fp32", "int4", "bf16", "int4-bf16")
+    mlx_variants: tuple | None = None  # None: every mlx_peer.VARIANTS entry
+    half_dtypes: tuple[str, ...] = half_section.HALF
+
+
+SHAPE_CONFIGS = {"llama-3.2-1b": (llama32_config, LLAMA32_SHAPES), "tiny": (shrunk_llama32_config, (8, 32))}
+
+
+def main(out_dir: str = "reports/", model: str | None = None, plan: Plan | None = None) -> int:
     from ..checks import reference
 
+    plan = plan or Plan(model=model)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    path = checkpoint.default_model_path() if model is None else Path(model)
-    name = "smollm2-135m" if model is None else path.name
+    path = checkpoint.default_model_path() if plan.model is None else Path(plan.model)
+    name = "smollm2-135m" if plan.model is None else path.name
     log(f"loading {path}")
     cfg, fp32 = checkpoint.load(path)
     try:
@@ -233,7 +252,7 @@ def main(out_dir: str = "reports/", model: str | None = None) -> int:
         raise SystemExit(f"error: {path}: --quant int4 impossible: {e}") from None
     tokenizer = checkpoint.load_tokenizer(path)
     prompt = tokenizer(checks.REFERENCE_PROMPT).input_ids
-    n = checks.GREEDY_TOKENS
+    n = plan.tokens
 
     findings = {"environment": env.environment(), "model": model_section(path, cfg, fp32, int4)}
     log("format: our quantizer vs mlx.core.quantize on layer 0")
@@ -245,14 +264,14 @@ def main(out_dir: str = "reports/", model: str | None = None) -> int:
     del hf
 
     runs, runners = {}, {}
-    plan = [
+    live = [
         ("xla-cpu", "fp32", fp32),
         ("xla-cpu", "int4", int4),
         ("xla-cpu", "host-dequant", None),
         ("iree-cpu", "fp32", fp32),
         ("iree-cpu", "int4", int4),
     ]
-    for backend, mode, weights in plan:
+    for backend, mode, weights in live:
         w = dequantize_weights(int4) if mode == "host-dequant" else weights
         log(f"{backend} {mode}: compile prefill + decode, {n} greedy tokens")
         runner = generate.make_runner(cfg, w, backend)
@@ -285,14 +304,14 @@ def main(out_dir: str = "reports/", model: str | None = None) -> int:
                 iree_cpu_seconds=runners["iree-cpu", mode].compile_seconds,
                 parity=parity,
             )
-    llama = llama32_config()
-    for mode in ("fp32", "int4", "bf16", "int4-bf16"):
+    make_config, shapes_at = SHAPE_CONFIGS[plan.shapes]
+    for mode in plan.shape_modes:
         weights_mode, dtype = parse_mode_label(mode)
         for graph in ("prefill", "decode"):
-            log(f"llama-3.2-1b shapes {mode} {graph}: export, XLA-CPU compile")
-            cfg_mode = dataclasses.replace(llama, dtype=dtype)
-            rows += lowering_rows("llama-3.2-1b (shapes)", cfg_mode, weights_mode, graph, *LLAMA32_SHAPES)
-    cuda_runs = results.load_cuda_results() if model is None else []
+            log(f"{plan.shapes} shapes {mode} {graph}: export, XLA-CPU compile")
+            cfg_mode = dataclasses.replace(make_config(), dtype=dtype)
+            rows += lowering_rows(f"{plan.shapes} (shapes)", cfg_mode, weights_mode, graph, *shapes_at)
+    cuda_runs = results.load_cuda_results(plan.results_dir) if plan.model is None else []
     findings["rows"] = results.merge_cuda_results(rows, cuda_runs, name, _row)
     findings["cuda_runs"] = [
         {k: r[k] for k in ("file", "environment", "figures", "lowering")}
@@ -300,8 +319,8 @@ def main(out_dir: str = "reports/", model: str | None = None) -> int:
         for r in cuda_runs
     ]
     log("MLX peer: mlx_lm.convert variants, mlx_lm greedy vs our int4 graph")
-    findings["mlx_peer"] = mlx_peer_section(path, prompt, n)
-    findings["half_precision"] = half_section.gather(cfg, fp32, prompt, n, log)
+    findings["mlx_peer"] = mlx_peer_section(path, prompt, n, plan.mlx_variants)
+    findings["half_precision"] = half_section.gather(cfg, fp32, prompt, n, log, plan.half_dtypes)
     log("one-linear graphs through each compiler")
     findings["minimal_graphs"] = minimal_graph_section()
     int4_vs_fp32 = checks.compare(runs["xla-cpu", "int4"], runs["xla-cpu", "fp32"])
@@ -320,15 +339,16 @@ def main(out_dir: str = "reports/", model: str | None = None) -> int:
         "cross_compiler_target": checks.CROSS_COMPILER_TARGET_ATOL,
     }
 
-    findings["benchmarks"] = results.load(pattern="bench-*.json")
-    matrix = fusion_section.load(results.RESULTS_DIR)
+    rdir = plan.results_dir
+    findings["benchmarks"] = results.load(rdir, pattern="bench-*.json")
+    matrix = fusion_section.load(rdir)
     findings["fusion_matrix"] = fusion_section.findings(matrix)
-    vs_bf16 = vs_bf16_section.load(results.RESULTS_DIR)
+    vs_bf16 = vs_bf16_section.load(rdir)
     findings["int4_vs_bf16_matrix"] = vs_bf16_section.findings(vs_bf16)
-    tp = tp_section.load(results.RESULTS_DIR)
-    iree_md = next(iter(results.load(results.RESULTS_DIR, "iree-multidevice.json")), None)
+    tp = tp_section.load(rdir)
+    iree_md = next(iter(results.load(rdir, "iree-multidevice.json")), None)
     findings["tensor_parallel"] = tp_section.findings(tp)
-    verdicts = verdict_section.load(results.RESULTS_DIR)
+    verdicts = verdict_section.load(rdir)
     findings["decision"] = verdict_section.table_rows(verdicts)
     (out / "findings.json").write_text(json.dumps(findings, indent=2, default=str) + "\n")
     opening = verdict_section.render(verdicts) + ["", *verdict_section.charts(verdicts, out)]
@@ -336,7 +356,7 @@ def main(out_dir: str = "reports/", model: str | None = None) -> int:
         render_markdown(findings, opening)
         + "\n".join(bench_section.render(findings["benchmarks"], out, findings["rows"]))
         + "\n".join(fusion_section.render(matrix))
-        + "\n".join(vs_bf16_section.render(vs_bf16, vs_bf16_section.load_related(results.RESULTS_DIR)))
+        + "\n".join(vs_bf16_section.render(vs_bf16, vs_bf16_section.load_related(rdir)))
         + "\n".join(tp_section.render(tp, iree_md))
         + "\n"
     )

@@ -30,13 +30,13 @@ def _agreement(ours, reference, dtype: str) -> dict:
     }
 
 
-def gather(cfg, fp32, prompt, n, log=print) -> dict:
+def gather(cfg, fp32, prompt, n, log=print, dtypes=HALF) -> dict:
     """Live runs of the real model (``cfg``, float32 ``fp32`` weights) in each half dtype."""
     from ..checks import reference
 
     out = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for dtype in HALF:
+        for dtype in dtypes:
             log(f"half precision {dtype}: transformers, xla-cpu and iree-cpu runs")
             directory = checkpoints.save_hf_dir(cfg, fp32, Path(tmp) / dtype, dtype=dtype)
             hcfg, dense = checkpoints.load(directory)  # as stored: in dtype

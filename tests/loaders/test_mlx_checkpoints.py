@@ -13,23 +13,7 @@ from model_impl.backends import generate
 from model_impl.checkpoints import CheckpointError
 from model_impl.checks import mlx_peer
 from model_impl.llama.linears import QuantizedLinear
-from model_impl.llama.shapes import shrunk_llama32_config
-from model_impl.llama.weights import dequantize_weights, synthetic
-
-
-@pytest.fixture(scope="module")
-def tiny_hf_dir(tmp_path_factory):
-    """A shrunk Llama-3.2-layout checkpoint with a tokenizer (mlx_lm.convert needs one)."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    cfg = shrunk_llama32_config()
-    directory = checkpoints.save_hf_dir(cfg, synthetic(cfg, seed=7), tmp_path_factory.mktemp("tiny") / "hf")
-    vocab = {f"t{i}": i for i in range(cfg.vocab_size)}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="t0"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="t1", eos_token="t2").save_pretrained(str(directory))
-    return directory
+from model_impl.llama.weights import dequantize_weights
 
 
 @pytest.fixture(scope="module")
