@@ -1,14 +1,16 @@
 """The fusion matrix's CUDA cells that a test can pin: the Pallas reference kernel's
 correctness and its custom_call, and XLA-CUDA's lowering of each representation at the
-Llama-3.2-1B shapes (verdicts as measured on the H100, results/fusion-h100-xla-cuda.json)."""
+Llama-3.2-1B shapes, held to model_impl/expectations.py for this jaxlib and GPU."""
 
 from __future__ import annotations
+
+import warnings
 
 import jax
 import numpy as np
 import pytest
 
-from model_impl import analyzers, quant
+from model_impl import expectations, quant
 from model_impl.analyzers import stablehlo
 from model_impl.lab import fusion_matrix, linear_chain
 from model_impl.llama.config import LLAMA32_CONFIG_PATH, load_hf_config
@@ -58,25 +60,35 @@ def test_fusion_pallas_decode_graph_on_xla_cuda_carries_custom_call(gpu, cuda_re
     assert any("triton" in t for t in inv.custom_calls), inv.custom_calls
 
 
-# XLA-CUDA's verdict per fusion-matrix row on the Llama-3.2-1B decode graph, as measured on the
-# H100 (jax 0.11.2): (verdict, linears whose codes only fused kernels read, of 112).
-# u4-affine-io is the one layout that keeps XLA from fusing: 64 of its 112 linears are
-# dequantized by a loop fusion that writes the f32 weight (640 MiB per step).
-EXPECTED_XLA_CUDA = {
-    ("u32-affine", "default"): (analyzers.FUSED, 112),
-    ("u4-affine", "default"): (analyzers.FUSED, 112),
-    ("u4-affine-io", "default"): (analyzers.MATERIALIZED, 48),
-    ("s4-scale-gsum", "default"): (analyzers.FUSED, 112),
-    ("s4-grouped", "default"): (analyzers.FUSED, 112),
-    ("u4-grouped", "default"): (analyzers.FUSED, 112),
-    ("u32-affine", "xla-subchannel"): (analyzers.FUSED, 112),
-    ("u4-affine", "xla-subchannel"): (analyzers.FUSED, 112),
-    ("s4-scale-gsum", "xla-subchannel"): (analyzers.FUSED, 112),
-    ("s4-grouped", "xla-subchannel"): (analyzers.FUSED, 112),
-}
+# XLA-CUDA's verdict and fused-linear count per fusion-matrix row on the Llama-3.2-1B decode graph
+# depend on the jaxlib and on the GPU: model_impl/expectations.py holds them per (jaxlib range,
+# device). u4-affine-io is the one layout that keeps XLA from fusing (a loop fusion writes the f32
+# weight of the linears it does not fuse).
+FP32_ROWS = sorted({e.key[2:] for e in expectations.TABLE if e.key[:2] == ("xla-cuda", expectations.FUSION)})
+BF16_ROWS = sorted({e.key[2:] for e in expectations.TABLE if e.key[:2] == ("xla-cuda", expectations.FUSION_BF16)})
 
 
-@pytest.mark.parametrize("row", list(EXPECTED_XLA_CUDA), ids=lambda r: f"{r[0]}-{r[1]}")
+def hold_to_table(gpu, cuda_record, what, row, cell):
+    """The cell against the table's entry for this jaxlib and this GPU (no custom_call anywhere);
+    on a GPU the table does not know, recorded with the line to add, the verdict still held where
+    every GPU measured agrees on it."""
+    assert not cell.custom_call
+    observed = (cell.verdict, cell.linears_fused, cell.linears_total)
+    version = expectations.compiler_version(expectations.XLA)
+    finding = expectations.check(
+        ("xla-cuda", what, *row),
+        observed,
+        expectations.XLA,
+        version,
+        gpu.device_kind,
+        everywhere=expectations.verdict_of,
+    )
+    if finding is not None:
+        cuda_record["figures"].setdefault("expectations_to_add", []).append(finding.line())
+        warnings.warn(finding.line(), stacklevel=2)
+
+
+@pytest.mark.parametrize("row", FP32_ROWS, ids=lambda r: f"{r[0]}-{r[1]}")
 def test_fusion_xla_cuda_verdict_per_representation(gpu, cuda_record, row):
     cfg = load_hf_config(LLAMA32_CONFIG_PATH)
     cell = fusion_matrix.Cell("xla-cuda", *row)
@@ -88,32 +100,10 @@ def test_fusion_xla_cuda_verdict_per_representation(gpu, cuda_record, row):
         "fused_kernels": cell.fused_kernels,
         "materialized_bytes": cell.materialized_bytes_per_step,
     }
-    assert not cell.custom_call
-    assert (cell.verdict, cell.linears_fused, cell.linears_total) == (*EXPECTED_XLA_CUDA[row], 112), cell
+    hold_to_table(gpu, cuda_record, expectations.FUSION, row, cell)
 
 
-# The matrix against bf16 (bf16 compute), as measured on the H100 (jax 0.11.2,
-# results/fusion-h100-xla-cuda-bf16-*.json): (verdict, fused linears, quantized linears). The word
-# forms are the mixed case: XLA keeps gate/up/down's straight-line word products inside the
-# reduction but gives q/k/v/o (and, split, down too) a loop fusion that writes the per-word
-# products ([out, in / 8] float32), then reduces them.
-EXPECTED_XLA_CUDA_BF16 = {
-    ("u32-affine", "default", "dot"): (analyzers.FUSED, 112, 112),
-    ("u4-magic", "default", "reduce"): (analyzers.FUSED, 112, 112),
-    ("u4-magic-f32", "default", "reduce"): (analyzers.FUSED, 112, 112),
-    ("u32-word", "default", "reduce"): (analyzers.MATERIALIZED, 48, 112),
-    ("u32-word-split", "default", "reduce"): (analyzers.MATERIALIZED, 32, 112),
-    ("u32-word-split", "default", "int4"): (analyzers.MATERIALIZED, 32, 113),
-    # stacked projections (q|k|v, gate|up): 4 linears per layer; the word forms stay mixed
-    ("u4-magic", "stacked", "reduce"): (analyzers.FUSED, 64, 64),
-    ("u4-magic+word-mlp", "stacked", "reduce"): (analyzers.FUSED, 64, 64),
-    ("u32-word", "stacked", "reduce"): (analyzers.MATERIALIZED, 32, 64),
-    ("u32-word-split", "stacked", "reduce"): (analyzers.MATERIALIZED, 16, 64),
-    ("u32-word-split", "stacked", "int4"): (analyzers.MATERIALIZED, 16, 65),
-}
-
-
-@pytest.mark.parametrize("row", list(EXPECTED_XLA_CUDA_BF16), ids=lambda r: "-".join(r))
+@pytest.mark.parametrize("row", BF16_ROWS, ids=lambda r: "-".join(r))
 def test_fusion_xla_cuda_bf16_verdict_per_representation(gpu, cuda_record, row):
     import dataclasses
 
@@ -127,5 +117,4 @@ def test_fusion_xla_cuda_bf16_verdict_per_representation(gpu, cuda_record, row):
         "linears_fused": cell.linears_fused,
         "linears_total": cell.linears_total,
     }
-    assert not cell.custom_call
-    assert (cell.verdict, cell.linears_fused, cell.linears_total) == EXPECTED_XLA_CUDA_BF16[row], cell
+    hold_to_table(gpu, cuda_record, expectations.FUSION_BF16, row, cell)

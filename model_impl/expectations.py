@@ -1,0 +1,185 @@
+"""What each compiler does to the suite's graphs, in one table keyed by compiler, version range
+and device: ``(compiler, versions, device) -> expected``.
+
+A compiler's choices depend on its version, and on a GPU on the device it compiles for (XLA-CUDA
+of jaxlib 0.11.2 fuses fewer int4 linears of some forms for the H200 than for the H100, both
+compute capability 9.0). The tests ask :func:`check` with what they observed:
+
+- an entry for this compiler version and device (or for any device, ``device=None``): the
+  observation must equal it, else :class:`Unexpected` says, in one line, what the compiler did
+  instead and what the table expects, for which versions and devices, from which measurement;
+- entries for this version, none for this device: the observation is new knowledge, not a
+  failure; :func:`check` returns a :class:`Finding` (the test records it) with the line to add;
+- no entry for this version at all: :class:`Unexpected`, naming the versions the table knows.
+
+What must hold everywhere (no custom_call; a verdict that is the same on every device measured)
+is an entry with ``device=None``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from packaging.specifiers import SpecifierSet
+from packaging.version import Version
+
+XLA = "jaxlib"
+IREE = "iree-base-compiler"
+ANY_DEVICE = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Entry:
+    compiler: str  # XLA or IREE: the distribution whose version decides
+    versions: str  # a PEP 440 specifier set, e.g. ">=0.11,<0.12"
+    device: str | None  # the GPU's name where the choice depends on it; None: any device
+    key: tuple  # the question: (backend, what, *arguments)
+    expected: object
+    source: str  # the measurement it comes from: a results file, or the run that made it
+
+    def covers(self, version: str) -> bool:
+        return Version(version) in SpecifierSet(self.versions)
+
+    def describe(self) -> str:
+        where = "any device" if self.device is None else self.device
+        return f"{self.expected} for {self.compiler}{self.versions} on {where} ({self.source})"
+
+
+@dataclasses.dataclass(frozen=True)
+class Finding:
+    """An observation on a device the table does not know for this version."""
+
+    key: tuple
+    observed: object
+    compiler: str
+    version: str
+    device: str
+
+    def line(self) -> str:
+        return (
+            f"{self.compiler} {self.version} on {self.device}: {_what(self.key)} gives {self.observed}, a device the "
+            f"table does not know; add Entry({self.compiler!r}, '=={self.version}', {self.device!r}, "
+            f"{self.key!r}, {self.observed!r}, source=...) to model_impl/expectations.py"
+        )
+
+
+class Unexpected(AssertionError):
+    """One line: the compiler, version and device, what it did, what the table expects."""
+
+
+def _what(key: tuple) -> str:
+    return " ".join(str(k) for k in key)
+
+
+def check(
+    key: tuple, observed, compiler: str, version: str, device: str | None = None, table=None, everywhere=None
+) -> Finding | None:
+    """Hold ``observed`` (what ``compiler`` ``version`` did on ``device`` for ``key``) to the table.
+    Returns None when an entry agrees, a :class:`Finding` on an unknown device; raises
+    :class:`Unexpected` otherwise. ``everywhere``: the part of an expectation that must hold on
+    any device where every device measured agrees on it (e.g. the verdict of a (verdict, fused,
+    total) triple): held on an unknown device too."""
+    entries = [e for e in (TABLE if table is None else table) if e.key == key and e.compiler == compiler]
+    if not entries:
+        raise Unexpected(f"{_what(key)}: no expectation in model_impl/expectations.py for {compiler}")
+    this_version = [e for e in entries if e.covers(version)]
+    on = "any device" if device is None else device
+    if not this_version:
+        known = "; ".join(e.describe() for e in entries)
+        raise Unexpected(
+            f"{compiler} {version} on {on}: {_what(key)} gives {observed}; the table knows other versions only "
+            f"(expects {known}): add the new behaviour"
+        )
+    matching = [e for e in this_version if e.device is None or e.device == device]
+    if not matching:
+        parts = {everywhere(e.expected) for e in this_version} if everywhere else set()
+        if len(parts) == 1 and everywhere(observed) not in parts:
+            raise Unexpected(
+                f"{compiler} {version} on {on}: {_what(key)} gives {observed}; every device measured gives "
+                f"{parts.pop()} ({'; '.join(e.describe() for e in this_version)}): add the new behaviour"
+            )
+        return Finding(key, observed, compiler, version, on)
+    entry = matching[0]
+    if observed != entry.expected:
+        raise Unexpected(
+            f"{compiler} {version} on {on}: {_what(key)} gives {observed}; the table expects "
+            f"{entry.describe()}: add the new behaviour"
+        )
+    return None
+
+
+def _xla_cuda_fusion(rows: dict, device: str, source: str, what: str) -> list[Entry]:
+    return [
+        Entry(XLA, ">=0.11.2,<0.12", device, ("xla-cuda", what, *row), expected, source)
+        for row, expected in rows.items()
+    ]
+
+
+H100 = "NVIDIA H100 80GB HBM3"
+H200 = "NVIDIA H200"
+H100_FUSION = "results/pytest-cuda-fusion-xla-cuda.json (H100, jax 0.11.2, 2026-11-26)"
+H200_FUSION = (
+    "pytest tests/cuda -m cuda -k 'fusion and xla_cuda' on the lent H200, jax 0.11.2, 2026-12-04 "
+    "(20 of 23 as on the H100; the three that differ below)"
+)
+
+# XLA-CUDA's (verdict, linears whose codes only fused kernels read, linears) per fusion-matrix row
+# on the Llama-3.2-1B decode graph in float32: (representation, option).
+_FP32_H100 = {
+    ("u32-affine", "default"): ("fused", 112, 112),
+    ("u4-affine", "default"): ("fused", 112, 112),
+    ("u4-affine-io", "default"): ("materialized", 48, 112),
+    ("s4-scale-gsum", "default"): ("fused", 112, 112),
+    ("s4-grouped", "default"): ("fused", 112, 112),
+    ("u4-grouped", "default"): ("fused", 112, 112),
+    ("u32-affine", "xla-subchannel"): ("fused", 112, 112),
+    ("u4-affine", "xla-subchannel"): ("fused", 112, 112),
+    ("s4-scale-gsum", "xla-subchannel"): ("fused", 112, 112),
+    ("s4-grouped", "xla-subchannel"): ("fused", 112, 112),
+}
+_FP32_H200 = _FP32_H100 | {("u4-affine-io", "default"): ("materialized", 16, 112)}
+
+# The same in bfloat16 compute: (representation, option, head). The word forms are the mixed
+# case: XLA keeps gate/up/down's straight-line word products inside the reduction but gives
+# q/k/v/o (and, split, down too) a loop fusion that writes the per-word products.
+_BF16_H100 = {
+    ("u32-affine", "default", "dot"): ("fused", 112, 112),
+    ("u4-magic", "default", "reduce"): ("fused", 112, 112),
+    ("u4-magic-f32", "default", "reduce"): ("fused", 112, 112),
+    ("u32-word", "default", "reduce"): ("materialized", 48, 112),
+    ("u32-word-split", "default", "reduce"): ("materialized", 32, 112),
+    ("u32-word-split", "default", "int4"): ("materialized", 32, 113),
+    ("u4-magic", "stacked", "reduce"): ("fused", 64, 64),
+    ("u4-magic+word-mlp", "stacked", "reduce"): ("fused", 64, 64),
+    ("u32-word", "stacked", "reduce"): ("materialized", 32, 64),
+    ("u32-word-split", "stacked", "reduce"): ("materialized", 16, 64),
+    ("u32-word-split", "stacked", "int4"): ("materialized", 16, 65),
+}
+_BF16_H200 = _BF16_H100 | {
+    ("u32-word", "default", "reduce"): ("materialized", 32, 112),
+    ("u32-word", "stacked", "reduce"): ("materialized", 16, 64),
+}
+
+FUSION = "fusion"
+FUSION_BF16 = "fusion-bf16"
+
+TABLE: list[Entry] = [
+    *_xla_cuda_fusion(_FP32_H100, H100, H100_FUSION, FUSION),
+    *_xla_cuda_fusion(_FP32_H200, H200, H200_FUSION, FUSION),
+    *_xla_cuda_fusion(_BF16_H100, H100, H100_FUSION, FUSION_BF16),
+    *_xla_cuda_fusion(_BF16_H200, H200, H200_FUSION, FUSION_BF16),
+]
+
+
+def verdict_of(counts: tuple) -> str:
+    """The verdict of a (verdict, fused, total) expectation: the part every device must share."""
+    return counts[0]
+
+
+def compiler_version(compiler: str) -> str:
+    from . import env
+
+    version = env.version(compiler)
+    if version is None:
+        raise Unexpected(f"{compiler} is not installed: no version to look up")
+    return version
