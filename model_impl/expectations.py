@@ -163,11 +163,47 @@ _BF16_H200 = _BF16_H100 | {
 FUSION = "fusion"
 FUSION_BF16 = "fusion-bf16"
 
+# What a CPU compile of the suite's int4 model does with the dequant (no device: the CPU
+# backends' choices do not depend on the machine's GPU), and IREE's CUDA target compiled here:
+# (verdict, linears fused, dequant kernels, what they write), from :func:`rebuild`.
+REBUILD = "int4 dequant"
+ONE_PER_LINEAR = "one kernel per linear"
+F32_WEIGHTS = "every weight as float32"
+DTYPE_WEIGHTS = "every weight in the compute dtype"
+CPU_PINS = "tests/lowering on the 2-core CPU (AMD EPYC)"
+
+
+def rebuild(verdict: str, fused: int, kernels: int, written: int, cfg) -> tuple:
+    """An analyzer's verdict of an int4 graph in the table's terms: (verdict, linears fused,
+    dequant kernels, bytes they write), the last two named against the config's linears."""
+    from .llama.weights import linear_weight_bytes, linear_weight_bytes_f32
+
+    per_linear = ONE_PER_LINEAR if kernels == 7 * cfg.num_layers else f"{kernels} kernels"
+    names = {linear_weight_bytes(cfg): DTYPE_WEIGHTS, linear_weight_bytes_f32(cfg): F32_WEIGHTS}  # f32: one name
+    return (verdict, fused, per_linear, names.get(written, f"{written} bytes"))
+
+
+_MATERIALIZED_F32 = ("materialized", 0, ONE_PER_LINEAR, F32_WEIGHTS)
+_MATERIALIZED_DTYPE = ("materialized", 0, ONE_PER_LINEAR, DTYPE_WEIGHTS)
+_CPU = [
+    # XLA-CPU: each dequant a loop fusion writing the float32 weight, the dot reading it back;
+    # in bfloat16 compute too (XLA-CPU widens bf16 arithmetic to f32: twice the bytes asked for).
+    Entry(XLA, ">=0.10.2,<0.11", None, ("xla-cpu", REBUILD, "float32"), _MATERIALIZED_F32, CPU_PINS),
+    Entry(XLA, ">=0.10.2,<0.11", None, ("xla-cpu", REBUILD, "bfloat16"), _MATERIALIZED_F32, CPU_PINS),
+    # IREE: the unpack a dispatch of its own writing the weight in the compute dtype.
+    *(
+        Entry(IREE, ">=3.13,<3.14", None, (backend, REBUILD, dtype), expected, CPU_PINS)
+        for backend in ("iree-cpu", "iree-cuda")
+        for dtype, expected in (("float32", _MATERIALIZED_F32), ("bfloat16", _MATERIALIZED_DTYPE))
+    ),
+]
+
 TABLE: list[Entry] = [
     *_xla_cuda_fusion(_FP32_H100, H100, H100_FUSION, FUSION),
     *_xla_cuda_fusion(_FP32_H200, H200, H200_FUSION, FUSION),
     *_xla_cuda_fusion(_BF16_H100, H100, H100_FUSION, FUSION_BF16),
     *_xla_cuda_fusion(_BF16_H200, H200, H200_FUSION, FUSION_BF16),
+    *_CPU,
 ]
 
 
