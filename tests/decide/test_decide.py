@@ -299,3 +299,417 @@ def test_a_machine_is_decided_by_its_newest_full_verdict_run_never_a_mix():
     chosen = decide.deciding_runs([old, newer_quick, new, other, matrix])
     assert chosen == {"NVIDIA H200": new, "NVIDIA H100 80GB HBM3": other}
     assert decide.deciding_runs([newer_quick])["NVIDIA H200"] is newer_quick
+
+
+# --- survivors of `make mutants MUTATE="model_impl.decide.*"` (results/mutants.json) -------------
+
+
+def test_each_backend_is_decided_from_its_own_records_only():
+    """A run with two backends: the other's faster dense form, its qualifying check and faster int4
+    step, and its faster copy change nothing of this backend's decision."""
+    other = "iree-cuda"
+
+    def there(record):
+        return {**record, "backend": other}
+
+    copy = {"kind": "bandwidth", "backend": B, "name": "eager copy_", "kernel_class": True, "bytes_per_s": 4e12}
+    mine = [check(), step("dense", 1.0e-3), step("int4", 0.9e-3, form="u4-magic", head="reduce"), copy]
+    theirs = [
+        there(check("u32-affine", head="dot")),
+        there(step("dense", 0.1e-3)),
+        there(step("int4", 0.05e-3, form="u32-affine", head="dot")),
+        there({**copy, "bytes_per_s": 9e12}),
+    ]
+    alone = decide.decide(run(*mine))
+    both = decide.decide(run(*mine, *theirs))
+    assert set(both) == {B, other} and both[B] == alone[B]
+    assert both[other]["batches"][0]["best_int4"]["form"] == "u32-affine"
+    assert both[B]["bandwidth"]["bytes_per_s"] == 4e12 and both[other]["bandwidth"]["bytes_per_s"] == 9e12
+
+
+def test_a_step_record_without_a_phase_is_a_decode_step():
+    record = step("dense", 1e-3)
+    del record["phase"]
+    assert decide.serves(record, 1) and not decide.serves(record, 2)
+    assert not decide.serves(step("dense", 1e-3, phase="prefill"), 1)
+
+
+def test_a_kernel_launched_twice_a_step_moves_its_bytes_twice():
+    one = {"kernels": [{"name": "k", "seconds": 1e-3, "bytes": 1e9}]}
+    two = {"kernels": [{"name": "k", "seconds": 1e-3, "bytes": 1e9, "launches_per_step": 2}]}
+    assert decide.kernel_rate(one) == pytest.approx(1e12)
+    assert decide.kernel_rate(two) == pytest.approx(2e12)
+    assert decide.kernel_rate({"kernels": [{"name": "k", "seconds": 1e-3, "bytes": None}]}) is None
+
+
+def test_each_failing_condition_is_named_in_the_words_the_report_prints():
+    cases = [
+        ({"custom_call": True}, ["custom_call"]),
+        ({"custom_call": None}, ["custom_call not checked"]),
+        ({"verdict": "materialized", "linears_fused": 48}, ["dequant materialized (48/112 linears fused)"]),
+        # the analyzer's verdict and the per-linear count must both say fused
+        ({"verdict": "materialized"}, ["dequant materialized (112/112 linears fused)"]),
+        ({"verdict": None, "linears_fused": None}, ["dequant not analyzed (None/112 linears fused)"]),
+        ({"max_abs_logit_diff_vs_host": None}, ["parity not measured"]),
+        ({"parity_atol": None}, ["parity not measured"]),
+        ({"max_abs_logit_diff_vs_host": 2.5}, ["|dlogit| 2.5 over the bound 2"]),
+        ({"tokens_vs_baseline": "30/48", "tokens_agree_or_near_tie": False}, ["tokens 30/48 parted off a near-tie"]),
+        (
+            {"tokens_vs_baseline": "30/48", "tokens_agree_or_near_tie": False, "tokens_gap_at_divergence": 3.0},
+            ["tokens 30/48 parted off a near-tie (top-2 gap 3)"],
+        ),
+    ]
+    for over, reasons in cases:
+        assert decide.why_not(check(**over)) == reasons, over
+    assert decide.why_not(None) == ["not checked"]
+    assert decide.why_not(check(skipped="heads do not divide")) == ["n/a: heads do not divide"]
+    assert decide.why_not(check(error="compile failed")) == ["error: compile failed"]
+
+
+def test_the_best_prefill_is_the_fastest_prefill_of_the_backend_weights_dtype_and_forms():
+    pre = dict(phase="prefill", rows=64)
+    r = run(
+        step("dense", 9e-3, **pre),
+        step("dense", 5e-3, **pre),
+        {**step("dense", 1e-3, **pre), "backend": "iree-cuda"},
+        step("dense", 2e-3),  # a decode step
+        step("dense", None, **pre),
+        step("dense", 3e-3, dtype="float16", **pre),
+        step("int4", 4e-3, form="u4-magic", head="reduce", **pre),
+        step("int4", 1e-3, form="u32-word", head="reduce", **pre),
+    )
+    assert decide.best_prefill(r, B, "dense")["seconds"] == 5e-3
+    assert decide.best_prefill(r, B, "int4", {("u4-magic", "default", "reduce")})["seconds"] == 4e-3
+    assert decide.best_prefill(r, B, "int4")["seconds"] == 1e-3
+    assert decide.best_prefill(r, B, "int4", set()) is None
+
+
+def test_the_target_reports_its_thresholds_the_ratio_and_whether_each_is_met():
+    assert decide.target({"ratio": decide.STRETCH}) == {
+        "target": decide.TARGET,
+        "stretch": decide.STRETCH,
+        "ratio": decide.STRETCH,
+        "met": True,
+        "stretch_met": True,
+    }
+    assert decide.target(None) == {
+        "target": decide.TARGET,
+        "stretch": decide.STRETCH,
+        "ratio": None,
+        "met": False,
+        "stretch_met": False,
+    }
+    below = decide.target({"ratio": decide.TARGET * 0.99})
+    assert not below["met"] and not below["stretch_met"]
+
+
+def test_a_record_without_layout_or_head_is_the_default_layout_and_the_dot_head():
+    assert decide.form_key({"form": "u4-magic"}) == ("u4-magic", "default", "dot")
+    assert decide.form_key({"form": "u4-magic", "layout": "stacked", "head": "reduce"}) == (
+        "u4-magic",
+        "stacked",
+        "reduce",
+    )
+
+
+# --- a full run: every record kind, its decision worked out by hand ------------------------------
+
+
+def full(backend, scale=1.0):
+    """Every record kind a verdict run writes, for one backend; times multiplied by ``scale``."""
+
+    def on(record):
+        return {**record, "backend": backend}
+
+    def prof(of, nbytes, seconds):
+        kernels = [
+            {"name": "k", "seconds": seconds * scale, "bytes": nbytes},
+            {"name": "gemm", "seconds": 1e-4, "bytes": None},
+        ]
+        return on({"kind": "profile", "of": of, "rows": 1, "kernels": kernels})
+
+    pre = dict(phase="prefill", rows=64)
+    anchor = {
+        "batches": {
+            "1": {
+                "torch-bf16": {"step_linears_seconds": 0.6e-3 * scale},
+                "torch-int4-tinygemm": {"step_linears_seconds": 0.4e-3 * scale},
+            }
+        }
+    }
+    return [on(r) for r in (
+        check("u4-magic"),
+        check("u32-word", verdict="materialized", linears_fused=32),
+        check("pallas-u32", head="reduce", custom_call=True),
+        step("dense", 1.0e-3 * scale), step("dense", 1.2e-3 * scale, rows=2),
+        step("dense", 8e-3 * scale, **pre),
+        step("int4", 0.9e-3 * scale, form="u4-magic", head="reduce"),
+        step("int4", 1.6e-3 * scale, form="u4-magic", head="reduce", rows=2),
+        step("int4", 12e-3 * scale, form="u4-magic", head="reduce", **pre),
+        step("int4", 0.5e-3 * scale, form="u32-word", head="reduce"),
+        step("int4", 0.7e-3 * scale, form="pallas-u32", head="reduce"),
+        step("anchor", 0.95e-3 * scale, form="xla-s4-channel"),
+        {"kind": "bandwidth", "name": "eager copy_", "kernel_class": True, "bytes_per_s": 4e12 / scale},
+        prof("dense", 2.5e9, 1e-3), prof("int4", 1e9, 1e-3),
+        {"kind": "anchor", **anchor},
+        {"kind": "generate", "of": "dense", "form": "dot", "seconds": 1.1e-3 * scale, "bytes_per_step": 1e9},
+        {"kind": "generate", "of": "int4", "form": "u4-magic", "seconds": 1.0e-3 * scale, "bytes_per_step": 3e8},
+    )]  # fmt: skip
+
+
+def rounded(x):
+    if isinstance(x, float):
+        return float(f"{x:.9g}")
+    if isinstance(x, dict):
+        return {k: rounded(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [rounded(v) for v in x]
+    return x
+
+
+def brief(form, rows, seconds, weight_bytes):
+    return {"form": form, "rows": rows, "seconds": seconds, "weight_bytes": weight_bytes}
+
+
+MAGIC = "u4-magic (head reduce)"
+FULL_DECISION = {
+    "bandwidth": {"name": "eager copy_", "bytes_per_s": 4e12, "kernel_class": True},
+    "batches": [
+        {
+            "batch": 1,
+            "best_dense": brief("dot", 1, 1.0e-3, 2000),
+            "best_int4": brief(MAGIC, 1, 0.9e-3, 500),
+            "fastest_int4": brief("u32-word (head reduce)", 1, 0.5e-3, 500),  # faster, not qualifying
+            "ratio": 1.0 / 0.9,
+            "weight_bytes_saved": 1500,
+            "roofline_int4": (3e8 / 4e12) / 0.9e-3,
+            "roofline_dense": (1e9 / 4e12) / 1.0e-3,
+            "what_stops": "below the 1.5x target: int4 reaches 8% of its byte floor, bf16 25%; "
+            "int4's kernels move 1.00 TB/s of their bytes, bf16's 2.50",
+        },
+        {
+            "batch": 2,
+            "best_dense": brief("dot", 2, 1.2e-3, 2000),
+            "best_int4": brief(MAGIC, 2, 1.6e-3, 500),
+            "fastest_int4": brief(MAGIC, 2, 1.6e-3, 500),
+            "ratio": 1.2 / 1.6,
+            "weight_bytes_saved": 1500,
+            "roofline_int4": (3e8 / 4e12) / 1.6e-3,
+            "roofline_dense": (1e9 / 4e12) / 1.2e-3,
+            "what_stops": "int4 is slower: int4 reaches 5% of its byte floor, bf16 21%",
+        },
+    ],
+    "prefill": {
+        "tokens": 64,
+        "best_dense": brief("dot", 64, 8e-3, 2000),
+        "best_int4": brief(MAGIC, 64, 12e-3, 500),
+        "ratio": 8 / 12,
+    },
+    "crossover": 2,
+    "qualifying_forms": [MAGIC],
+    "not_qualifying": {
+        "u32-word (head reduce)": ["dequant materialized (32/112 linears fused)"],
+        "pallas-u32 (head reduce)": ["custom_call"],
+    },
+    "target": {"target": 1.5, "stretch": 2.0, "ratio": 1.0 / 0.9, "met": False, "stretch_met": False},
+    "anchors": [
+        {"batch": 1, "name": "pallas-u32 (head reduce)", "route": "custom kernel", "seconds": 0.7e-3,
+         "ratio": 1.0 / 0.7, "versus": "best bf16 step"},
+        {"batch": 1, "name": "xla-s4-channel", "route": "XLA int4 GEMM", "seconds": 0.95e-3, "ratio": 1.0 / 0.95,
+         "versus": "best bf16 step"},
+        {"batch": 1, "name": "torch tinygemm", "route": "custom kernel (torch)", "seconds": 0.4e-3, "ratio": 1.5,
+         "versus": "torch cuBLAS bf16, the step's linears alone"},
+    ],
+    "generate": {
+        "dense": {"form": "dot", "seconds": 1.1e-3},
+        "int4": {"form": "u4-magic", "seconds": 1.0e-3},
+        "ratio": 1.1,
+        "roofline_dense": (1e9 / 4e12) / 1.1e-3,
+        "roofline_int4": (3e8 / 4e12) / 1.0e-3,
+    },
+}  # fmt: skip
+
+
+def test_a_full_run_is_decided_as_worked_out_by_hand():
+    assert rounded(decide.decide_backend(run(*full(B)), B)) == rounded(FULL_DECISION)
+
+
+def test_a_second_backends_full_run_changes_nothing_of_the_first():
+    """The other backend measured everything twice as fast (and a faster copy): each backend is
+    decided from its own records alone, whatever kind."""
+    other = "iree-cuda"
+    extra = [  # forms, checks and batches only the other backend has
+        {**check("s4-grouped", verdict="materialized", linears_fused=0), "backend": other},
+        {**step("int4", 0.1e-3, form="s4-grouped", head="reduce"), "backend": other},
+        {**step("dense", 0.1e-3, rows=4), "backend": other},
+        {**check("u32-affine", head="dot"), "backend": other},
+        {**step("int4", 0.2e-3, form="u32-affine", head="dot"), "backend": other},
+    ]
+    both = decide.decide(run(*full(B), *full(other, scale=0.5), *extra))
+    assert list(both) == [B, "iree-cuda"]
+    assert rounded(both[B]) == rounded(FULL_DECISION)
+    assert both["iree-cuda"]["bandwidth"]["bytes_per_s"] == 8e12
+
+
+def test_a_matrix_file_becomes_the_records_a_verdict_run_would_hold():
+    """Each baseline a batch-1 dense step, each cell a check and an int4 step (the skipped cell
+    nothing), each batched figure a step of its rows and phase, the file's copy as the bandwidth
+    (not kernel-class: the matrix took the better of two copies)."""
+    out = decide.from_matrix(matrix_file())
+    assert out["method"] == "matrix" and out["file"] == "results/fusion-h100-x.json"
+    assert out["records"] == MATRIX_RECORDS
+
+
+MATRIX_RECORDS = [{'kind': 'step',
+  'backend': 'xla-cuda',
+  'weights': 'dense',
+  'dtype': 'bfloat16',
+  'form': 'dot',
+  'layout': 'default',
+  'head': 'dot',
+  'rows': 1,
+  'phase': 'decode',
+  'seconds': 0.0012,
+  'weight_bytes': None,
+  'bytes_per_step': None},
+ {'kind': 'step',
+  'backend': 'xla-cuda',
+  'weights': 'dense',
+  'dtype': 'bfloat16',
+  'form': 'dot',
+  'layout': 'stacked',
+  'head': 'dot',
+  'rows': 1,
+  'phase': 'decode',
+  'seconds': 0.0011,
+  'weight_bytes': None,
+  'bytes_per_step': None},
+ {'kind': 'step',
+  'backend': 'xla-cuda',
+  'weights': 'dense',
+  'dtype': 'float16',
+  'form': 'dot',
+  'layout': 'default',
+  'head': 'dot',
+  'rows': 1,
+  'phase': 'decode',
+  'seconds': 0.0005,
+  'weight_bytes': None,
+  'bytes_per_step': None},
+ {'kind': 'check',
+  'backend': 'xla-cuda',
+  'form': 'u4-magic',
+  'layout': 'default',
+  'head': 'reduce',
+  'error': None,
+  'custom_call': False,
+  'verdict': 'fused',
+  'linears_fused': 112,
+  'linears_total': 112,
+  'max_abs_logit_diff_vs_host': 0.0,
+  'parity_atol': 2.0,
+  'tokens_vs_baseline': '48/48',
+  'tokens_gap_at_divergence': None,
+  'tokens_agree_or_near_tie': True},
+ {'kind': 'step',
+  'backend': 'xla-cuda',
+  'form': 'u4-magic',
+  'layout': 'default',
+  'head': 'reduce',
+  'weights': 'int4',
+  'dtype': 'bfloat16',
+  'rows': 1,
+  'phase': 'decode',
+  'seconds': 0.001,
+  'weight_bytes': None,
+  'bytes_per_step': 300000000.0},
+ {'kind': 'step',
+  'backend': 'xla-cuda',
+  'weights': 'dense',
+  'form': 'dot',
+  'layout': 'default',
+  'head': 'dot',
+  'dtype': 'bfloat16',
+  'rows': 4,
+  'phase': 'decode',
+  'seconds': 0.0013,
+  'weight_bytes': None,
+  'bytes_per_step': None},
+ {'kind': 'step',
+  'backend': 'xla-cuda',
+  'weights': 'dense',
+  'form': 'dot',
+  'layout': 'default',
+  'head': 'dot',
+  'dtype': 'bfloat16',
+  'rows': 64,
+  'phase': 'prefill',
+  'seconds': 0.002,
+  'weight_bytes': None,
+  'bytes_per_step': None},
+ {'kind': 'step',
+  'backend': 'xla-cuda',
+  'weights': 'int4',
+  'form': 'u4-magic',
+  'layout': 'default',
+  'head': 'reduce',
+  'dtype': 'bfloat16',
+  'rows': 4,
+  'phase': 'decode',
+  'seconds': 0.0014,
+  'weight_bytes': None,
+  'bytes_per_step': None},
+ {'kind': 'step',
+  'backend': 'xla-cuda',
+  'weights': 'int4',
+  'form': 'u4-magic',
+  'layout': 'default',
+  'head': 'reduce',
+  'dtype': 'bfloat16',
+  'rows': 64,
+  'phase': 'prefill',
+  'seconds': 0.004,
+  'weight_bytes': None,
+  'bytes_per_step': None},
+ {'kind': 'bandwidth',
+  'backend': 'xla-cuda',
+  'name': "best of a graph-replayed torch copy_ and XLA's copy",
+  'kernel_class': False,
+  'bytes_per_s': 3000000000000.0}]  # fmt: skip
+
+
+def test_what_stops_says_each_case_in_its_own_words():
+    dense, int4 = step("dense", 1e-3), step("int4", 1e-3, form="u4-magic", head="reduce")
+    copy = {"bytes_per_s": 1e12}
+
+    def ws(best=int4, d=dense, fastest=None, checks_=None, bandwidth=None, profiles=()):
+        checks_ = [check()] if checks_ is None else list(checks_)
+        return decide.what_stops(best, d, fastest, checks_, bandwidth, list(profiles))
+
+    assert ws(d=None) == "no dense step measured"
+    assert ws(best=None, checks_=()) == "no int4 form measured"
+    assert ws(best=None) == "no form qualifies"
+    failing = check("u32-word", head="reduce", custom_call=True, verdict="materialized", linears_fused=1)
+    fastest = step("int4", 0.5e-3, form="u32-word", head="reduce")
+    assert ws(best=None, fastest=fastest, checks_=(failing,)) == (
+        "no form qualifies; the fastest, u32-word (head reduce), fails: "
+        "custom_call; dequant materialized (1/112 linears fused)"
+    )
+    assert ws(best=None, fastest=fastest, checks_=(check(),)) == (
+        "no form qualifies; the fastest, u32-word (head reduce), fails: not checked"
+    )
+    # at exactly 1.0 int4 is not slower; at exactly the target the target is met
+    assert ws() == "below the 1.5x target"
+    assert ws(best=step("int4", 1e-3 / 1.5, form="u4-magic", head="reduce")) == "target met"
+    fast = step("int4", 0.5e-3, form="u4-magic", head="reduce", rows=2, bytes_per_step=1e8)
+    assert ws(best=fast, bandwidth=copy) == (
+        "target met (int4 reaches 20% of its byte floor, bf16 100%; int4 served from 2 rows, bf16 from 1)"
+    )
+    slow = step("int4", 2e-3, form="u4-magic", head="reduce", rows=2)
+    assert ws(best=slow) == "int4 is slower: int4 served from 2 rows, bf16 from 1"
+    prof = [
+        {"of": "int4", "rows": 1, "kernels": [{"seconds": 1e-3, "bytes": 1.5e9}]},
+        {"of": "dense", "rows": 1, "kernels": [{"seconds": 1e-3, "bytes": 2.5e9}]},
+    ]
+    assert ws(profiles=prof) == "below the 1.5x target: int4's kernels move 1.50 TB/s of their bytes, bf16's 2.50"
+    assert ws(profiles=prof[:1]) == "below the 1.5x target"
