@@ -133,9 +133,10 @@ def greedy(path: Path, prompt_ids, max_new_tokens: int, until_parting_from=None)
 # mlx_lm's greedy tokens on the half-precision checkpoints, recorded by `python -m model_impl
 # record-peer`: MLX's CPU float16 quantized matmul is a scalar loop (28.7 ms for one [1536, 576]
 # 4-bit linear against 0.87 ms in float32 and 6.3 in bfloat16, on the 2-core EPYC), so one 48-token
-# float16 run takes over two minutes (the four half-precision runs: 9.4 min). The greedy check of a half-precision checkpoint reads only the peer's
-# tokens (the near-tie gap is ours), so a run recorded under the same key compares exactly as a
-# live one; a key that is not recorded (another mlx, mlx-lm, checkpoint, prompt or length) runs live.
+# float16 run takes over two minutes (the four half-precision runs: 9.4 min). The greedy check of
+# a half-precision checkpoint reads only the peer's tokens (the near-tie gap is ours), so a run
+# recorded under the same key compares exactly as a live one; a key that is not recorded (another
+# mlx, mlx-lm, checkpoint, prompt or length) runs live.
 RECORDED = Path(__file__).resolve().parents[1] / "data" / "mlx_peer_greedy.json"
 
 
