@@ -198,12 +198,26 @@ _CPU = [
     ),
 ]
 
+# What each compiler reproducer under reproducers/ does with the installed iree-compile: "fails"
+# (the recorded crash), "miscompiles" (the recorded wrong output); a fixed compiler gives
+# "fixed", which no entry expects yet (the day it does, the workaround can go).
+REPRODUCER = "reproducer"
+_REPRODUCERS = [
+    Entry(IREE, ">=3.13,<3.14", None, ("iree", REPRODUCER, case), status, f"reproducers/{case}/expect.json")
+    for case, status in (
+        ("iree-data-tiling-sigsegv", "fails"),
+        ("iree-fused-uint4-read-as-signed", "miscompiles"),
+        ("iree-while-one-element-update", "fails"),
+    )
+]
+
 TABLE: list[Entry] = [
     *_xla_cuda_fusion(_FP32_H100, H100, H100_FUSION, FUSION),
     *_xla_cuda_fusion(_FP32_H200, H200, H200_FUSION, FUSION),
     *_xla_cuda_fusion(_BF16_H100, H100, H100_FUSION, FUSION_BF16),
     *_xla_cuda_fusion(_BF16_H200, H200, H200_FUSION, FUSION_BF16),
     *_CPU,
+    *_REPRODUCERS,
 ]
 
 

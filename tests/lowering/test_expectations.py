@@ -96,7 +96,7 @@ def test_every_entry_names_its_source_and_parses_and_cpu_entries_name_no_device(
     for e in ex.TABLE:
         assert e.source and e.compiler in (ex.XLA, ex.IREE)
         e.covers("0.11.2")
-        assert (e.device is None) == (e.key[0] in ("xla-cpu", "iree-cpu", "iree-cuda"))
+        assert (e.device is None) == (e.key[0] in ("xla-cpu", "iree-cpu", "iree-cuda", "iree"))
 
 
 def test_a_rebuild_is_named_against_the_configs_linears():

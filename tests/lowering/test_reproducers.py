@@ -23,43 +23,59 @@ def _expect(case: str) -> dict:
     return json.loads((ROOT / case / "expect.json").read_text())
 
 
-@pytest.mark.parametrize("case", [c for c in CASES if _expect(c)["today"] == "fails"])
-def test_reproducer_shows_its_bug_with_todays_compiler(case):
+def _observe(case: str) -> str:
+    """What today's iree-compile does with the reproducer: "fails" (with the recorded error),
+    "miscompiles" (the recorded wrong output), "fixed" (the expected output, or it compiles), or
+    what else it did."""
     from iree.compiler.tools.binaries import CompilerToolError
 
-    from model_impl.backends import iree_compile
-
-    expect = _expect(case)
-    failures = []
-    for _ in range(expect.get("attempts", 1)):  # a crash that does not come every time: any attempt
-        try:
-            iree_compile.compile_mlir((ROOT / case / "input.mlir").read_text(), expect["flags"])
-        except CompilerToolError as e:
-            failures.append(str(e))
-            break
-    assert failures, f"{case}: iree-compile {iree_compile.compiler_version()} compiled it; see its README"
-    assert expect["error"] in failures[0], (
-        f"{case}: iree-compile {iree_compile.compiler_version()} now fails differently; see its README"
-    )
-
-
-@pytest.mark.parametrize("case", [c for c in CASES if _expect(c)["today"] == "miscompiles"])
-def test_reproducer_computes_the_recorded_wrong_answer_with_todays_compiler(case):
-    """The module compiles and runs, and returns the recorded actual output, not the expected
-    one: the day it returns the expected one, the bug is fixed."""
     from model_impl.backends import iree_compile
     from model_impl.backends.iree_runtime import IreeDevice
 
     expect = _expect(case)
+    source = (ROOT / case / "input.mlir").read_text()
+    module = None
+    for _ in range(expect.get("attempts", 1)):  # a crash that does not come every time: any attempt
+        try:
+            module = iree_compile.compile_mlir(source, expect["flags"])
+        except CompilerToolError as e:
+            if expect.get("error") and expect["error"] in str(e):
+                return "fails"
+            return f"fails differently: {str(e).strip().splitlines()[-1][:200]}"
+    if "inputs" not in expect:
+        return "fixed"
     inputs = [
         np.broadcast_to(np.asarray(a["values"], a["dtype"]).reshape(-1), np.prod(a["shape"])) for a in expect["inputs"]
     ]
     inputs = [np.ascontiguousarray(v).reshape(a["shape"]) for v, a in zip(inputs, expect["inputs"])]
     device = IreeDevice(expect["driver"])
-    main = device.load(iree_compile.compile_mlir((ROOT / case / "input.mlir").read_text(), expect["flags"]))
-    got = np.asarray(main(*[device.put(v) for v in inputs]).to_host())
-    assert not np.array_equal(got, np.asarray(expect["expected"], got.dtype)), f"{case}: fixed; see its README"
-    np.testing.assert_array_equal(got, np.asarray(expect["actual"], got.dtype))
+    got = np.asarray(device.load(module)(*[device.put(v) for v in inputs]).to_host())
+    if np.array_equal(got, np.asarray(expect["expected"], got.dtype)):
+        return "fixed"
+    if np.array_equal(got, np.asarray(expect["actual"], got.dtype)):
+        return "miscompiles"
+    return f"computes {got.tolist()}"
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_each_reproducer_does_what_the_table_expects_of_todays_compiler(case):
+    """model_impl/expectations.py per iree-compile version: with 3.13 each shows its bug; a
+    version that fixes one (or breaks it differently) fails naming the version and what it did,
+    and the README of the folder says which workaround can then go."""
+    from model_impl import expectations
+
+    version = expectations.compiler_version(expectations.IREE)
+    expectations.check(("iree", expectations.REPRODUCER, case), _observe(case), expectations.IREE, version)
+
+
+def test_the_table_and_each_folder_agree_on_what_the_pinned_compiler_does():
+    from model_impl import expectations
+
+    for case in CASES:
+        expect = _expect(case)
+        pinned = expect["compiler"].split()[-1] + ".0"
+        entries = [e for e in expectations.TABLE if e.key == ("iree", expectations.REPRODUCER, case)]
+        assert [e.expected for e in entries if e.covers(pinned)] == [expect["today"]], case
 
 
 def test_the_one_element_update_compiles_once_the_buffer_has_two_slots():
