@@ -200,13 +200,13 @@ class GreedyRuns:
         """One run per key for the whole `pytest -n` session: the first worker to ask makes it
         (under a file lock) and leaves it in this session's shared temporary directory; the other
         worker reads it. Nothing outlives the session (the directory is this run's)."""
-        import fcntl
         import pickle
+
+        from model_impl.backends.cache import locked
 
         shared = self._request.getfixturevalue("session_shared_dir")
         path = shared / ("greedy-" + "-".join(map(str, key)) + ".pkl")
-        with open(path.with_suffix(".lock"), "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
+        with locked(path):
             if path.exists():
                 return pickle.loads(path.read_bytes())
             value = make()

@@ -49,7 +49,8 @@ def source_digest(*modules: str) -> str:
 
 
 @contextlib.contextmanager
-def _locked(path: Path):
+def locked(path: Path):
+    """An exclusive lock on ``path``.lock for the block: one writer of an entry at a time, across processes."""
     with open(path.with_suffix(path.suffix + ".lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
@@ -74,7 +75,7 @@ def cached_file(kind: str, key: dict, suffix: str, produce: Callable[[], bytes])
     directory.mkdir(parents=True, exist_ok=True)
     if intact(path):
         return path, True
-    with _locked(path):
+    with locked(path):
         if intact(path):  # another worker made it while we waited
             return path, True
         damaged = path.exists()

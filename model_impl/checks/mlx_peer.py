@@ -168,14 +168,13 @@ def recorded_tokens(key: dict, recorded: Path = RECORDED) -> list[int] | None:
     return None
 
 
-def greedy_tokens(path: Path, prompt_ids, max_new_tokens: int, until_parting_from=None) -> tuple[Generation, str]:
-    """mlx_lm's greedy tokens (no log-probabilities): recorded under this key, else run live.
-    Returns the run and where it came from ("recorded" or "live")."""
+def greedy_tokens(path: Path, prompt_ids, max_new_tokens: int, until_parting_from=None) -> Generation:
+    """mlx_lm's greedy tokens (no log-probabilities): recorded under this key, else run live."""
     tokens = recorded_tokens(greedy_key(path, prompt_ids, max_new_tokens))
     if tokens is not None:
-        return Generation(list(prompt_ids), tokens, None), "recorded"
+        return Generation(list(prompt_ids), tokens, None)
     run = greedy(path, prompt_ids, max_new_tokens, until_parting_from)
-    return Generation(run.prompt_tokens, run.tokens, None), "live"
+    return Generation(run.prompt_tokens, run.tokens, None)
 
 
 def record(entries: list[tuple[str, Path]], prompt_ids, max_new_tokens: int, recorded: Path = RECORDED) -> dict:

@@ -21,6 +21,7 @@ from .. import checks, env, quant
 from ..analyzers import dumps, iree_dispatch, minimal, stablehlo, xla_hlo
 from ..backends import generate, iree_compile
 from ..backends.spec import for_iree_target
+from ..checks import mlx_peer
 from ..llama.shapes import LLAMA32_SHAPES, llama32_config, shrunk_llama32_config
 from ..llama.weights import (
     LINEAR_NAMES,
@@ -163,18 +164,16 @@ def lowering_rows(
     return rows
 
 
-def mlx_peer_section(model_path, prompt, n, variants=None) -> list[dict]:
-    """Per mlx-lm checkpoint variant (default: all of ``mlx_peer.VARIANTS``): agreement and
-    |Δ log-prob| of our int4 graph vs mlx_lm."""
+def mlx_peer_section(model_path, prompt, n, variants) -> list[dict]:
+    """Per mlx-lm checkpoint variant ``(dtype, bits, group)``: agreement and |Δ log-prob| of our
+    int4 graph vs mlx_lm."""
     import tempfile
-
-    from ..checks import mlx_peer
 
     out = []
     with tempfile.TemporaryDirectory() as tmp:
         hf_dir = mlx_peer.write_hf_dir(model_path, Path(tmp) / "hf")
-        for dtype, bits, group in mlx_peer.VARIANTS if variants is None else variants:
-            path = mlx_peer.convert(hf_dir, Path(tmp) / f"{dtype}-q{bits}g{group}", bits, group, dtype)
+        for dtype, bits, group in variants:
+            path = mlx_peer.convert(hf_dir, Path(tmp) / mlx_peer.variant_name(dtype, bits, group), bits, group, dtype)
             peer = mlx_peer.greedy(path, prompt, n)  # whole: the report shows both runs' agreement
             cfg, weights = checkpoint.load(path, "int4")
             entry = {
@@ -229,7 +228,7 @@ class Plan:
     tokens: int = checks.GREEDY_TOKENS
     shapes: str = "llama-3.2-1b"  # the synthetic shapes characterized from shapes alone
     shape_modes: tuple[str, ...] = ("fp32", "int4", "bf16", "int4-bf16")
-    mlx_variants: tuple | None = None  # None: every mlx_peer.VARIANTS entry
+    mlx_variants: tuple = mlx_peer.VARIANTS
     half_dtypes: tuple[str, ...] = half_section.HALF
 
 

@@ -49,7 +49,7 @@ def peer_runs(prompt_ids):
             if dtype == "float32":
                 cache[key] = mlx_peer.greedy(path, prompt_ids, GREEDY_TOKENS, until_parting_from=ours.tokens)
             else:
-                cache[key] = mlx_peer.greedy_tokens(path, prompt_ids, GREEDY_TOKENS, until_parting_from=ours.tokens)[0]
+                cache[key] = mlx_peer.greedy_tokens(path, prompt_ids, GREEDY_TOKENS, until_parting_from=ours.tokens)
         return cache[key]
 
     return run
