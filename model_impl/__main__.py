@@ -207,7 +207,7 @@ def cmd_decision(args) -> int:
     from .report import verdict_section
 
     runs = verdict_section.load()
-    block = verdict_section.readme_block(runs)
+    block = verdict_section.readme_block(runs, verdict_section.load_upstream())
     if args.readme:
         readme = Path(__file__).resolve().parents[1] / "README.md"
         text = readme.read_text()

@@ -470,3 +470,51 @@ _CHECK_FIELDS = (
     "tokens_gap_at_divergence",
     "tokens_agree_or_near_tie",
 )
+
+
+# --- what stops it, as reproducers sent upstream ---------------------------------------------
+
+# The performance reproducers under reproducers/ (each times one linear on a GPU; a ``-m cuda``
+# test records what it measured in a results file's ``reproducers``), and how the verdict cites
+# each figure under "what stops it".
+PERFORMANCE_REPRODUCERS = {
+    "xla-cuda-int4-gemv-rate": "XLA-CUDA's fused int4 GEMV reads its bytes at {ratio:.2f}x the rate of its best "
+    "bf16 GEMV on one [8192, 2048] linear at one row, so it is {int4_speedup:.2f}x as fast on {fewer:.1f}x fewer bytes",
+    "xla-cuda-s4-dot": "XLA-CUDA's own int4 dot (s4 codes into the dot, one scale per channel) runs at {speedups} "
+    "the speed of the best bf16 form at {rows} rows",
+    "iree-cuda-gemv": "IREE-CUDA's bf16 GEMV at O3 takes {ratio:.1f}x XLA-CUDA's time on the same linear "
+    "(the 1B head, one row)",
+}
+
+
+def _upstream_text(case: str, record: dict) -> str | None:
+    """The citation of one reproducer's record, or None where it carries no figure (a run
+    without a GPU times nothing)."""
+    if case == "xla-cuda-s4-dot":
+        speedups = {rows: r.get("speedup") for rows, r in record["rows"].items()}
+        if not speedups or None in speedups.values():
+            return None
+        figures = " / ".join(f"{s:.2f}x" for s in speedups.values())
+        return PERFORMANCE_REPRODUCERS[case].format(speedups=figures, rows=", ".join(speedups))
+    if record.get("ratio") is None:
+        return None
+    if case == "xla-cuda-int4-gemv-rate":
+        cases = record["cases"]
+        record = {**record, "fewer": cases[record["best_bf16"]]["weight_bytes"] / cases["int4-reduce"]["weight_bytes"]}
+    return PERFORMANCE_REPRODUCERS[case].format(**record)
+
+
+def upstream(files: list[dict]) -> list[dict]:
+    """Per (machine, reproducer), the newest file's figure: ``{"machine", "case", "text",
+    "file", "date"}``, in the order of :data:`PERFORMANCE_REPRODUCERS` per machine."""
+    newest = {}
+    for f in files:
+        for case, record in f.get("reproducers", {}).items():
+            text = _upstream_text(case, record) if case in PERFORMANCE_REPRODUCERS else None
+            if text is None:
+                continue
+            key, date = (machine(f), case), f["environment"]["date"]
+            if key not in newest or date > newest[key]["date"]:
+                newest[key] = {"machine": key[0], "case": case, "text": text, "file": f.get("file"), "date": date}
+    order = list(PERFORMANCE_REPRODUCERS)
+    return sorted(newest.values(), key=lambda u: (u["machine"], order.index(u["case"])))

@@ -211,6 +211,20 @@ _REPRODUCERS = [
     )
 ]
 
+# What IREE's CUDA codegen makes of the performance reproducer's GEMV (reproducers/iree-cuda-gemv,
+# --iree-opt-level=O3, sm_80): the dispatch's pipeline and workgroup size, read from its dump.
+KERNEL_CONFIG = "kernel-config"
+_KERNEL_CONFIGS = [
+    Entry(
+        IREE,
+        ">=3.13,<3.14",
+        None,
+        ("iree-cuda", KERNEL_CONFIG, "iree-cuda-gemv"),
+        ("matvec_like_128256x2048_bf16xbf16xf32", "VectorDistribute", (32, 1, 1)),
+        "reproducers/iree-cuda-gemv/README.md",
+    )
+]
+
 TABLE: list[Entry] = [
     *_xla_cuda_fusion(_FP32_H100, H100, H100_FUSION, FUSION),
     *_xla_cuda_fusion(_FP32_H200, H200, H200_FUSION, FUSION),
@@ -218,6 +232,7 @@ TABLE: list[Entry] = [
     *_xla_cuda_fusion(_BF16_H200, H200, H200_FUSION, FUSION_BF16),
     *_CPU,
     *_REPRODUCERS,
+    *_KERNEL_CONFIGS,
 ]
 
 

@@ -350,7 +350,8 @@ def main(out_dir: str = "reports/", model: str | None = None, plan: Plan | None 
     verdicts = verdict_section.load(rdir)
     findings["decision"] = verdict_section.table_rows(verdicts)
     (out / "findings.json").write_text(json.dumps(findings, indent=2, default=str) + "\n")
-    opening = verdict_section.render(verdicts) + ["", *verdict_section.charts(verdicts, out)]
+    upstream = verdict_section.load_upstream(rdir)
+    opening = verdict_section.render(verdicts, upstream) + ["", *verdict_section.charts(verdicts, out)]
     md = (
         render_markdown(findings, opening)
         + "\n".join(bench_section.render(findings["benchmarks"], out, findings["rows"]))

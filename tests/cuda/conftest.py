@@ -26,7 +26,7 @@ def pytest_runtest_logreport(report):
 @pytest.fixture(scope="session")
 def cuda_record():
     """Figures the CUDA tests measured, written to MODEL_IMPL_RESULTS_OUT at session end."""
-    record = {"figures": {}, "lowering": {}, "loop_vs_per_step": {}}
+    record = {"figures": {}, "lowering": {}, "loop_vs_per_step": {}, "reproducers": {}}
     yield record
     out = os.environ.get("MODEL_IMPL_RESULTS_OUT")
     if not out:

@@ -15,7 +15,7 @@ def test_the_readme_table_is_the_one_the_committed_results_give():
     text = README.read_text()
     pattern = re.escape(verdict_section.README_START) + ".*?" + re.escape(verdict_section.README_END)
     (found,) = re.findall(pattern, text, flags=re.S)
-    assert found == verdict_section.readme_block(verdict_section.load()), (
+    assert found == verdict_section.readme_block(verdict_section.load(), verdict_section.load_upstream()), (
         "README's decision table is stale: run `python -m model_impl decision --readme`"
     )
 

@@ -1,0 +1,79 @@
+"""Device time of one call of a jitted function on a GPU, read from JAX's own profiler (CUPTI):
+the kernels one call launches, summed, the host's dispatch left out. Shared by the XLA
+performance reproducers beside this file; needs jax and numpy only.
+
+Each timed call reads its weights from HBM, as a decode step does: the calls rotate over copies
+of the weights whose bytes together are many times the L2 cache (50 MB on the H100 and H200).
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+import jax
+
+FOOTPRINT = 512 << 20  # bytes of weight copies rotated over: ~10x the L2 cache
+CALLS = 64  # timed calls (each kernel's median over them is taken)
+
+
+def on_gpu() -> bool:
+    return jax.devices()[0].platform == "gpu"
+
+
+def copies(make, nbytes: int) -> list:
+    """``make(i)`` for as many ``i`` as fill :data:`FOOTPRINT` with ``nbytes`` each (one where
+    nothing is timed: off a GPU)."""
+    return [make(i) for i in range(max(2, -(-FOOTPRINT // nbytes)) if on_gpu() else 1)]
+
+
+def device_seconds(fn, arg_sets: list, calls: int = CALLS) -> dict | None:
+    """``{"seconds": per call, "kernels": {name: [launches per call, median seconds]}}`` over
+    ``calls`` calls of ``fn(*arg_sets[i % len(arg_sets)])`` after a warm-up of each set; ``None``
+    where the trace holds no GPU kernels (a CPU run)."""
+    for args in arg_sets:
+        jax.block_until_ready(fn(*args))
+    with tempfile.TemporaryDirectory() as d:
+        with jax.profiler.trace(d):
+            out = [fn(*arg_sets[i % len(arg_sets)]) for i in range(calls)]
+            jax.block_until_ready(out)
+        (path,) = Path(d).rglob("*.xplane.pb")
+        data = jax.profiler.ProfileData.from_file(str(path))
+    durations = collections.defaultdict(list)
+    for plane in data.planes:
+        if not plane.name.startswith("/device:GPU:"):
+            continue
+        for line in plane.lines:
+            if line.name.startswith("Stream"):  # kernel lines; the others summarize them
+                for event in line.events:
+                    durations[event.name].append(event.duration_ns * 1e-9)
+    if not durations:
+        return None
+    kernels = {k: [len(v) / calls, statistics.median(v)] for k, v in durations.items()}
+    return {"seconds": sum(n * s for n, s in kernels.values()), "kernels": kernels}
+
+
+def case(fn, arg_sets: list, weight_bytes: int) -> dict:
+    """One timed case: device seconds per call and its weights' bytes per second (no time off
+    a GPU)."""
+    timed = device_seconds(fn, arg_sets) if on_gpu() else None
+    if timed is None:
+        return {"weight_bytes": weight_bytes, "seconds": None, "bytes_per_s": None, "kernels": {}}
+    return {"weight_bytes": weight_bytes, "bytes_per_s": weight_bytes / timed["seconds"], **timed}
+
+
+def environment() -> dict:
+    device = jax.devices()[0]
+    return {"device": device.device_kind, "platform": device.platform, "jax": jax.__version__}
+
+
+def emit(record: dict, out: str | None) -> None:
+    """The record as JSON on stdout, and in ``out`` where given."""
+    text = json.dumps(record, indent=2)
+    if out:
+        Path(out).write_text(text + "\n")
+    sys.stdout.write(text + "\n")
