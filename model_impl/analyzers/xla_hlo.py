@@ -233,6 +233,22 @@ def entry_unpack_kernels(text: str) -> int:
     )
 
 
+_WHILE_BODY = re.compile(r"\bbody=%?([\w.\-]+)")
+
+
+def loop_contractions(text: str) -> int | None:
+    """Kernels that contract (a dot, a GEMM call, a GEMV's reduce; fused or alone) in the body
+    of the first ``while`` loop of an optimized HLO, None without a loop: what one round of a
+    timing loop runs, so a GEMV that XLA deleted as dead or hoisted out is missing from it.
+    Custom kernels (Triton, Mosaic) are not contractions here."""
+    comps = parse_hlo(text)
+    loop = next((i for comp in comps.values() for i in comp if i.opcode == "while"), None)
+    body = _WHILE_BODY.search(loop.rest) if loop is not None else None
+    if body is None:
+        return None
+    return sum(_contracts(comps, i) for i in comps.get(body.group(1), []))
+
+
 # --- bytes per kernel --------------------------------------------------------------------
 
 _ARRAY = re.compile(r"\b(pred|[suf]\d+|bf16|f8e\w+)\[([\d,]*)\]")

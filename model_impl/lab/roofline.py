@@ -30,28 +30,45 @@ def decode_bytes_read(cfg: Config, weights: Weights, pos: int, rows: int = 1) ->
 
 
 def copy_bandwidth(platform_name: str, nbytes: int = 1 << 30, repeats: int = 10) -> float:
-    """Bytes/s of a large array copy on this device (read + write counted), best of repeats.
+    """Bytes/s of a large array copy on this device (read + write counted), best of repeats
+    (:func:`_stream_rate`)."""
+    return _stream_rate(platform_name, nbytes, repeats, read_only=False)
 
-    GPU: one jitted copy kernel. CPU: numpy copies of one chunk per core in threads (numpy
-    releases the GIL), because a single-threaded copy understates what the matmuls, which
-    use every core, can stream.
+
+def read_bandwidth(platform_name: str, nbytes: int = 1 << 30, repeats: int = 10) -> float:
+    """Bytes/s of a large array's sum on this device (only the read bytes counted), best of
+    repeats: the figure of a kernel that reads far more than it writes, as a GEMV does; it
+    can exceed the copy's, whose writes share the memory bus with its reads."""
+    return _stream_rate(platform_name, nbytes, repeats, read_only=True)
+
+
+def _stream_rate(platform_name: str, nbytes: int, repeats: int, read_only: bool) -> float:
+    """Bytes/s of one pass over a float32 array of ``nbytes``: a copy (``a + 0``: one read and
+    one write of every element) or a sum (one read).
+
+    GPU: one jitted kernel. CPU: numpy over one chunk per core in threads (numpy releases the
+    GIL), because a single-threaded pass understates what the matmuls, which use every core,
+    can stream.
     """
     n = nbytes // 4
+    moved = (1 if read_only else 2) * n * 4
     if platform_name == "cpu":
-        src, dst = np.ones(n, np.float32), np.empty(n, np.float32)
+        src = np.ones(n, np.float32)
+        dst = None if read_only else np.empty(n, np.float32)
         workers = os.cpu_count() or 1
         bounds = np.linspace(0, n, workers + 1).astype(int)
-        chunks = [(dst[a:b], src[a:b]) for a, b in zip(bounds, bounds[1:])]
+        chunks = list(zip(bounds, bounds[1:]))
+
+        def one(chunk):
+            a, b = chunk
+            return src[a:b].sum() if dst is None else np.copyto(dst[a:b], src[a:b])
+
         with concurrent.futures.ThreadPoolExecutor(workers) as pool:
-
-            def run():
-                list(pool.map(lambda c: np.copyto(*c), chunks))
-
-            return best_rate(run, 2 * n * 4, repeats)
+            return best_rate(lambda: list(pool.map(one, chunks)), moved, repeats)
     device = jax.devices(platform_name)[0]
     x = jax.device_put(jnp.arange(n, dtype=jnp.float32), device)
-    copy = jax.jit(lambda a: a + 0.0)  # one read and one write of every element
-    return best_rate(lambda: copy(x).block_until_ready(), 2 * n * 4, repeats)
+    kernel = jax.jit(jnp.sum if read_only else lambda a: a + 0.0)
+    return best_rate(lambda: kernel(x).block_until_ready(), moved, repeats)
 
 
 def rss_bytes() -> dict:

@@ -255,9 +255,9 @@ PALLAS_FAMILIES = ("xla-dot", "xla-reduce", "xla-u4-magic", "xla-u32-word", "cur
 
 
 def pallas_gemv_lines(runs: list[dict]) -> list[str]:
-    """The tuned Pallas int4 GEMV sweep (``scripts/probe_pallas_gemv.py``): per Llama-3.2-1B linear
-    shape the best of each family against XLA's bf16 GEMV of the same run, the step's linears
-    summed over the shapes' counts, and whether the tuned kernel beats the in-graph forms."""
+    """The tuned Pallas int4 GEMV sweep (``python -m model_impl pallas-sweep``): per Llama-3.2-1B
+    linear shape the best of each family against XLA's bf16 GEMV of the same run, the step's
+    linears summed over the shapes' counts, and whether the tuned kernel beats the in-graph forms."""
     if not runs:
         return []
     run = runs[-1]

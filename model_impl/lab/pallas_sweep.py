@@ -1,20 +1,22 @@
 """Sweep of Pallas (Triton) int4 GEMV kernels against XLA's bf16 GEMV at the Llama-3.2-1B decode
-shapes (issue 15, item 3: a tuned Pallas int4 GEMV). One JSON file with every row.
+shapes (issue 15, item 3: a tuned Pallas int4 GEMV). One JSON file with every row
+(``results/pallas-gemv-*.json``, read by :mod:`model_impl.report.vs_bf16_section`).
 
-    # GPU machine, repo root on PYTHONPATH (~3-4 minutes on an H100):
-    python3 scripts/probe_pallas_gemv.py --out $OUT/pallas-gemv.json
+    # GPU machine, from the repo root (~3-4 minutes on an H100):
+    python3 -m model_impl pallas-sweep --out $OUT/pallas-gemv.json
     # here, on the CPU: every kernel variant in Pallas' interpreter on small shapes against the
     # host dequant, through the same timing loop (the times mean nothing there):
-    .venv/bin/python scripts/probe_pallas_gemv.py --interpret --small --out /tmp/pallas-gemv-cpu.json
+    .venv/bin/python -m model_impl pallas-sweep --interpret --small --out /tmp/pallas-gemv-cpu.json
     # here: lower every GPU-sweep variant to Triton IR (catches Pallas-to-Triton lowering errors):
-    .venv/bin/python scripts/probe_pallas_gemv.py --lower-only --out /tmp/pallas-gemv-lower.json
+    .venv/bin/python -m model_impl pallas-sweep --lower-only --out /tmp/pallas-gemv-lower.json
     # here: the timing harness's own checks (every GEMV in the optimized HLO; the bandwidth guard):
-    .venv/bin/python scripts/probe_pallas_gemv.py --self-test
+    .venv/bin/python -m model_impl pallas-sweep --self-test
 
-Weights: MLX affine int4, group 64 (``model_impl.quant``): ``words [out, in/8]`` uint32 with code
-``k`` of a row in nibble ``k % 8`` of word ``k // 8``; ``scales``/``biases`` ``[out, in/64]``
-(bf16 as an MLX bf16 checkpoint stores them, or float32); ``w = q * s + b``. Activations bf16,
-output bf16 (batch 1, M = 1).
+Weights: MLX affine int4, group 64 (:mod:`model_impl.quant`): ``words [out, in/8]`` uint32 with
+code ``k`` of a row in nibble ``k % 8`` of word ``k // 8``; ``scales``/``biases`` ``[out, in/64]``
+(bf16 as an MLX bf16 checkpoint stores them, or float32); ``w = q * s + b``. Random uniform codes
+packed by :func:`quant.pack`, as a :class:`QuantizedLinear`; the baselines' int4 forms are the
+suite's own (:func:`representations.convert_linear`). Activations bf16, output bf16 (batch 1, M = 1).
 
 The new kernels read the words as stored (no layout conversion): the words viewed as
 ``[out, groups, 8]`` (free reshape), x as ``[groups, 8 words, 8 codes]``. A program owns
@@ -53,32 +55,34 @@ GEMVs" on an H200). ``xla-dot-chained`` rows time XLA's dot with a true data dep
 cross-check of the barrier chain that pays one small extra kernel per GEMV. ``Q`` calls are
 queued back to back (host dispatch hidden; ``enqueue_frac`` near 1 means it was not) and synced
 with ``block_until_ready`` on every output; per GEMV = median over rounds of wall time / (Q * N),
-after a warm-up. Guard: the run first measures the device's memory bandwidth itself (best of
-several: ``a * 1.0001`` over a ``--bw-mb`` float32 array, read + written bytes / time, and a
-read-only ``sum``); a timing whose bytes / time exceed 1.1x the larger of the two is physically
-impossible for weights read from memory, is marked ``invalid`` and is left out of every
-selection, ``best`` and ``step_estimate``. Every variant's output (the loop's last GEMV)
-is first checked against ``x @ dequant(W).T`` computed on the host in float64 from the same
-codes, scales and biases (``QuantizedLinear.dequantize``); a variant over its tolerance is
-recorded and not timed. Any failure (lowering, Triton compile, run) is one error line.
+after a warm-up. Guard: the run first measures the device's memory bandwidth itself over a
+``--bw-mb`` float32 array (:func:`roofline.copy_bandwidth`, read + written bytes / time, and
+:func:`roofline.read_bandwidth`, a ``sum``, read bytes / time); a timing whose bytes / time
+exceed 1.1x the larger of the two is physically impossible for weights read from memory, is
+marked ``invalid`` and is left out of every selection, ``best`` and ``step_estimate``. Every
+variant's output (the loop's last GEMV) is first checked against ``x @ dequant(W).T`` computed
+on the host in float64 from the same codes, scales and biases (``QuantizedLinear.dequantize``);
+a variant over its tolerance is recorded and not timed. Any failure (lowering, Triton compile, run) is one error line.
 ``--self-test`` (CPU, seconds): the optimized HLO of the XLA baselines' loops holds one GEMV per
 weight copy per round, and the guard drops a planted too-fast timing.
 
 Sweep (per shape, staged, compiles in parallel threads, timing sequential):
-  baselines  XLA bf16 dot, XLA bf16 multiply + reduce, the current ``pallas_int4`` kernel,
-             XLA's in-graph int4 ``u32-word`` and ``u4-magic`` forms, XLA's dot data-chained
+  baselines  XLA bf16 dot, XLA bf16 multiply + reduce, the current ``pallas_int4`` kernel
+             (``pallas-u32``), XLA's in-graph int4 ``u32-word`` and ``u4-magic`` forms, XLA's dot
+             data-chained: each through the suite's :func:`linears.linear`
   stage 1    tiles: (rows, step_words, split) at fac32/magic2, bf16 scales, 4 warps, 3 stages
   stage 2    launch: the 2 best tiles x num_warps x num_stages
   stage 3    dequant: the best config x modes/cvt, 1-d accumulator, float32 scales, x as one
              load split in 8 (``xload=split``), atomic split-K
   final      the 3 best variants and the baselines timed again (less winner's-curse bias)
 then a whole-step estimate: sum over the step's linears (7 per layer x 16 + the bf16 head) of
-the per-shape times.
+the per-shape times. ``--small`` (the interpreter check) runs stage 1 and every dequant mode on
+each shape's first ``--mode-tiles`` tiles, then the final stage, and fails (exit code 1) on any
+wrong or failed variant; ``--shapes`` and ``--tiles`` narrow any run.
 """
 
 from __future__ import annotations
 
-import argparse
 import collections
 import concurrent.futures
 import dataclasses
@@ -86,7 +90,6 @@ import functools
 import json
 import math
 import os
-import re
 import statistics
 import sys
 import time
@@ -94,28 +97,24 @@ import traceback
 import warnings
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import triton as pltriton
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-from jax.experimental import pallas as pl  # noqa: E402
-from jax.experimental.pallas import triton as pltriton  # noqa: E402
-
-from model_impl import env  # noqa: E402
-from model_impl.lab.anchors import step_shapes  # noqa: E402
-from model_impl.llama import pallas_int4  # noqa: E402
-from model_impl.llama.linears import QuantizedLinear, dense_matmul, reduce_matmul, unpack_codes  # noqa: E402
-from model_impl.llama.representations import ReduceInt4Linear, WordInt4Linear  # noqa: E402
-from model_impl.llama.shapes import llama32_config  # noqa: E402
-
-warnings.filterwarnings("ignore", message=".*Pallas Triton backend is deprecated.*")
+from .. import env, quant
+from ..analyzers import xla_hlo
+from ..llama.linears import DenseReduceLinear, QuantizedLinear, linear, quantized_linear_spec, tensor_bytes
+from ..llama.representations import MAGIC, convert_linear, magic_codes
+from ..llama.shapes import llama32_config
+from . import roofline
+from .anchors import step_shapes
 
 GROUP = 64  # codes per quantization group
 WPG = GROUP // 8  # uint32 words per group
 F32, BF16 = jnp.float32, jnp.bfloat16
-MAGIC_F32, OFFSET_F32 = 0x4B000000, 2.0**23  # q | exponent of 2^23, as float32: 2^23 + q exactly
-MAGIC_BF16, OFFSET_BF16 = 0x4300, 2.0**7  # the same under bf16's 7-bit mantissa: 128 + q
+_, MAGIC_F32, OFFSET_F32 = MAGIC[np.dtype(np.float32)]  # q | exponent of 2^23, as float32: 2^23 + q
 
 # Checks: max |y - ref| / rms(ref), ref = x @ dequant(W).T in float64 on the host. The output is
 # bf16 (relative rounding 2^-9 of each element, elements up to ~4x the rms: ~2^-7 rms); float32
@@ -215,12 +214,7 @@ class Variant:
 def _codes(w, e: int, dtype, cvt: str):
     """Nibble ``e`` of every word as an exact float of ``dtype``."""
     n = (w >> jnp.uint32(4 * e)) & jnp.uint32(15) if e else w & jnp.uint32(15)
-    if cvt == "cvt":
-        return n.astype(dtype)
-    if dtype == F32:
-        return jax.lax.bitcast_convert_type(n | jnp.uint32(MAGIC_F32), F32) - F32(OFFSET_F32)
-    n16 = (n | jnp.uint32(MAGIC_BF16)).astype(jnp.uint16)
-    return jax.lax.bitcast_convert_type(n16, BF16) - BF16(OFFSET_BF16)
+    return n.astype(dtype) if cvt == "cvt" else magic_codes(n, dtype)
 
 
 def _codes_noshift(w):
@@ -293,10 +287,10 @@ def _kernel(*refs, v: Variant, steps: int):
 
 
 def pallas_gemv(v: Variant, interpret: bool):
-    """``(x [in] bf16, (words, scales, biases)) -> y [out] bf16`` through variant ``v``."""
+    """``(x [in] bf16, w: QuantizedLinear) -> y [out] bf16`` through variant ``v``."""
 
-    def gemv(x, w):
-        words, s, b = w
+    def gemv(x, w: QuantizedLinear):
+        words, s, b = w.packed, w.scales, w.biases
         out, n_words = words.shape
         groups = n_words // WPG
         steps = groups // v.split // (v.step_words // WPG)
@@ -326,77 +320,50 @@ def pallas_gemv(v: Variant, interpret: bool):
 
 
 # --- the baselines, through the suite's own forms ---------------------------------------------
-def xla_dot(x, w):
-    return dense_matmul(x[None], w)[0]
+def form_gemv(x, w):
+    """``x [in] @ W.T -> [out]`` through the suite's :func:`linears.linear` for any weight form
+    (a float array is XLA's dot)."""
+    return linear(x[None], w)[0]
 
 
-def xla_reduce(x, w):
-    return reduce_matmul(x[None], w)[0]
-
-
-def xla_u32_word(x, w):
-    words, s, b = w
-    return WordInt4Linear(words, s, b, GROUP, 1, False).matmul(x[None])[0]
-
-
-def xla_u4_magic(x, w):
-    codes, s, b = w
-    return ReduceInt4Linear(codes, s, b, GROUP, "u4-magic").matmul(x[None])[0]
-
-
-def pallas_current(x, w):
-    planar, s32, b32 = w
-    return pallas_int4.gemv(x.astype(F32), planar, s32, b32, GROUP).astype(x.dtype)
-
-
-BASELINES = {  # name -> (gemv, weight format, reference dtype)
-    "xla-dot": (xla_dot, "dense", "dense"),
-    "xla-dot-chained": (xla_dot, "dense", "dense"),  # chain="data": the barrier chain's cross-check
-    "xla-reduce": (xla_reduce, "dense", "dense"),
-    "current-pallas": (pallas_current, "planar", "float32"),
-    "xla-u32-word": (xla_u32_word, "mlx", "float32"),
-    "xla-u4-magic": (xla_u4_magic, "u4", "bfloat16"),
+BASELINES = {  # name -> (weight format: "dense", "dense-reduce" or a representation; reference dtype)
+    "xla-dot": ("dense", "dense"),
+    "xla-dot-chained": ("dense", "dense"),  # chain="data": the barrier chain's cross-check
+    "xla-reduce": ("dense-reduce", "dense"),
+    "current-pallas": ("pallas-u32", "float32"),  # pallas_int4: float32 math and scales
+    "xla-u32-word": ("u32-word", "float32"),
+    "xla-u4-magic": ("u4-magic", "bfloat16"),  # the dequant in x's dtype
 }
+DENSE_FORMATS = ("dense", "dense-reduce")
 
 
 # --- weights ----------------------------------------------------------------------------------
-@functools.partial(jax.jit, static_argnums=(1, 2))
-def _random_mlx(key, out, n_in):
-    kw, ks, kb, kn = jax.random.split(key, 4)
+def random_mlx(rng: np.random.Generator, out: int, n_in: int) -> QuantizedLinear:
+    """MLX words of uniform random codes (:func:`quant.pack`), bf16 scales of either sign (MLX's
+    can be negative) and biases that centre the codes on 0, host arrays."""
     groups = n_in // GROUP
-    words = jax.random.bits(kw, (out, n_in // 8), jnp.uint32)  # every nibble uniform in [0, 16)
-    sign = jnp.where(jax.random.bernoulli(kn, 0.5, (out, groups)), 1.0, -1.0)
-    s = 0.004 * jax.random.uniform(ks, (out, groups), F32, 0.5, 1.5) * sign  # MLX scales can be < 0
-    b = -7.5 * s + 0.002 * jax.random.normal(kb, (out, groups), F32)  # codes centred on 0
-    return words, s.astype(BF16), b.astype(BF16)
-
-
-@jax.jit
-def _planar_words(words):
-    """MLX words -> the current kernel's planar words (nibble e of word j = input e * P + j)."""
-    out, n_words = words.shape
-    codes = unpack_codes(words, 4).reshape(out, 8, n_words)
-    acc = codes[:, 0]
-    for e in range(1, 8):
-        acc = acc | (codes[:, e] << jnp.uint32(4 * e))
-    return acc
-
-
-_u4_codes = jax.jit(lambda words: unpack_codes(words, 4).astype(jnp.uint4))
+    words = quant.pack(rng.integers(0, 16, (out, n_in), dtype=np.uint8), 4)
+    sign = np.where(rng.random((out, groups)) < 0.5, 1.0, -1.0).astype(np.float32)
+    s = 0.004 * rng.uniform(0.5, 1.5, (out, groups)).astype(np.float32) * sign
+    b = -7.5 * s + 0.002 * rng.standard_normal((out, groups), dtype=np.float32)
+    return QuantizedLinear(words, s.astype(BF16), b.astype(BF16), GROUP, 4)
 
 
 class Weights:
-    """Distinct device copies of one shape's weights in every format, made on first use; the last
-    copy's arrays on the host for the reference."""
+    """Distinct device copies of one shape's weights in every format, made on first use: float
+    bf16 (``dense``, ``dense-reduce``), MLX's words with bf16 or float32 scales (``mlx``,
+    ``mlx-f32``: the Pallas variants'), and any representation of those words. The MLX copies
+    stay on the host too, for the conversions and the reference."""
 
     def __init__(self, out: int, n_in: int, footprint: int, max_copies: int, seed: int):
         self.out, self.n_in = out, n_in
-        self.int4_bytes = out * n_in // 2 + 2 * out * (n_in // GROUP) * 2  # codes + bf16 scales/biases
+        int4_bytes = tensor_bytes(quantized_linear_spec((out, n_in), GROUP, 4, BF16))
         self.copies = {
-            "int4": max(1, min(max_copies, math.ceil(footprint / self.int4_bytes))),
+            "int4": max(1, min(max_copies, math.ceil(footprint / int4_bytes))),
             "dense": max(1, min(max_copies, math.ceil(footprint / (out * n_in * 2)))),
         }
         self.key = jax.random.PRNGKey(seed)
+        self.seed = seed
         self._cache = {}
 
     def get(self, fmt: str):
@@ -404,32 +371,28 @@ class Weights:
             self._cache[fmt] = self._make(fmt)
         return self._cache[fmt]
 
+    @functools.cached_property
+    def host_mlx(self) -> tuple[QuantizedLinear, ...]:
+        rng = np.random.default_rng([self.seed, self.out, self.n_in])
+        return tuple(random_mlx(rng, self.out, self.n_in) for _ in range(self.copies["int4"]))
+
     def _make(self, fmt: str):
         out, n_in = self.out, self.n_in
         if fmt == "dense":
             keys = jax.random.split(jax.random.fold_in(self.key, 1), self.copies["dense"])
             return tuple(0.02 * jax.random.normal(k, (out, n_in), BF16) for k in keys)
+        if fmt == "dense-reduce":
+            return tuple(DenseReduceLinear(w) for w in self.get("dense"))
         if fmt == "mlx":
-            keys = jax.random.split(jax.random.fold_in(self.key, 2), self.copies["int4"])
-            return tuple(_random_mlx(k, out, n_in) for k in keys)
-        mlx = self.get("mlx")
+            return jax.device_put(self.host_mlx)
         if fmt == "mlx-f32":
-            return tuple((w, s.astype(F32), b.astype(F32)) for w, s, b in mlx)
-        if fmt == "planar":
-            return tuple((_planar_words(w), s, b) for (w, _, _), (_, s, b) in zip(mlx, self.get("mlx-f32")))
-        if fmt == "u4":
-            return tuple((_u4_codes(w), s, b) for w, s, b in mlx)
-        raise ValueError(fmt)
+            f32 = lambda w: dataclasses.replace(w, scales=w.scales.astype(F32), biases=w.biases.astype(F32))  # noqa: E731
+            return jax.device_put(tuple(f32(w) for w in self.host_mlx))
+        return jax.device_put(tuple(convert_linear(w, fmt) for w in self.host_mlx))  # a representation
 
     def nbytes(self, fmt: str) -> int:
         """Bytes one GEMV reads: its weight (4-bit codes at half a byte) + x + y (bf16)."""
-        if fmt == "dense":
-            w = self.out * self.n_in * 2
-        else:
-            w = self.out * self.n_in // 2 + 2 * self.out * (self.n_in // GROUP) * (
-                4 if fmt in ("planar", "mlx-f32") else 2
-            )
-        return w + 2 * (self.n_in + self.out)
+        return tensor_bytes(self.get(fmt)[0]) + 2 * (self.n_in + self.out)
 
     @functools.cached_property
     def x(self):
@@ -441,9 +404,7 @@ class Weights:
         x = np.asarray(self.x).astype(np.float64)
         if kind == "dense":
             return np.asarray(self.get("dense")[-1]).astype(np.float64) @ x
-        words, s, b = (np.asarray(a) for a in self.get("mlx")[-1])  # float32 scales: these, exactly
-        w = QuantizedLinear(words, s, b, GROUP, 4).dequantize(kind)
-        return w.astype(np.float64) @ x
+        return self.host_mlx[-1].dequantize(kind).astype(np.float64) @ x
 
 
 # --- compile, check, time ---------------------------------------------------------------------
@@ -493,63 +454,23 @@ def looped(gemv, copies: int, outer: int, chain: str = "barrier"):
     return jax.jit(run)
 
 
-def gemvs_per_round(hlo: str) -> int | None:
-    """GEMVs (dots, or fusions holding a dot or a reduce) in the body of the first ``while`` of an
-    optimized XLA-CPU HLO text; None without a while loop (a one-round function)."""
-    comps = {}
-    for block in hlo.split("\n\n"):
-        m = re.match(r"\s*(?:ENTRY\s+)?%?([\w.\-]+)\s", block)
-        if m:
-            comps[m.group(1)] = block
-    m = re.search(r"\bwhile\(.*?body=%?([\w.\-]+)", hlo)
-    if not m:
-        return None
-
-    def count(name, seen=()):
-        n = 0
-        for line in comps.get(name, "").splitlines()[1:]:
-            if re.search(r"\s(dot|reduce)\(", line) or re.search(r"custom-call\(.*(matmul|gemm|triton)", line):
-                n += 1
-            for callee in re.findall(r"(?:calls|to_apply)=%?([\w.\-]+)", line):
-                if callee not in seen and re.search(r"\s(dot|reduce)\(", comps.get(callee, "")):
-                    n += 1 if re.search(r"\sfusion\(", line) else count(callee, (*seen, callee))
-        return n
-
-    return count(m.group(1))
-
-
 GUARD_FACTOR = 1.1
 INVALID = "faster than the memory bandwidth measured in this run (1.1x the best of copy and read-only sum)"
 
 
-def memory_bandwidth(nbytes: int, reps: int = 5, queue: int = 4) -> dict:
-    """The device's memory bandwidth, measured here: best of ``reps`` rounds of ``queue`` queued
-    calls of ``a * 1.0001`` (chained, read + written bytes) and of ``sum(a)`` (read bytes) over a
-    float32 array of ``nbytes``."""
-    a = jax.random.normal(jax.random.PRNGKey(7), (nbytes // 4,), F32)
-    scale, total = jax.jit(lambda a: a * F32(1.0001)), jax.jit(jnp.sum)
-
-    def best(fn, a, chained):
-        jax.block_until_ready(fn(a))
-        times = []
-        for _ in range(reps):
-            t, y = time.perf_counter(), a
-            for _ in range(queue):
-                y = fn(y if chained else a)
-            jax.block_until_ready(y)
-            times.append((time.perf_counter() - t) / queue)
-        return min(times)
-
-    t_copy, t_read = best(scale, a, True), best(total, a, False)
-    copy, read = 2 * nbytes / t_copy / 1e9, nbytes / t_read / 1e9
+def memory_bandwidth(platform_name: str, nbytes: int) -> dict:
+    """The device's memory bandwidth, measured here: a copy (:func:`roofline.copy_bandwidth`,
+    read + written bytes) and a sum (:func:`roofline.read_bandwidth`, read bytes) over a float32
+    array of ``nbytes``, and the limit no weight-reading timing may beat."""
+    copy = roofline.copy_bandwidth(platform_name, nbytes) / 1e9
+    read = roofline.read_bandwidth(platform_name, nbytes) / 1e9
     return {
         "bytes": nbytes,
         "copy_gb_per_s": copy,
         "read_gb_per_s": read,
         "limit_gb_per_s": GUARD_FACTOR * max(copy, read),
-        "method": f"best of {reps} rounds of {queue} queued calls; copy: a * 1.0001 chained, "
-        "(read + written bytes) / time; read: sum(a), read bytes / time; limit: "
-        f"{GUARD_FACTOR} x the larger",
+        "method": "best of 10 synced calls each (model_impl.lab.roofline); copy: a + 0, (read + written bytes) "
+        f"/ time; read: sum(a), read bytes / time; limit: {GUARD_FACTOR} x the larger",
     }
 
 
@@ -637,13 +558,14 @@ class Sweep:
                     "measured at the start is marked invalid and left out of best / step_estimate"
                 ),
                 "tolerances_vs_rms": TOL,
+                "options": {k: v for k, v in vars(args).items() if k not in ("command", "func")},
             },
             "rows": self.rows,
         }
         self.limit = None  # GB/s: no timing may beat it (set by measure_bandwidth)
 
     def measure_bandwidth(self):
-        bw = memory_bandwidth(self.a.bw_mb << 20)
+        bw = memory_bandwidth(jax.default_backend(), self.a.bw_mb << 20)
         self.record["memory_bandwidth"] = bw
         self.limit = bw["limit_gb_per_s"]
         print(
@@ -680,26 +602,14 @@ class Sweep:
     # -- jobs --
     def baseline_jobs(self, shape) -> list[Job]:
         jobs = []
-        for name, (gemv, fmt, ref) in BASELINES.items():
-            if shape == HEAD and fmt != "dense":
-                continue
-            if name == "current-pallas" and shape[1] % (8 * GROUP):
+        for name, (fmt, ref) in BASELINES.items():
+            if shape == HEAD and (fmt not in DENSE_FORMATS or name == "xla-dot-chained"):
+                continue  # the head stays bf16
+            if fmt == "pallas-u32" and shape[1] % (8 * GROUP):
                 continue  # its planar layout needs in % 512 == 0
-            if name == "xla-dot-chained" and shape == HEAD:
-                continue
-            jobs.append(
-                Job(
-                    shape,
-                    "current" if name == "current-pallas" else "xla",
-                    name,
-                    "baseline",
-                    gemv,
-                    fmt,
-                    ref,
-                    TOL["xla"],
-                    chain="data" if name == "xla-dot-chained" else "barrier",
-                )
-            )
+            family = "current" if name == "current-pallas" else "xla"
+            chain = "data" if name == "xla-dot-chained" else "barrier"
+            jobs.append(Job(shape, family, name, "baseline", form_gemv, fmt, ref, TOL["xla"], chain=chain))
         return jobs
 
     def pallas_job(self, shape, v: Variant, stage: str) -> Job | None:
@@ -868,23 +778,23 @@ class Sweep:
         return {r["name"] for r in self.rows if tuple(r["shape"]) == tuple(shape)}
 
     # -- phases --
+    def tiles(self, shape) -> list[tuple[int, int, int]]:
+        """Stage 1's tiles of ``shape``: ``--tiles``, else the shape's list."""
+        return self.a.tiles or (SMALL_TILES if self.a.small else TILES).get(shape, default_tiles(*shape))
+
     def run(self, all_shapes):
-        tiles = SMALL_TILES if self.a.small else TILES
         self.run_jobs([j for s in all_shapes for j in self.baseline_jobs(s)])
         shapes = [s for s in all_shapes if s != HEAD]  # the head stays bf16: XLA's baselines only
-        stage1 = [self.pallas_job(s, Variant(*t), "tiles") for s in shapes for t in tiles.get(s, default_tiles(*s))]
-        if self.a.small:  # the interpreter check: every dequant path once, on each shape's first 2 tiles
+        stage1 = [self.pallas_job(s, Variant(*t), "tiles") for s in shapes for t in self.tiles(s)]
+        if self.a.small:  # the interpreter check: every dequant path once, on each shape's first tiles
             stage1 += [
                 self.pallas_job(s, dataclasses.replace(Variant(*t), **d), "modes")
                 for s in shapes
-                for t in tiles.get(s, default_tiles(*s))[:2]
+                for t in self.tiles(s)[: self.a.mode_tiles]
                 for d in MODES
             ]
             stage1 += [
-                self.pallas_job(s, Variant(*t, atomic=True), "modes")
-                for s in shapes
-                for t in tiles.get(s, default_tiles(*s))
-                if t[2] > 1
+                self.pallas_job(s, Variant(*t, atomic=True), "modes") for s in shapes for t in self.tiles(s) if t[2] > 1
             ]
             self.run_jobs(stage1)
             self.final(all_shapes)
@@ -980,28 +890,22 @@ def step_estimate(best: dict, rows: list[dict]) -> dict:
     return out
 
 
-def lower_only(args) -> int:
+def lower_only(args, shapes) -> int:
     """Lower every GPU-sweep variant (stage-1 tiles, and every dequant mode on each shape's first
-    tile) to Triton IR for CUDA, here, without a GPU: Pallas' own lowering errors show up."""
+    tile and first split-K tile) to Triton IR for CUDA, here, without a GPU: Pallas' own lowering
+    errors show up."""
     rows = []
-    for shape in GPU_SHAPES:
-        out, n_in = shape
-        vs = [Variant(*t) for t in TILES[shape]]
-        for t in (TILES[shape][0], next((t for t in TILES[shape] if t[2] > 1), None)):
+    for shape in shapes:
+        tiles = args.tiles or TILES.get(shape, default_tiles(*shape))
+        vs = [Variant(*t) for t in tiles]
+        for t in (tiles[0], next((t for t in tiles if t[2] > 1), None)):
             if t is not None:
                 vs += [dataclasses.replace(Variant(*t), **d) for d in MODES]
         for v in dict.fromkeys(vs):
             if v.invalid(*shape):
                 continue
-            sd = jnp.float32 if v.scales == "f32" else BF16
-            spec = (
-                jax.ShapeDtypeStruct((n_in,), BF16),
-                (
-                    jax.ShapeDtypeStruct((out, n_in // 8), jnp.uint32),
-                    jax.ShapeDtypeStruct((out, n_in // GROUP), sd),
-                    jax.ShapeDtypeStruct((out, n_in // GROUP), sd),
-                ),
-            )
+            w = quantized_linear_spec(shape, GROUP, 4, F32 if v.scales == "f32" else BF16)
+            spec = (jax.ShapeDtypeStruct((shape[1],), BF16), w)
             row = {"shape": list(shape), "name": v.name}
             t = time.perf_counter()
             try:
@@ -1029,13 +933,14 @@ def self_test() -> int:
     ok = True
     out, n_in, copies, outer = 256, 512, 3, 2
     x = jax.random.normal(jax.random.PRNGKey(0), (n_in,), BF16)
-    ws = tuple(jax.random.normal(jax.random.PRNGKey(i + 1), (out, n_in), BF16) for i in range(copies))
-    for name, gemv, chain in (("xla-dot", xla_dot, "barrier"), ("xla-reduce", xla_reduce, "barrier"),
-                              ("xla-dot-chained", xla_dot, "data")):  # fmt: skip
-        f = looped(gemv, copies, outer, chain).lower(x, ws).compile()
-        n = gemvs_per_round(f.as_text())
+    dense = tuple(jax.random.normal(jax.random.PRNGKey(i + 1), (out, n_in), BF16) for i in range(copies))
+    ref = np.asarray(dense[-1], np.float64) @ np.asarray(x, np.float64)
+    for name in ("xla-dot", "xla-reduce", "xla-dot-chained"):
+        fmt, chain = BASELINES[name][0], "data" if name == "xla-dot-chained" else "barrier"
+        ws = dense if fmt == "dense" else tuple(DenseReduceLinear(w) for w in dense)
+        f = looped(form_gemv, copies, outer, chain).lower(x, ws).compile()
+        n = xla_hlo.loop_contractions(f.as_text())
         y = np.asarray(f(x, ws)[-1], np.float64)
-        ref = np.asarray(ws[-1], np.float64) @ np.asarray(x, np.float64)
         err = float(np.abs(y - ref).max() / np.sqrt(np.mean(ref**2)))
         good = n == copies and err < TOL["xla"]
         ok &= good
@@ -1072,13 +977,76 @@ def self_test() -> int:
     return 0 if ok else 1
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--out", default="pallas-gemv.json")
+def _dims(flag: str, text: str, parts: int) -> list[tuple[int, ...]]:
+    """Comma-separated ``AxB[xC]`` of positive integers, or a ValueError naming the flag."""
+    out = []
+    for item in (t.strip() for t in text.split(",") if t.strip()):
+        try:
+            dims = tuple(int(n) for n in item.split("x"))
+        except ValueError:
+            dims = ()
+        if len(dims) != parts or min(dims) < 1:
+            form = "OUTxIN, e.g. 2048x8192" if parts == 2 else "ROWSxWORDSxSPLIT, e.g. 16x128x2"
+            raise ValueError(f"{flag}: {item!r} is not {form}")
+        out.append(dims)
+    if not out:
+        raise ValueError(f"{flag} is empty")
+    return out
+
+
+def run(args) -> int:
+    """The ``pallas-sweep`` command: options checked first (one ``error:`` line, exit code 2)."""
+    try:
+        shapes = _dims("--shapes", args.shapes, 2) if args.shapes else None
+        args.tiles = _dims("--tiles", args.tiles, 3) if args.tiles else None
+        for out, n_in in shapes or ():
+            if n_in % GROUP:
+                raise ValueError(f"--shapes: {out}x{n_in}: the input size must be a multiple of the group, {GROUP}")
+        for flag in ("footprint_mb", "max_copies", "min_gemvs", "head_gemvs", "queue", "rounds", "jobs", "bw_mb"):
+            if getattr(args, flag) < 1:
+                raise ValueError(f"--{flag.replace('_', '-')} must be at least 1, got {getattr(args, flag)}")
+        if args.mode_tiles < 0 or args.budget_s < 0:
+            raise ValueError("--mode-tiles and --budget-s must not be negative")
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    warnings.filterwarnings("ignore", message=".*Pallas Triton backend is deprecated.*")
+    if args.self_test:
+        return self_test()
+    if args.lower_only:
+        return lower_only(args, shapes or GPU_SHAPES)
+    if args.interpret:  # correctness only: two copies, one call, no budget
+        args.budget_s, args.rounds, args.max_copies = 0, 1, 2
+        args.bw_mb = min(args.bw_mb, 64)
+    if shapes is None:
+        shapes = SMALL_SHAPES if args.small else GPU_SHAPES + ([] if args.no_head else [HEAD])
+    sweep = Sweep(args)
+    print(f"jax {jax.__version__} on {sweep.record['environment']['device_kind']}; shapes {shapes}", flush=True)
+    sweep.measure_bandwidth()
+    sweep.run([s for s in shapes if s != HEAD] + [s for s in shapes if s == HEAD])
+    sweep.record["elapsed_s"] = sweep.elapsed()
+    sweep.save()
+    bad = [r["name"] for r in sweep.rows if "check" in r and not r["check"]["ok"]]
+    errors = [r["name"] for r in sweep.rows if "error" in r]
+    print(
+        f"done in {sweep.elapsed():.0f} s: {len(sweep.rows)} rows, {len(bad)} wrong, {len(errors)} errors", flush=True
+    )
+    # the interpreter run is a check: a wrong or failed variant fails it; on a GPU they are findings
+    return 1 if args.interpret and (bad or errors) else 0
+
+
+def add_parser(sub) -> None:
+    """The ``pallas-sweep`` subcommand of ``python -m model_impl``."""
+    p = sub.add_parser("pallas-sweep", help="Pallas (Triton) int4 GEMV kernels against XLA's GEMVs, 1B shapes")
+    p.add_argument("--out", default="pallas-gemv.json", help="results JSON, e.g. results/pallas-gemv-h100.json")
     p.add_argument("--interpret", action="store_true", help="run the kernels in Pallas' interpreter (CPU check)")
     p.add_argument("--small", action="store_true", help="small shapes (the interpreter check)")
     p.add_argument("--lower-only", action="store_true", help="only lower the GPU sweep's variants to Triton IR")
     p.add_argument("--shapes", default=None, help="comma-separated OUTxIN (default: the 1B shapes and the head)")
+    p.add_argument("--tiles", default=None, help="comma-separated ROWSxWORDSxSPLIT: stage 1's tiles at every shape")
+    p.add_argument(
+        "--mode-tiles", type=int, default=2, help="--small: every dequant mode on this many first tiles of each shape"
+    )
     p.add_argument("--no-head", action="store_true", help="skip the 128256x2048 bf16 head")
     p.add_argument("--footprint-mb", type=int, default=100, help="weight bytes per timed loop (> L2)")
     p.add_argument("--max-copies", type=int, default=256)
@@ -1092,33 +1060,4 @@ def main(argv=None) -> int:
     p.add_argument("--bw-mb", type=int, default=1024, help="array size of the bandwidth measurement")
     p.add_argument("--self-test", action="store_true", help="CPU checks of the timing harness only")
     p.add_argument("--verbose", action="store_true")
-    a = p.parse_args(argv)
-    if a.self_test:
-        return self_test()
-    if a.lower_only:
-        return lower_only(a)
-    if a.interpret:  # correctness only: two copies, one call, no budget
-        a.budget_s, a.rounds, a.max_copies = 0, 1, 2
-        a.bw_mb = min(a.bw_mb, 64)
-    if a.shapes:
-        shapes = [tuple(int(n) for n in s.split("x")) for s in a.shapes.split(",")]
-    elif a.small:
-        shapes = SMALL_SHAPES
-    else:
-        shapes = GPU_SHAPES + ([] if a.no_head else [HEAD])
-    sweep = Sweep(a)
-    print(f"jax {jax.__version__} on {sweep.record['environment']['device_kind']}; shapes {shapes}", flush=True)
-    sweep.measure_bandwidth()
-    sweep.run([s for s in shapes if s != HEAD] + [s for s in shapes if s == HEAD])
-    sweep.record["elapsed_s"] = sweep.elapsed()
-    sweep.save()
-    bad = [r["name"] for r in sweep.rows if "check" in r and not r["check"]["ok"]]
-    errors = [r["name"] for r in sweep.rows if "error" in r]
-    print(
-        f"done in {sweep.elapsed():.0f} s: {len(sweep.rows)} rows, {len(bad)} wrong, {len(errors)} errors", flush=True
-    )
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    p.set_defaults(func=run)
