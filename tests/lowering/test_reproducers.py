@@ -4,6 +4,7 @@ fails the day the compiler is fixed, and names the workaround that can then go."
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -27,10 +28,17 @@ def _expect(case: str) -> dict:
     return json.loads((ROOT / case / "expect.json").read_text())
 
 
+def _diagnostic(text: str) -> str:
+    """The line of a compiler failure that says what failed (its first ``error``), else its last."""
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    named = [line for line in lines if "error" in line.lower() and not line.startswith("Error invoking")]
+    return (named or lines)[0 if named else -1][:200]
+
+
 def _observe(case: str) -> str:
     """What today's iree-compile does with the reproducer: "fails" (with the recorded error),
-    "miscompiles" (the recorded wrong output), "fixed" (the expected output, or it compiles), or
-    what else it did."""
+    "crashes" (killed by a signal without it), "miscompiles" (the recorded wrong output), "fixed"
+    (the expected output, or it compiles), or what else it did."""
     from iree.compiler.tools.binaries import CompilerToolError
 
     from model_impl.backends import iree_compile
@@ -39,13 +47,15 @@ def _observe(case: str) -> str:
     expect = _expect(case)
     source = (ROOT / case / "input.mlir").read_text()
     module = None
-    for _ in range(expect.get("attempts", 1)):  # a crash that does not come every time: any attempt
+    for _ in range(expect.get("attempts", 1)):  # a crash that does not come every time: the first
         try:
             module = iree_compile.compile_mlir(source, expect["flags"])
         except CompilerToolError as e:
             if expect.get("error") and expect["error"] in str(e):
                 return "fails"
-            return f"fails differently: {str(e).strip().splitlines()[-1][:200]}"
+            if re.search(r"Error code: -\d+", str(e)):  # killed by a signal
+                return "crashes"
+            return f"fails differently: {_diagnostic(str(e))}"
     if "inputs" not in expect:
         return "fixed"
     inputs = [
