@@ -43,7 +43,7 @@ MUTATE ?=
 mutants: $(STAMP)
 	$(PY) -m pip install --quiet "mutmut==3.8.1"
 	$(VENV)/bin/mutmut run $(MUTATE) || true
-	$(PY) scripts/mutants_summary.py "$(MUTATE)"
+	$(PY) -m model_impl.report.mutants "$(MUTATE)"
 
 report: $(STAMP)
 	$(PY) -m model_impl characterize --out reports/

@@ -123,7 +123,6 @@ def load_related(results_dir: Path = results.RESULTS_DIR) -> dict:
         "pallas": results.load(results_dir, "pallas-gemv-*.json"),
         "stacked": results.load(results_dir, "gemv-stacked-shapes-*.json"),
         "iree_speed": results.load(results_dir, "iree-cuda-speed-*.json"),
-        "probe": next(iter(results.load(results_dir, "probe-int4-vs-bf16.json")), None),
     }
 
 
@@ -197,7 +196,7 @@ def render(runs: list[dict], related: dict | None = None) -> list[str]:
         "",
     ]
     if not t["met"]:
-        lines += _what_stops(runs, related.get("probe"))
+        lines += _what_stops(runs)
     with_anchors = [r for r in runs if (r.get("anchors") or {}).get("batches")] or runs[-1:]
     measured = lambda r: any(isinstance(v, dict) and "skipped" not in v for v in r.get("batched", {}).values())  # noqa: E731
     with_batches = [r for r in runs if measured(r)]
@@ -366,10 +365,10 @@ def stacked_gemv_lines(runs: list[dict]) -> list[str]:
 
 # The cases int4 is set against bf16 in, smallest first (the matrix's batched keys: fusion_matrix.BATCHES
 # and PREFILL_BUCKET)
-def _what_stops(runs: list[dict], probe: dict | None = None) -> list[str]:
+def _what_stops(runs: list[dict]) -> list[str]:
     """The measurements that say why the target is missed: the step's linears alone against
-    tinygemm in the same run, how many of them the whole step fuses, and (from the probe's
-    per-kernel profile) the time of one fused int4 reduction against its bf16 twin."""
+    tinygemm in the same run, and how many of them the whole step fuses (the per-kernel rates
+    are the verdict's profile and the performance reproducers', :mod:`.verdict_section`)."""
     lines = ["What stops it, from these runs:", ""]
     cells = [(r, c) for r in runs for c in r["cells"] if c.get("step_linears_seconds")]
     if cells:
@@ -395,16 +394,6 @@ def _what_stops(runs: list[dict], probe: dict | None = None) -> list[str]:
             f"{_ms(c['decode_seconds'])} ms ({c['speedup_vs_bf16']:.2f}x)."
         )
     lines += _stacked_lines(runs)
-    profile = (probe or {}).get("runs", {}).get("profile-h200")
-    if profile:
-        top = {tuple(map(str, c["case"])): c["top"][0] for c in profile["cases"] if c.get("top")}
-        dense, int4 = top.get(("dense", "dot", "None")), top.get(("int4", "u4-magic-f32", "reduce"))
-        if dense and int4:
-            lines.append(
-                f"- The int4 GEMV is not byte-bound: the costliest kernel of the step (the fused gate/up "
-                f"reduction) takes {dense[2] * 1e6:.0f} us per step in bf16 and {int4[2] * 1e6:.0f} us in int4 "
-                f"(u4-magic-f32) for a quarter of the bytes (`{probe['file']}`, run `profile-h200`, an H200)."
-            )
     return lines + [""]
 
 

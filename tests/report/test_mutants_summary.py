@@ -3,13 +3,7 @@ others with the run they came from; totals are the sum of the entries."""
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "mutants_summary.py"
-spec = importlib.util.spec_from_file_location("mutants_summary", SCRIPT)
-summary = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(summary)
+from model_impl.report import mutants as summary
 
 OLD = {
     "environment": {"date": "2026-11-25", "commit": "c0"},

@@ -1,4 +1,5 @@
-"""Summarize a finished `mutmut run` (see `make mutants`) into results/mutants.json.
+"""Summarize a finished `mutmut run` (see `make mutants`) into results/mutants.json
+(``python -m model_impl.report.mutants [MUTATE]``).
 
 Per module: counts per outcome, the surviving mutants by name (`mutmut show NAME` prints the
 diff), and the run (commit, date) that mutated it. A run over some modules (`make mutants
@@ -15,10 +16,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from .. import env
 
-from model_impl import env  # noqa: E402
+ROOT = Path(__file__).resolve().parents[2]
 
 OUT = ROOT / "results" / "mutants.json"
 NOTES = {
