@@ -1,0 +1,90 @@
+"""Version sets and what changed between them (:mod:`model_impl.lab.versions`): which sets are
+neighbours, a junit file read into outcomes, and the changes listed per neighbouring pair, on
+fixtures that give both answers (a test that flips, one whose failure line changes, one present
+in one set only, one the same everywhere)."""
+
+from __future__ import annotations
+
+import pytest
+
+from model_impl.lab import versions
+from model_impl.lab.versions import VersionSet
+
+A, B, C = (
+    VersionSet("3.11", "0.10.2", "3.11.0"),
+    VersionSet("3.11", "0.10.2", "3.12.0"),
+    VersionSet("3.11", "0.10.2", "3.13.0"),
+)
+J1, J2 = VersionSet("3.12", "0.11.2", "3.13.0"), VersionSet("3.12", "0.12.0.1", "3.13.0")
+
+
+def test_neighbours_differ_in_one_axis_with_nothing_measured_between():
+    assert versions.neighbours(versions.SETS) == [(A, B), (B, C), (C, J1), (J1, J2)]
+    assert versions.neighbours([A, C, J2]) == [(A, C), (C, J2)]  # what was measured decides
+    assert versions.neighbours([A, J1]) == []  # both axes moved: no one package to blame
+    assert versions.neighbours([VersionSet("3.12", "0.12.0.1", "3.11.0"), J2]) == [
+        (VersionSet("3.12", "0.12.0.1", "3.11.0"), J2)
+    ]
+
+
+UNEXPECTED = "model_impl.expectations.Unexpected: iree-base-compiler 3.11.0 on any device: gives fixed"
+JUNIT = (
+    '<?xml version="1.0" encoding="utf-8"?><testsuites><testsuite name="pytest">'
+    '<testcase classname="tests.lowering.test_iree" name="test_ok" time="1.0"/>'
+    '<testcase classname="tests.lowering.test_iree" name="test_bad[x]" time="1.0">'
+    f'<failure message="{UNEXPECTED}&#10;more">tb</failure></testcase>'
+    '<testcase classname="tests.lowering.test_xla_cpu" name="test_skip" time="0">'
+    '<skipped message="no kernel" type="pytest.skip">s</skipped></testcase>'
+    '<testcase classname="tests.lowering.test_xla_cpu" name="test_err" time="0">'
+    '<error message="fixture broke">e</error></testcase>'
+    "</testsuite></testsuites>"
+)
+
+
+def test_a_junit_file_reads_as_outcomes_with_the_failures_first_line():
+    got = versions.outcomes(JUNIT)
+    assert got == {
+        "tests/lowering/test_iree.py::test_ok": {"outcome": "passed", "message": None},
+        "tests/lowering/test_iree.py::test_bad[x]": {
+            "outcome": "failed",
+            "message": UNEXPECTED,
+        },
+        "tests/lowering/test_xla_cpu.py::test_skip": {"outcome": "skipped", "message": "no kernel"},
+        "tests/lowering/test_xla_cpu.py::test_err": {"outcome": "error", "message": "fixture broke"},
+    }
+
+
+def _set(vs, **tests):
+    return {"name": vs.name, "tests": {k: {"outcome": o, "message": m} for k, (o, m) in tests.items()}}
+
+
+def test_changes_lists_flips_new_failure_lines_and_tests_of_one_set_only():
+    run = {
+        "sets": [
+            _set(
+                A, same=("passed", None), flips=("failed", "x"), line=("failed", "gives fails"), only_a=("passed", None)
+            ),
+            _set(B, same=("passed", None), flips=("passed", None), line=("failed", "gives crashes")),
+            _set(C, same=("passed", None), flips=("passed", None), line=("failed", "gives crashes")),
+        ]
+    }
+    pairs = versions.changes(run)
+    assert [(p["from"], p["to"]) for p in pairs] == [(A.name, B.name), (B.name, C.name)]
+    first, second = pairs
+    assert [c["test"] for c in first["changed"]] == ["flips", "line", "only_a"]
+    assert first["changed"][2]["to"] is None and first["same"] == 1
+    assert second["changed"] == [] and second["same"] == 3
+
+
+def test_an_unknown_set_is_one_error_line_and_exit_2(capsys):
+    from model_impl.__main__ import main
+
+    assert main(["versions", "--sets", "py3.11-jax9-iree1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: --sets: unknown py3.11-jax9-iree1")
+
+
+@pytest.mark.parametrize("vs", versions.SETS, ids=lambda s: s.name)
+def test_every_set_pins_jax_with_jaxlib_and_the_iree_compiler_with_its_runtime(vs):
+    pins = vs.pins()
+    assert pins["jax"] == pins["jaxlib"] and pins["iree-base-compiler"] == pins["iree-base-runtime"]
