@@ -1,7 +1,7 @@
 """A runner over weights already on the device and a module already loaded (what a machine
 without the compiler runs, :meth:`IreeRunner.loaded`) decodes what the compiling runner decodes,
-on a device of a driver of its own (``IreeDevice(fresh_driver=True)``); a graph it was not given
-is named, not compiled."""
+on a device of a driver of its own (``IreeDevice(fresh_driver=True)``), and through the suite's
+decode timer as the IREE-CUDA study times it; a graph it was not given is named, not compiled."""
 
 from __future__ import annotations
 
@@ -11,10 +11,11 @@ import pytest
 
 from model_impl.backends import iree_compile
 from model_impl.backends.iree_runtime import IreeDevice, IreeRunner
+from model_impl.lab import iree_cuda_study
 from model_impl.llama.shapes import shrunk_llama32_config
 from model_impl.llama.weights import synthetic
 
-MAX_SEQ = 128
+MAX_SEQ = iree_cuda_study.MAX_SEQ
 STEPS = 4
 
 
@@ -56,6 +57,14 @@ def test_a_runner_over_loaded_modules_decodes_what_the_compiling_runner_decodes(
     cfg, weights = model
     compiling = IreeRunner(cfg, weights, "iree-cpu")
     np.testing.assert_array_equal(_decode(carried[1]), _decode(compiling))  # one module, one device kind
+
+
+def test_the_studys_timer_runs_the_loaded_runner_through_the_same_tokens(model, carried):
+    cfg, weights = model
+    timed = iree_cuda_study.time_variant(carried[1])
+    again = iree_cuda_study.time_variant(IreeRunner(cfg, weights, "iree-cpu"))
+    assert timed["tokens"] == again["tokens"] and len(timed["tokens"]) == 8  # a fast step: 8 synced steps
+    assert 0 < timed["step_s"] <= timed["spread_s"][1] and timed["rounds"] == 5
 
 
 def test_a_graph_the_loaded_runner_was_not_given_is_named(carried):
