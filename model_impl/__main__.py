@@ -364,9 +364,10 @@ def main(argv=None) -> int:
     r = sub.add_parser("record-peer", help="record mlx_lm's greedy tokens on the half-precision checkpoints")
     r.set_defaults(func=cmd_record_peer)
 
-    from .lab import iree_cuda_study
+    from .lab import iree_cuda_study, iree_multidevice
 
     iree_cuda_study.add_parser(sub)
+    iree_multidevice.add_parser(sub)
 
     args = parser.parse_args(argv)
     return args.func(args)
