@@ -364,9 +364,11 @@ def main(argv=None) -> int:
     r = sub.add_parser("record-peer", help="record mlx_lm's greedy tokens on the half-precision checkpoints")
     r.set_defaults(func=cmd_record_peer)
 
-    from .lab import pallas_sweep, versions
+    from .lab import iree_cuda_study, iree_multidevice, pallas_sweep, versions
 
     pallas_sweep.add_parser(sub)
+    iree_cuda_study.add_parser(sub)
+    iree_multidevice.add_parser(sub)
     versions.add_parser(sub)
 
     args = parser.parse_args(argv)

@@ -248,6 +248,22 @@ _KERNEL_CONFIGS = [
     )
 ]
 
+# IREE-CUDA's decode step as ``python -m model_impl iree-study build`` compiles it (sm_80, bf16,
+# compile-only: no device): (dequant verdict, whether transpose dispatches copy weights each step)
+# per (form, flag set). The same at the Llama-3.2-1B shapes and the 2-layer test shapes.
+IREE_STUDY = "iree-study"
+_IREE_STUDY_SOURCE = "results/iree-cuda-speed-h200.json (1B shapes) and tests/lowering/test_iree_cuda_study.py"
+_IREE_STUDY = [
+    Entry(IREE, ">=3.13,<3.14", None, ("iree-cuda", IREE_STUDY, form, flags), expected, _IREE_STUDY_SOURCE)
+    for (form, flags), expected in {
+        ("dense-dot", "default"): ("no-dequant", "transposes"),  # W^T copied before every GEMV
+        ("dense-dot", "O3"): ("no-dequant", "no transposes"),
+        ("dense-io", "default"): ("no-dequant", "no transposes"),  # W laid [in, out]: nothing to copy
+        ("s4-grouped", "default"): ("fused", "transposes"),
+        ("u4-magic", "O3"): ("materialized", "no transposes"),
+    }.items()
+]
+
 TABLE: list[Entry] = [
     *_xla_cuda_fusion(_FP32_H100, H100, H100_FUSION, FUSION),
     *_xla_cuda_fusion(_FP32_H200, H200, H200_FUSION, FUSION),
@@ -256,6 +272,7 @@ TABLE: list[Entry] = [
     *_CPU,
     *_REPRODUCERS,
     *_KERNEL_CONFIGS,
+    *_IREE_STUDY,
 ]
 
 

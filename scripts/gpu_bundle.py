@@ -19,7 +19,6 @@ import itertools
 import json
 import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -30,6 +29,7 @@ from model_impl import checkpoints  # noqa: E402
 from model_impl.backends import cuda_target, generate, iree_compile  # noqa: E402
 from model_impl.checks import GREEDY_TOKENS  # noqa: E402
 from model_impl.lab import fusion_matrix, linear_chain  # noqa: E402
+from model_impl.lab.wheels import download_wheels  # noqa: E402
 from model_impl.llama import representations  # noqa: E402
 from model_impl.llama.graphs import DECODE_CHUNK  # noqa: E402
 from model_impl.llama.shapes import llama32_config  # noqa: E402
@@ -44,34 +44,6 @@ MODES = ("fp32", "int4", "bf16", "int4-bf16")  # weight modes the CUDA tests and
 # (graph, bucket) the CUDA tests run: the agreement runs' loop (logits kept), its per-step
 # reference, and the prefill (bucket None: the prompt's).
 GRAPHS = (("prefill", None), ("decode", 0), ("decode_loop_logits", DECODE_CHUNK))
-
-
-def download_wheels(dest: Path, wheels) -> None:
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "download",
-            "--quiet",
-            "--no-deps",
-            "--only-binary=:all:",
-            "--python-version",
-            "3.12",
-            "--implementation",
-            "cp",
-            "--platform",
-            "manylinux_2_28_x86_64",
-            "--platform",
-            "manylinux_2_17_x86_64",
-            "--platform",
-            "manylinux2014_x86_64",
-            "-d",
-            str(dest),
-            *wheels,
-        ],
-        check=True,
-    )
 
 
 def _keep(path: Path, dest: Path) -> None:

@@ -55,13 +55,20 @@ def to_host(array) -> np.ndarray:
 
 
 class IreeDevice:
-    """One IREE runtime device (a driver: ``local-task`` or ``cuda``) and its modules."""
+    """One IREE runtime device (a driver: ``local-task`` or ``cuda``) and its modules.
 
-    def __init__(self, driver: str):
+    ``fresh_driver``: the device of a driver created now, under the runtime flags parsed so far
+    (``iree.runtime.flags.parse_flags``); otherwise the runtime's cached driver of that name,
+    created once per process, which flags parsed after its creation do not reach."""
+
+    def __init__(self, driver: str, fresh_driver: bool = False):
         import iree.runtime as rt
 
         self._rt = rt
-        self.config = rt.Config(driver)
+        if fresh_driver:  # the runtime's public getters all return the cached driver
+            self.config = rt.Config(device=rt._binding.create_hal_driver(driver).create_default_device())
+        else:
+            self.config = rt.Config(driver)
         self.device = self.config.device
 
     def put(self, x):
@@ -120,21 +127,46 @@ class IreeRunner:
         cuda_target: str = iree_compile.DEFAULT_CUDA_TARGET,
         extra_flags=(),
     ):
-        self.spec = backend_spec(backend)
-        self.cfg, self.backend, self.cuda_target = cfg, self.spec.name, cuda_target
-        self.target = self.spec.iree_target
-        self.extra_flags = tuple(extra_flags)
+        self._describe(cfg, backend, cuda_target, extra_flags)
         self.specs = iree_compile.weight_specs(weights)
         self.iree = IreeDevice(self.spec.iree_driver)
         start = time.perf_counter()
         self.weights = [self.iree.put(x) for x in jax.tree_util.tree_leaves(weights)]
         self.upload_seconds = time.perf_counter() - start
-        self.compile_seconds: dict[str, float | None] = {}
         self._functions = {}
+
+    def _describe(self, cfg: Config, backend, cuda_target: str, extra_flags) -> None:
+        self.spec = backend_spec(backend)
+        self.cfg, self.backend, self.cuda_target = cfg, self.spec.name, cuda_target
+        self.target = self.spec.iree_target
+        self.extra_flags = tuple(extra_flags)
+        self.compile_seconds: dict[str, float | None] = {}
         self.cache = None
+
+    @classmethod
+    def loaded(
+        cls,
+        cfg: Config,
+        iree: IreeDevice,
+        device_weights: list,
+        functions: dict,
+        backend: Backend | str,
+        cuda_target: str = iree_compile.DEFAULT_CUDA_TARGET,
+    ) -> IreeRunner:
+        """A runner over weights already on ``iree`` (the tree's leaves in order, shared with
+        other runners) and modules already loaded, ``{(graph, bucket, max_seq): function}``
+        (e.g. carried from a machine with the compiler): nothing compiled, no cache key. It runs
+        only the graphs it is given."""
+        runner = cls.__new__(cls)
+        runner._describe(cfg, backend, cuda_target, ())
+        runner.specs, runner.iree, runner.weights, runner.upload_seconds = None, iree, device_weights, None
+        runner._functions = {(g, shape_bucket(g, b), m): fn for (g, b, m), fn in functions.items()}
+        return runner
 
     def function(self, graph: str, bucket: int, max_seq: int):
         key = (graph, shape_bucket(graph, bucket), max_seq)
+        if key not in self._functions and self.specs is None:
+            raise KeyError(f"{graph} at bucket {key[1]}, max_seq {max_seq}: not among this runner's loaded modules")
         if key not in self._functions:
             compile_ = lambda: iree_compile.compiled_module(  # noqa: E731
                 self.cfg, self.specs, graph, bucket, max_seq, self.target, self.cuda_target, self.extra_flags

@@ -4,7 +4,7 @@ A float weight is an array ``[out, in]``. Every other form is a registered datac
 deriving from :class:`LinearForm`, whose ``matmul`` computes ``x @ W.T`` in the graph (for the
 int4 forms, :class:`Int4Form`, ``x @ dequant(W).T``); :func:`linear` dispatches on that one base
 class, so the model never branches on the form. :class:`DenseReduceLinear` is a float weight
-whose GEMV is written as multiply + reduce.
+whose GEMV is written as multiply + reduce; :class:`DenseIOLinear` a float weight laid ``[in, out]``.
 :class:`QuantizedLinear` is the checkpoint's own form (MLX's uint32 words, documented in
 :mod:`model_impl.quant`); :mod:`model_impl.llama.representations` converts it to the others.
 """
@@ -91,6 +91,26 @@ class DenseReduceLinear(LinearForm):
 
     def matmul(self, x: jax.Array, out_dtype=None) -> jax.Array:
         return reduce_matmul(x, self.w.astype(x.dtype), out_dtype)
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class DenseIOLinear(LinearForm):
+    """A float weight stored ``[in, out]`` (transposed once, on the host): ``x @ W`` takes it as
+    the dot's natural right-hand side, so no compiler has to transpose W before the GEMV
+    (IREE-CUDA at its default options writes a transposed copy of every weight each step)."""
+
+    w: jax.Array  # [in, out]
+
+    @classmethod
+    def from_dense(cls, w) -> DenseIOLinear:
+        """The same linear from a float weight ``[out, in]`` (an array or a shape spec)."""
+        if isinstance(w, jax.ShapeDtypeStruct):
+            return cls(jax.ShapeDtypeStruct(tuple(reversed(w.shape)), w.dtype))
+        return cls(np.ascontiguousarray(np.asarray(w).T))
+
+    def matmul(self, x: jax.Array, out_dtype=None) -> jax.Array:
+        return contract("ti,io->to", x, self.w.astype(x.dtype)).astype(out_dtype or x.dtype)
 
 
 def linear(x: jax.Array, w) -> jax.Array:

@@ -54,8 +54,10 @@ import numpy as np
 from .. import quant as quant_mod
 from .linears import (
     REDUCE_SCOPE,
+    DenseIOLinear,
     DenseReduceLinear,
     Int4Form,
+    LinearForm,
     QuantizedLinear,
     contract,
     reduce_matmul,
@@ -336,21 +338,28 @@ def convert_linear(w, representation: str):
 
 
 DENSE_FORMS = ("dot", "reduce")  # a float linear's GEMV: XLA's dot, or multiply + reduce
-# the head: a float one as either dense form; "int4": a quantized one in the representation
-HEAD_FORMS = (*DENSE_FORMS, "int4")
+# A float linear laid [in, out] (DenseIOLinear), the head an untied [hidden, vocab] copy: the
+# IREE-CUDA study's form (lab/iree_cuda_study.py), not a dense baseline the studies hold int4 to.
+DENSE_IO = "io"
+# the head: a float one in a dense form; "int4": a quantized one in the representation
+HEAD_FORMS = (*DENSE_FORMS, DENSE_IO, "int4")
 
 
 def _float_form(w, form: str):
-    if form not in DENSE_FORMS:
-        raise ValueError(f"unknown dense form {form!r}; known: {DENSE_FORMS}")
-    is_float = w is not None and not isinstance(w, (Int4Form, DenseReduceLinear))
-    return DenseReduceLinear(w) if form == "reduce" and is_float else w
+    if form not in (*DENSE_FORMS, DENSE_IO):
+        raise ValueError(f"unknown dense form {form!r}; known: {(*DENSE_FORMS, DENSE_IO)}")
+    if w is None or isinstance(w, LinearForm):
+        return w
+    if form == "reduce":
+        return DenseReduceLinear(w)
+    return DenseIOLinear.from_dense(w) if form == DENSE_IO else w
 
 
 def with_head(weights: Weights, head: str, representation: str | None = None) -> Weights:
     """A float head (the embedding when tied; it is still gathered as the table) as the dot
-    (``head="dot"``, as loaded) or as multiply + reduce (``"reduce"``); ``"int4"``: a quantized
-    head (:func:`weights.quantize_weights` with ``embedding=True``) in ``representation``."""
+    (``head="dot"``, as loaded), as multiply + reduce (``"reduce"``) or as its own ``[hidden,
+    vocab]`` copy (``"io"``: the embedding stays the table, the head is untied); ``"int4"``: a
+    quantized head (:func:`weights.quantize_weights` with ``embedding=True``) in ``representation``."""
     if head == "int4":
         if not isinstance(weights.embed, QuantizedLinear):
             raise ValueError("head 'int4' needs a quantized embedding (quantize_weights(..., embedding=True))")
@@ -360,14 +369,20 @@ def with_head(weights: Weights, head: str, representation: str | None = None) ->
             embed=convert_linear(weights.embed, form_of(representation)),
             lm_head=None if h is None else convert_linear(h, form_of(representation)),
         )
+    if head == DENSE_IO:
+        h = weights.embed if weights.lm_head is None else weights.lm_head
+        if isinstance(h, LinearForm):
+            raise ValueError(f"head 'io' needs a float head, got {type(h).__name__}")
+        return dataclasses.replace(weights, lm_head=_float_form(h, DENSE_IO))
     return dataclasses.replace(
         weights, embed=_float_form(weights.embed, head), lm_head=_float_form(weights.lm_head, head)
     )
 
 
 def convert_dense(weights: Weights, form: str) -> Weights:
-    """Every float linear and the float head as ``form`` (:data:`DENSE_FORMS`); the dense
-    baseline's other forms, so int4 is held to the fastest dense GEMV measured."""
+    """Every float linear and the float head as ``form`` (:data:`DENSE_FORMS`: the dense
+    baseline's other forms, so int4 is held to the fastest dense GEMV measured; or
+    :data:`DENSE_IO`)."""
     return with_head(map_linears(weights, lambda w: _float_form(w, form)), form)
 
 

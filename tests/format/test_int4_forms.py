@@ -12,12 +12,21 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from model_impl import quant
-from model_impl.llama import representations
-from model_impl.llama.linears import DenseReduceLinear, QuantizedLinear, linear
+from model_impl.checks import FP32_REORDERING_ATOL
+from model_impl.llama import model, representations
+from model_impl.llama.linears import DenseIOLinear, DenseReduceLinear, QuantizedLinear, linear
 from model_impl.llama.pallas_int4 import PLANES, PallasInt4Linear, to_planar
-from model_impl.llama.representations import BASELINE, GROUPED_FORMS, NATIVE_FORMS, convert, convert_linear
+from model_impl.llama.representations import (
+    BASELINE,
+    DENSE_IO,
+    GROUPED_FORMS,
+    NATIVE_FORMS,
+    convert,
+    convert_dense,
+    convert_linear,
+)
 from model_impl.llama.shapes import shrunk_llama32_config
-from model_impl.llama.weights import quantize_weights, synthetic
+from model_impl.llama.weights import linear_fields, quantize_weights, synthetic
 
 # One linear, inputs ~N(0,1), weights ~N(0, 1/in): outputs ~N(0,1). The forms differ from the
 # host dequant only in float32 summation order (and, for s4-, in rounding b + 8s once):
@@ -167,6 +176,37 @@ def test_dense_reduce_form_is_the_dot_in_another_order_and_the_dot_itself_past_o
     np.testing.assert_allclose(np.asarray(linear(x, form)), x @ w.T, atol=LINEAR_ATOL * 10, rtol=0)
     x3 = rng.standard_normal((3, 512), dtype=np.float32)
     np.testing.assert_array_equal(np.asarray(jax.jit(linear)(x3, form)), np.asarray(jax.jit(linear)(x3, w)))
+
+
+def test_dense_io_form_holds_the_weight_laid_in_out_and_computes_the_dot():
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((64, 512), dtype=np.float32) * np.float32(512**-0.5)  # outputs ~N(0, 1)
+    form = DenseIOLinear.from_dense(w)
+    np.testing.assert_array_equal(form.w, w.T)
+    assert form.w.flags.c_contiguous  # transposed on the host, once: [in, out] in memory
+    spec = DenseIOLinear.from_dense(jax.ShapeDtypeStruct(w.shape, w.dtype)).w
+    assert (spec.shape, spec.dtype) == ((512, 64), np.float32)
+    for rows in (1, 3):  # the GEMV and a batch: float32 sums in another order than the dot's
+        x = rng.standard_normal((rows, 512), dtype=np.float32)
+        np.testing.assert_allclose(np.asarray(linear(x, form)), np.asarray(linear(x, w)), atol=LINEAR_ATOL, rtol=0)
+
+
+def test_dense_io_weights_give_the_dense_models_logits_with_the_head_untied():
+    cfg = shrunk_llama32_config()
+    dense = synthetic(cfg, 0)
+    io = convert_dense(dense, DENSE_IO)
+    assert io.embed is dense.embed and dense.lm_head is None  # the table still gathered as loaded
+    np.testing.assert_array_equal(io.lm_head.w, np.asarray(dense.embed).T)
+    assert all(isinstance(getattr(layer, n), DenseIOLinear) for layer in io.layers for n in linear_fields(layer))
+    tokens = jnp.asarray([1, 504, 33, 7, 900], jnp.int32)
+    np.testing.assert_allclose(
+        np.asarray(model.all_logits(cfg, io, tokens)),
+        np.asarray(model.all_logits(cfg, dense, tokens)),
+        atol=FP32_REORDERING_ATOL,
+        rtol=0,
+    )
+    with pytest.raises(ValueError, match="head 'io' needs a float head, got QuantizedLinear"):
+        convert(quantize_weights(synthetic(cfg, 0), embedding=True), BASELINE, head=DENSE_IO)
 
 
 def test_int4_head_needs_a_quantized_embedding_and_a_form_that_gathers_rows():
