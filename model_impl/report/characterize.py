@@ -34,7 +34,16 @@ from ..llama.weights import (
     quantize_weights,
 )
 from ..llama.weights import specs as weight_specs
-from . import bench_section, fusion_section, half_section, results, tp_section, verdict_section, vs_bf16_section
+from . import (
+    bench_section,
+    fusion_section,
+    half_section,
+    results,
+    tp_section,
+    verdict_section,
+    versions_section,
+    vs_bf16_section,
+)
 from .markdown import render_markdown
 from .results import ROW_KEYS
 
@@ -358,6 +367,7 @@ def main(out_dir: str = "reports/", model: str | None = None, plan: Plan | None 
         + "\n".join(fusion_section.render(matrix))
         + "\n".join(vs_bf16_section.render(vs_bf16, vs_bf16_section.load_related(rdir)))
         + "\n".join(tp_section.render(tp, iree_md))
+        + "\n".join(versions_section.render(versions_section.load(rdir)))
         + "\n"
     )
     (out / "findings.md").write_text(md)

@@ -88,3 +88,22 @@ def test_an_unknown_set_is_one_error_line_and_exit_2(capsys):
 def test_every_set_pins_jax_with_jaxlib_and_the_iree_compiler_with_its_runtime(vs):
     pins = vs.pins()
     assert pins["jax"] == pins["jaxlib"] and pins["iree-base-compiler"] == pins["iree-base-runtime"]
+
+
+def test_the_report_lists_each_neighbouring_pairs_changes_with_both_outcomes():
+    from model_impl.report import versions_section
+
+    run = {
+        "file": "results/versions-cpu.json",
+        "suite": ["tests/lowering"],
+        "environment": {"date": "2026-12-05T03:00:00+00:00"},
+        "sets": [
+            _set(A, same=("passed", None), t=("failed", "Unexpected: 3.11.0 gives crashes")),
+            _set(B, same=("passed", None), t=("passed", None)),
+        ],
+    }
+    lines = versions_section.render(run)
+    assert f"{A.name} (1/2 passed), {B.name} (2/2 passed)" in "\n".join(lines)
+    assert f"**{A.name} -> {B.name}**: 1 changed, 1 the same." in lines
+    assert "| `t` | failed: Unexpected: 3.11.0 gives crashes | passed |" in lines
+    assert versions_section.render(None) == []
