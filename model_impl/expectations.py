@@ -118,10 +118,7 @@ def _xla_cuda_fusion(rows: dict, device: str, source: str, what: str) -> list[En
 H100 = "NVIDIA H100 80GB HBM3"
 H200 = "NVIDIA H200"
 H100_FUSION = "results/pytest-cuda-fusion-xla-cuda.json (H100, jax 0.11.2, 2026-11-26)"
-H200_FUSION = (
-    "pytest tests/cuda -m cuda -k 'fusion and xla_cuda' on the lent H200, jax 0.11.2, 2026-12-04 "
-    "(20 of 23 as on the H100; the three that differ below)"
-)
+H200_FUSION = "results/pytest-cuda-fusion-xla-cuda-h200.json (H200, jax 0.11.2, 2026-12-05)"
 
 # XLA-CUDA's (verdict, linears whose codes only fused kernels read, linears) per fusion-matrix row
 # on the Llama-3.2-1B decode graph in float32: (representation, option).

@@ -83,7 +83,7 @@ def run(vmfb: str, shape=SHAPE) -> dict:
     iree_y = np.asarray(main(xi, wi).to_host())
     iree_s = per_call(lambda: main(xi, wi), lambda y: y.to_host())
 
-    xj, wj = jax.device_put(x), jax.device_put(w)
+    xj, wj = gpu_kernel_time.put((x, w))
     f = jax.jit(gemv)
     xla_y = np.asarray(f(xj, wj))
     xla_s = per_call(lambda: f(xj, wj), lambda y: np.asarray(y))

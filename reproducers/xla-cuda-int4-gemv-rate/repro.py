@@ -71,10 +71,11 @@ def int4_bytes(shape) -> int:
 
 
 def run(shape=SHAPE, rows: int = 1) -> dict:
-    x = jnp.asarray(np.random.default_rng(1).standard_normal((rows, shape[1]), np.float32), jnp.bfloat16)
+    put = gpu_kernel_time.put
+    x = put(np.random.default_rng(1).standard_normal((rows, shape[1]), np.float32).astype(jnp.bfloat16))
     host = weights(shape)  # one content, many buffers: the L2 caches by address
-    dense = gpu_kernel_time.copies(lambda i: (x, jax.device_put(host["w"])), shape[0] * shape[1] * 2)
-    packed = gpu_kernel_time.copies(lambda i: (x, *(jax.device_put(host[k]) for k in "qsb")), int4_bytes(shape))
+    dense = gpu_kernel_time.copies(lambda i: (x, put(host["w"])), shape[0] * shape[1] * 2)
+    packed = gpu_kernel_time.copies(lambda i: (x, *put((host["q"], host["s"], host["b"]))), int4_bytes(shape))
     cases = {
         "bf16-dot": gpu_kernel_time.case(jax.jit(bf16_dot), dense, shape[0] * shape[1] * 2),
         "bf16-reduce": gpu_kernel_time.case(jax.jit(bf16_reduce), dense, shape[0] * shape[1] * 2),

@@ -60,10 +60,11 @@ def run(shape=SHAPE, rows=ROWS) -> dict:
     host = weights(shape)
     dense_bytes, int4_bytes = shape[0] * shape[1] * 2, shape[0] * shape[1] // 2 + shape[0] * 2
     record = {"reproducer": "xla-cuda-s4-dot", **gpu_kernel_time.environment(), "shape": list(shape), "rows": {}}
+    put = gpu_kernel_time.put
     for t in rows:
-        x = jnp.asarray(np.random.default_rng(1).standard_normal((t, shape[1]), np.float32), jnp.bfloat16)
-        dense = gpu_kernel_time.copies(lambda i, x=x: (x, jax.device_put(host["w"])), dense_bytes)
-        packed = gpu_kernel_time.copies(lambda i, x=x: (x, *jax.device_put((host["q"], host["c"]))), int4_bytes)
+        x = put(np.random.default_rng(1).standard_normal((t, shape[1]), np.float32).astype(jnp.bfloat16))
+        dense = gpu_kernel_time.copies(lambda i, x=x: (x, put(host["w"])), dense_bytes)
+        packed = gpu_kernel_time.copies(lambda i, x=x: (x, *put((host["q"], host["c"]))), int4_bytes)
         cases = {
             "bf16-dot": gpu_kernel_time.case(jax.jit(bf16_dot), dense, dense_bytes),
             "bf16-reduce": gpu_kernel_time.case(jax.jit(bf16_reduce), dense, dense_bytes),

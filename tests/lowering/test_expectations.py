@@ -5,6 +5,9 @@ message naming the compiler, the version, the device and what it did instead."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 
 from model_impl import expectations as ex
@@ -115,3 +118,19 @@ def test_a_rebuild_is_named_against_the_configs_linears():
     assert ex.rebuild("materialized", 0, per_linear, linear_weight_bytes(bf16), bf16)[3] == ex.DTYPE_WEIGHTS
     assert ex.rebuild("materialized", 0, per_linear, linear_weight_bytes_f32(bf16), bf16)[3] == ex.F32_WEIGHTS
     assert ex.rebuild("fused", 3, per_linear - 1, 5, bf16)[2:] == (f"{per_linear - 1} kernels", "5 bytes")
+
+
+@pytest.mark.parametrize("gpu", [ex.H100, ex.H200])
+def test_each_gpus_fusion_entries_are_its_committed_runs_records(gpu):
+    """One home per fact: the table's XLA-CUDA counts for a GPU are the per-linear records of
+    the pytest run on it that the entries name as their source."""
+    entries = {e.key: e for e in ex.TABLE if e.key[0] == "xla-cuda" and e.device == gpu}
+    (source,) = {e.source.split()[0] for e in entries.values()}
+    run = json.loads((Path(__file__).resolve().parents[2] / source).read_text())
+    assert run["environment"]["machine"]["gpu"] == gpu
+    recorded = {}
+    for name, r in run["lowering"].items():
+        what, backend, *row = name.split("/")
+        if what in (ex.FUSION, ex.FUSION_BF16) and backend == "xla-cuda":
+            recorded[("xla-cuda", what, *row)] = (r["verdict"], r["linears_fused"], r["linears_total"])
+    assert recorded == {k: e.expected for k, e in entries.items()}
