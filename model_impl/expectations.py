@@ -19,6 +19,8 @@ is an entry with ``device=None``.
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
 
 from packaging.specifiers import SpecifierSet
 from packaging.version import Version
@@ -71,6 +73,21 @@ def _what(key: tuple) -> str:
     return " ".join(str(k) for k in key)
 
 
+OBSERVATIONS = "MODEL_IMPL_OBSERVATIONS"  # a file: every observation held to the table is appended
+
+
+def _record(key: tuple, observed, compiler: str, version: str, device: str | None) -> None:
+    """One JSON line per observation into ``$MODEL_IMPL_OBSERVATIONS`` where set (the versions
+    study reads what each version did, whether or not the table expected it); one ``write`` of
+    one line to a file opened for appending, so two test workers do not interleave."""
+    path = os.environ.get(OBSERVATIONS)
+    if path:
+        line = json.dumps({"key": _what(key), "observed": observed, "compiler": compiler, "version": version,
+                           "device": device}, default=str)  # fmt: skip
+        with open(path, "a") as f:
+            f.write(line + "\n")
+
+
 def check(
     key: tuple, observed, compiler: str, version: str, device: str | None = None, table=None, everywhere=None
 ) -> Finding | None:
@@ -79,6 +96,8 @@ def check(
     :class:`Unexpected` otherwise. ``everywhere``: the part of an expectation that must hold on
     any device where every device measured agrees on it (e.g. the verdict of a (verdict, fused,
     total) triple): held on an unknown device too."""
+    if table is None:
+        _record(key, observed, compiler, version, device)
     entries = [e for e in (TABLE if table is None else table) if e.key == key and e.compiler == compiler]
     if not entries:
         raise Unexpected(f"{_what(key)}: no expectation in model_impl/expectations.py for {compiler}")
@@ -180,6 +199,7 @@ def rebuild(verdict: str, fused: int, kernels: int, written: int, cfg) -> tuple:
     return (verdict, fused, per_linear, names.get(written, f"{written} bytes"))
 
 
+VERSIONS_RUN = "results/versions-cpu.json (python -m model_impl versions on the 2-core CPU, 2026-12-05)"
 _MATERIALIZED_F32 = ("materialized", 0, ONE_PER_LINEAR, F32_WEIGHTS)
 _MATERIALIZED_DTYPE = ("materialized", 0, ONE_PER_LINEAR, DTYPE_WEIGHTS)
 _CPU = [
@@ -187,6 +207,9 @@ _CPU = [
     # in bfloat16 compute too (XLA-CPU widens bf16 arithmetic to f32: twice the bytes asked for).
     Entry(XLA, ">=0.10.2,<0.11", None, ("xla-cpu", REBUILD, "float32"), _MATERIALIZED_F32, CPU_PINS),
     Entry(XLA, ">=0.10.2,<0.11", None, ("xla-cpu", REBUILD, "bfloat16"), _MATERIALIZED_F32, CPU_PINS),
+    # jaxlib 0.11.2 and 0.12.0.1 (Python 3.12) make the same choice
+    Entry(XLA, ">=0.11.2,<0.13", None, ("xla-cpu", REBUILD, "float32"), _MATERIALIZED_F32, VERSIONS_RUN),
+    Entry(XLA, ">=0.11.2,<0.13", None, ("xla-cpu", REBUILD, "bfloat16"), _MATERIALIZED_F32, VERSIONS_RUN),
     # IREE: the unpack a dispatch of its own writing the weight in the compute dtype.
     *(
         Entry(IREE, ">=3.13,<3.14", None, (backend, REBUILD, dtype), expected, CPU_PINS)
@@ -231,6 +254,15 @@ _REPRODUCERS = [
     )
 ]
 
+# Kernels a compiler has or lacks. XLA-CPU has no BF16 x BF16 = F32 batched dot (the attention's
+# einsums in bf16 with a float32 result fail UNIMPLEMENTED; the model widens them to f32).
+KERNEL = "kernel"
+BATCHED_BF16_DOT = "BF16 x BF16 = F32 batched dot"
+_KERNELS = [
+    Entry(XLA, ">=0.10.2,<0.11", None, ("xla-cpu", KERNEL, BATCHED_BF16_DOT), "missing", CPU_PINS),
+    Entry(XLA, ">=0.11.2,<0.13", None, ("xla-cpu", KERNEL, BATCHED_BF16_DOT), "missing", VERSIONS_RUN),
+]
+
 # What IREE's CUDA codegen makes of the performance reproducer's GEMV (reproducers/iree-cuda-gemv,
 # --iree-opt-level=O3, sm_80): the dispatch's pipeline and workgroup size, read from its dump.
 KERNEL_CONFIG = "kernel-config"
@@ -268,6 +300,7 @@ TABLE: list[Entry] = [
     *_xla_cuda_fusion(_BF16_H200, H200, H200_FUSION, FUSION_BF16),
     *_CPU,
     *_REPRODUCERS,
+    *_KERNELS,
     *_KERNEL_CONFIGS,
     *_IREE_STUDY,
 ]

@@ -9,9 +9,10 @@ installed by ``pip --target`` into an overlay directory put first on ``PYTHONPAT
 (``.cache/versions/<set>``; built once, reused while its stamp names the same pins). Each set
 gets a compile cache of its own.
 
-What runs (:data:`SUITE`): what the compilers decide (the lowering verdicts of every int4 form on
-XLA-CPU and IREE-CPU in float32 and half precision, the per-linear fusion analysis, the compiler
-reproducers and the performance reproducers' compile-side checks, the expectation table itself).
+What runs (:data:`SUITE`): what the compilers decide and which kernels they have (the lowering
+verdicts of every int4 form on XLA-CPU and IREE-CPU in float32 and half precision, the
+per-linear fusion analysis, the compiler reproducers and the performance reproducers'
+compile-side checks, XLA-CPU's missing half-precision kernel, the expectation table itself).
 Every expectation a compiler version does not meet fails with the table's one-line message; those
 lines are what the results file keeps per test.
 
@@ -34,7 +35,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 HOME = ROOT / ".cache" / "versions"
 OUT = ROOT / "results" / "versions-cpu.json"
-SUITE = ("tests/lowering",)
+SUITE = ("tests/lowering", "tests/backends/test_dtype_errors.py")
 PACKAGES = ("jax", "jaxlib", "iree-base-compiler", "iree-base-runtime")
 # The project's dependencies a 3.12 base needs (pyproject's, without the test extra's torch, mlx
 # and accelerate, which only the transformers/MLX reference tests use; those are not in SUITE).
@@ -116,22 +117,36 @@ def outcomes(junit_xml: str) -> dict[str, dict]:
     return tests
 
 
+def observations(jsonl: str) -> dict:
+    """``{what: observed}`` from the lines :func:`model_impl.expectations.check` appended (one
+    question asked by several tests: one answer, or ``{"several": [...]}`` where they differ)."""
+    seen: dict[str, list] = {}
+    for line in jsonl.splitlines():
+        o = json.loads(line)
+        values = seen.setdefault(o["key"], [])
+        if o["observed"] not in values:
+            values.append(o["observed"])
+    return {k: v[0] if len(v) == 1 else {"several": v} for k, v in sorted(seen.items())}
+
+
 def changes(run: dict) -> list[dict]:
-    """Per neighbouring pair of measured sets: ``{"from", "to", "changed": [{"test", "from",
-    "to"}], "same": n}``; a test counts as changed where its outcome or its failure line differs
-    (present in one set only: its outcome in the other is ``None``)."""
+    """Per neighbouring pair of measured sets: ``{"from", "to", "changed": [{"kind", "what",
+    "from", "to"}], "same": n}``: every compiler observation (what a table question got) whose
+    answer differs, and every test whose outcome or failure line differs; present in one set
+    only, the other side is ``None``."""
     by_name = {s["name"]: s for s in run["sets"]}
     measured = [s for s in SETS if s.name in by_name]
     out = []
     for a, b in neighbours(measured):
-        ta, tb = by_name[a.name]["tests"], by_name[b.name]["tests"]
         changed, same = [], 0
-        for test in sorted(set(ta) | set(tb)):
-            x, y = ta.get(test), tb.get(test)
-            if x == y:
-                same += 1
-            else:
-                changed.append({"test": test, "from": x, "to": y})
+        for kind, field in (("observation", "observations"), ("test", "tests")):
+            xa, xb = by_name[a.name].get(field, {}), by_name[b.name].get(field, {})
+            for what in sorted(set(xa) | set(xb)):
+                x, y = xa.get(what), xb.get(what)
+                if x == y:
+                    same += 1
+                else:
+                    changed.append({"kind": kind, "what": what, "from": x, "to": y})
         out.append({"from": a.name, "to": b.name, "changed": changed, "same": same})
     return out
 
@@ -197,7 +212,12 @@ def run_set(vs: VersionSet, suite, log) -> dict:
     outcome."""
     python = base(vs.python, log)
     path = overlay(vs, python, log)
-    env = {**os.environ, "PYTHONPATH": str(path), "MODEL_IMPL_CACHE": str(HOME / "cache" / vs.name)}
+    from .. import expectations
+
+    seen = HOME / f"{vs.name}.observations.jsonl"
+    seen.unlink(missing_ok=True)
+    env = {**os.environ, "PYTHONPATH": str(path), "MODEL_IMPL_CACHE": str(HOME / "cache" / vs.name),
+           expectations.OBSERVATIONS: str(seen)}  # fmt: skip
     probe = "import importlib.metadata as m, json, platform; " + (
         f"print(json.dumps({{p: m.version(p) for p in {list(PACKAGES)!r}}} | {{'python': platform.python_version()}}))"
     )
@@ -212,7 +232,9 @@ def run_set(vs: VersionSet, suite, log) -> dict:
     log(f"{vs.name}: {' '.join(cmd)}")
     subprocess.run([*cmd, f"--junitxml={junit}"], cwd=ROOT, env=env)
     tests = outcomes(junit.read_text())
-    return {"name": vs.name, "versions": versions, "seconds": round(time.perf_counter() - start, 1), "tests": tests}
+    seen_ = observations(seen.read_text()) if seen.exists() else {}
+    seconds = round(time.perf_counter() - start, 1)
+    return {"name": vs.name, "versions": versions, "seconds": seconds, "observations": seen_, "tests": tests}
 
 
 def run(sets=SETS, suite=SUITE, out: Path = OUT, log=print) -> dict:

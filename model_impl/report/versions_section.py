@@ -1,7 +1,7 @@
 """What changed between compiler versions (``results/versions-cpu.json``, written by
-``python -m model_impl versions``): per neighbouring pair of version sets, every test whose
-outcome or failure line differs (:func:`model_impl.lab.versions.changes` decides), and how many
-stayed the same."""
+``python -m model_impl versions``): per neighbouring pair of version sets, every compiler
+observation whose answer differs and every test whose outcome differs
+(:func:`model_impl.lab.versions.changes` decides), and how many stayed the same."""
 
 from __future__ import annotations
 
@@ -15,9 +15,11 @@ def load(results_dir=None) -> dict | None:
     return found[-1] if found else None
 
 
-def _cell(o: dict | None) -> str:
+def _cell(kind: str, o) -> str:
     if o is None:
         return "absent"
+    if kind == "observation":
+        return f"`{o}`"
     return o["outcome"] + (f": {o['message']}" if o.get("message") else "")
 
 
@@ -35,7 +37,10 @@ def render(run: dict | None) -> list[str]:
         head = f"**{pair['from']} -> {pair['to']}**: {len(pair['changed'])} changed, {pair['same']} the same."
         out += [head, ""]
         if pair["changed"]:
-            out += ["| test | before | after |", "| --- | --- | --- |"]
-            out += [f"| `{c['test']}` | {_cell(c['from'])} | {_cell(c['to'])} |" for c in pair["changed"]]
+            out += ["| what | before | after |", "| --- | --- | --- |"]
+            out += [
+                f"| {c['kind']}: `{c['what']}` | {_cell(c['kind'], c['from'])} | {_cell(c['kind'], c['to'])} |"
+                for c in pair["changed"]
+            ]
             out.append("")
     return out

@@ -54,16 +54,15 @@ def test_a_junit_file_reads_as_outcomes_with_the_failures_first_line():
     }
 
 
-def _set(vs, **tests):
-    return {"name": vs.name, "tests": {k: {"outcome": o, "message": m} for k, (o, m) in tests.items()}}
+def _set(vs, observations=None, **tests):
+    tests = {k: {"outcome": o, "message": m} for k, (o, m) in tests.items()}
+    return {"name": vs.name, "tests": tests, "observations": observations or {}}
 
 
 def test_changes_lists_flips_new_failure_lines_and_tests_of_one_set_only():
     run = {
         "sets": [
-            _set(
-                A, same=("passed", None), flips=("failed", "x"), line=("failed", "gives fails"), only_a=("passed", None)
-            ),
+            _set(A, same=("passed", None), flips=("failed", "x"), line=("failed", "fails"), only_a=("passed", None)),
             _set(B, same=("passed", None), flips=("passed", None), line=("failed", "gives crashes")),
             _set(C, same=("passed", None), flips=("passed", None), line=("failed", "gives crashes")),
         ]
@@ -71,9 +70,52 @@ def test_changes_lists_flips_new_failure_lines_and_tests_of_one_set_only():
     pairs = versions.changes(run)
     assert [(p["from"], p["to"]) for p in pairs] == [(A.name, B.name), (B.name, C.name)]
     first, second = pairs
-    assert [c["test"] for c in first["changed"]] == ["flips", "line", "only_a"]
+    assert [c["what"] for c in first["changed"]] == ["flips", "line", "only_a"]
+    assert {c["kind"] for c in first["changed"]} == {"test"}
     assert first["changed"][2]["to"] is None and first["same"] == 1
     assert second["changed"] == [] and second["same"] == 3
+
+
+def test_changes_lists_each_compiler_answer_that_differs_even_where_every_test_passes():
+    """Both sets pass (the table knows both versions); what the compiler did still changed."""
+    passed = {"t": ("passed", None)}
+    run = {
+        "sets": [
+            _set(A, {"iree reproducer x": "crashes", "kept": ["fused", 1]}, **passed),
+            _set(B, {"iree reproducer x": "fails", "kept": ["fused", 1], "new": "present"}, **passed),
+        ]
+    }
+    (pair,) = versions.changes(run)
+    assert pair["changed"] == [
+        {"kind": "observation", "what": "iree reproducer x", "from": "crashes", "to": "fails"},
+        {"kind": "observation", "what": "new", "from": None, "to": "present"},
+    ]
+    assert pair["same"] == 2
+
+
+def test_observations_keep_one_answer_per_question_and_show_disagreement():
+    lines = "\n".join(
+        [
+            '{"key": "q", "observed": ["a", 1], "compiler": "c", "version": "1", "device": null}',
+            '{"key": "q", "observed": ["a", 1], "compiler": "c", "version": "1", "device": null}',
+            '{"key": "r", "observed": "x", "compiler": "c", "version": "1", "device": null}',
+            '{"key": "r", "observed": "y", "compiler": "c", "version": "1", "device": null}',
+        ]
+    )
+    assert versions.observations(lines) == {"q": ["a", 1], "r": {"several": ["x", "y"]}}
+
+
+def test_the_table_check_appends_what_it_observed_where_asked(tmp_path, monkeypatch):
+    from model_impl import expectations as ex
+
+    path = tmp_path / "seen.jsonl"
+    monkeypatch.setenv(ex.OBSERVATIONS, str(path))
+    key = ("xla-cpu", ex.KERNEL, ex.BATCHED_BF16_DOT)
+    ex.check(key, "missing", ex.XLA, "0.10.2")
+    with pytest.raises(ex.Unexpected):
+        ex.check(key, "present", ex.XLA, "0.10.2")
+    what = f"xla-cpu kernel {ex.BATCHED_BF16_DOT}"
+    assert versions.observations(path.read_text()) == {what: {"several": ["missing", "present"]}}
 
 
 def test_an_unknown_set_is_one_error_line_and_exit_2(capsys):
@@ -105,5 +147,5 @@ def test_the_report_lists_each_neighbouring_pairs_changes_with_both_outcomes():
     lines = versions_section.render(run)
     assert f"{A.name} (1/2 passed), {B.name} (2/2 passed)" in "\n".join(lines)
     assert f"**{A.name} -> {B.name}**: 1 changed, 1 the same." in lines
-    assert "| `t` | failed: Unexpected: 3.11.0 gives crashes | passed |" in lines
+    assert "| test: `t` | failed: Unexpected: 3.11.0 gives crashes | passed |" in lines
     assert versions_section.render(None) == []
