@@ -212,7 +212,9 @@ _CPU = [
     Entry(XLA, ">=0.11.2,<0.13", None, ("xla-cpu", REBUILD, "bfloat16"), _MATERIALIZED_F32, VERSIONS_RUN),
     # IREE: the unpack a dispatch of its own writing the weight in the compute dtype.
     *(
-        Entry(IREE, ">=3.13,<3.14", None, (backend, REBUILD, dtype), expected, CPU_PINS)
+        Entry(IREE, versions, None, (backend, REBUILD, dtype), expected, source)
+        # 3.11 and 3.12 from the registry make the same choice
+        for versions, source in ((">=3.13,<3.14", CPU_PINS), (">=3.11,<3.13", VERSIONS_RUN))
         for backend in ("iree-cpu", "iree-cuda")
         for dtype, expected in (("float32", _MATERIALIZED_F32), ("bfloat16", _MATERIALIZED_DTYPE))
     ),
@@ -283,7 +285,9 @@ _KERNEL_CONFIGS = [
 IREE_STUDY = "iree-study"
 _IREE_STUDY_SOURCE = "results/iree-cuda-speed-h200.json (1B shapes) and tests/lowering/test_iree_cuda_study.py"
 _IREE_STUDY = [
-    Entry(IREE, ">=3.13,<3.14", None, ("iree-cuda", IREE_STUDY, form, flags), expected, _IREE_STUDY_SOURCE)
+    Entry(IREE, versions, None, ("iree-cuda", IREE_STUDY, form, flags), expected, source)
+    # 3.11 and 3.12 from the registry compile every variant the same way
+    for versions, source in ((">=3.13,<3.14", _IREE_STUDY_SOURCE), (">=3.11,<3.13", VERSIONS_RUN))
     for (form, flags), expected in {
         ("dense-dot", "default"): ("no-dequant", "transposes"),  # W^T copied before every GEMV
         ("dense-dot", "O3"): ("no-dequant", "no transposes"),
