@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: test report verdict bench fusion mutants clean-cache
+.PHONY: test report verdict bench fusion mutants versions clean-cache
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -53,6 +53,11 @@ report: $(STAMP)
 # shapes here (about 40 minutes on 2 cores); on a GPU machine run the module directly (README).
 verdict: $(STAMP)
 	$(PY) -m model_impl verdict --shapes smollm2-135m --steps 4 --parity-model default
+
+# The compiler-facing tests once per jax/IREE/Python version set (registry wheels; a Python 3.12
+# base without torch under .cache/versions/): results/versions-cpu.json, about 12 minutes here.
+versions: $(STAMP)
+	$(PY) -m model_impl versions
 
 clean-cache:
 	rm -rf .cache .pytest_cache .hypothesis mutants
