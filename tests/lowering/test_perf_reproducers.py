@@ -128,3 +128,23 @@ def test_iree_gemv_compiles_for_cuda_at_o3_into_the_kernel_the_table_expects(tmp
     version = expectations.compiler_version(expectations.IREE)
     key = ("iree-cuda", expectations.KERNEL_CONFIG, "iree-cuda-gemv")
     expectations.check(key, (name, pipeline, size), expectations.IREE, version)
+
+
+def test_each_recorded_figure_is_its_results_files_figure():
+    """expect.json's ``measured`` per GPU (what the README's "Actual" quotes) rounds the figure of
+    the results file it names; the -m cuda tests compare a new run with it."""
+    from model_impl import decide
+
+    root = ROOT.parent
+    for case in PERFORMANCE:
+        for device, m in json.loads((ROOT / case / "expect.json").read_text())["measured"].items():
+            run = json.loads((root / m["file"]).read_text())
+            record = run["reproducers"][case]
+            assert record["device"] == device == run["environment"]["machine"]["gpu"]
+            if case == "xla-cuda-s4-dot":
+                got = {rows: r["speedup"] for rows, r in record["rows"].items()}
+            else:
+                got = {"ratio": record["ratio"]}
+            assert got.keys() == m["figures"].keys()
+            assert all(round(got[k], 3) == m["figures"][k] for k in got), (case, got, m["figures"])
+        assert case in decide.PERFORMANCE_REPRODUCERS
