@@ -256,6 +256,33 @@ _REPRODUCERS = [
     )
 ]
 
+# How XLA-CPU rounds a half-precision multiply-add (checks.xla_cpu_half_rounding): it depends on
+# the host CPU XLA compiles for, so the "device" here is the host's half-precision arithmetic
+# (:func:`host_half_arithmetic`): with AVX512-FP16, LLVM contracts float16 multiplies and adds
+# into FMAs; without it every float16 op is promoted to float32 and rounded back. No x86 CPU has
+# bfloat16 arithmetic (AVX512-BF16 has conversions and dot products only): per op everywhere.
+HALF_ROUNDING = "half-precision multiply-add"
+WITH_FP16, WITHOUT_FP16 = "x86-64 with avx512fp16", "x86-64 without avx512fp16"
+_HALF_ROUNDINGS = [
+    Entry(XLA, ">=0.10.2,<0.11", WITH_FP16, ("xla-cpu", HALF_ROUNDING, "float16"), "fused multiply-add",
+          "tests/parity/test_half_reference.py on an Intel Xeon (AVX512-FP16, AMX), 2026-12-05"),
+    Entry(XLA, ">=0.10.2,<0.11", WITHOUT_FP16, ("xla-cpu", HALF_ROUNDING, "float16"), "rounded per op",
+          "tests/parity/test_half_reference.py on the AMD EPYC, 2026-12-04"),
+    Entry(XLA, ">=0.10.2,<0.11", None, ("xla-cpu", HALF_ROUNDING, "bfloat16"), "rounded per op",
+          "tests/parity/test_half_reference.py on the AMD EPYC and the Intel Xeon"),
+]  # fmt: skip
+
+
+def host_half_arithmetic() -> str:
+    """The host CPU's half-precision arithmetic, as :data:`_HALF_ROUNDINGS` keys it."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line for line in f if line.startswith("flags")), "")
+    except OSError:
+        flags = ""
+    return WITH_FP16 if "avx512_fp16" in flags.split() or "avx512fp16" in flags.split() else WITHOUT_FP16
+
+
 # Kernels a compiler has or lacks. XLA-CPU has no BF16 x BF16 = F32 batched dot (the attention's
 # einsums in bf16 with a float32 result fail UNIMPLEMENTED; the model widens them to f32).
 KERNEL = "kernel"
@@ -305,6 +332,7 @@ TABLE: list[Entry] = [
     *_CPU,
     *_REPRODUCERS,
     *_KERNELS,
+    *_HALF_ROUNDINGS,
     *_KERNEL_CONFIGS,
     *_IREE_STUDY,
 ]

@@ -61,7 +61,10 @@ def gather(cfg, fp32, prompt, n, log=print, dtypes=HALF) -> dict:
             out[dtype] = {
                 "unit_roundoff": checks.UNIT_ROUNDOFF[dtype],
                 "logit_atol": checks.logit_atol(dtype),
-                "in_graph_atol": checks.in_graph_vs_host_dequant_atol(dtype),
+                "xla_cpu_half_rounding": checks.xla_cpu_half_rounding(dtype),
+                "in_graph_atol": checks.in_graph_vs_host_dequant_atol(
+                    dtype, checks.xla_cpu_half_rounding(dtype) == checks.FMA
+                ),
                 "near_tie_gap": checks.near_tie_gap(dtype),
                 "prefill_vs_transformers": prefill,
                 "greedy_vs_transformers": _agreement(runs["xla-cpu", "dense"], hf_run, dtype),

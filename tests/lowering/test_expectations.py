@@ -99,7 +99,8 @@ def test_every_entry_names_its_source_and_parses_and_cpu_entries_name_no_device(
     for e in ex.TABLE:
         assert e.source and e.compiler in (ex.XLA, ex.IREE)
         e.covers("0.11.2")
-        assert (e.device is None) == (e.key[0] in ("xla-cpu", "iree-cpu", "iree-cuda", "iree"))
+        host_keyed = e.key[1] == ex.HALF_ROUNDING and e.device in (ex.WITH_FP16, ex.WITHOUT_FP16)
+        assert (e.device is None or host_keyed) == (e.key[0] in ("xla-cpu", "iree-cpu", "iree-cuda", "iree"))
 
 
 def test_a_rebuild_is_named_against_the_configs_linears():

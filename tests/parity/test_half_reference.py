@@ -20,6 +20,7 @@ import ml_dtypes
 import numpy as np
 import pytest
 
+from model_impl import checks
 from model_impl.llama import model
 from model_impl.llama.config import rope_inv_freq
 from model_impl.llama.shapes import shrunk_llama32_config
@@ -122,9 +123,22 @@ def _ulps(a, b, dtype):
 
 
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_xla_cpu_rounds_a_half_multiply_add_as_the_table_expects_of_this_host(dtype):
+    """The rounding model the pieces below hold the graph to is itself a table entry, keyed by
+    the host's half-precision arithmetic (XLA-CPU compiles for the CPU it runs on)."""
+    from model_impl import expectations as ex
+
+    key = ("xla-cpu", ex.HALF_ROUNDING, dtype)
+    observed = checks.xla_cpu_half_rounding(dtype)
+    finding = ex.check(key, observed, ex.XLA, ex.compiler_version(ex.XLA), ex.host_half_arithmetic())
+    assert finding is None, finding.line()
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
 def test_each_piece_of_a_layer_rounds_as_the_reference_does(case, dtype):
     """Layer 0 piece by piece, each on the graph's own inputs (no flip carried from an earlier
-    piece): elementwise pieces equal the reference exactly, contractions within one ulp."""
+    piece): elementwise pieces equal the reference exactly (RoPE's multiply-add as this host's
+    XLA-CPU rounds it: per op, or as one FMA), contractions within one ulp."""
     import jax
 
     from model_impl.llama.linears import linear
@@ -153,7 +167,12 @@ def test_each_piece_of_a_layer_rounds_as_the_reference_does(case, dtype):
     angles = np.concatenate([freqs, freqs], axis=-1)[:, None, :]
     qf, half = f(q), cfg.head_dim // 2
     turned = np.concatenate([-qf[..., half:], qf[..., :half]], axis=-1)
-    assert np.array_equal(rotated, r(r(qf * r(np.cos(angles))) + r(turned * r(np.sin(angles))))), "rope"
+    cos, sin = r(np.cos(angles)), r(np.sin(angles))
+    if checks.xla_cpu_half_rounding(dtype) == checks.FMA:  # the first product fused into the add
+        expected = r(qf.astype(np.float64) * cos + r(turned * sin))
+    else:
+        expected = r(r(qf * cos) + r(turned * sin))
+    assert np.array_equal(rotated, expected), ("rope", checks.xla_cpu_half_rounding(dtype))
     gate, up = jax.jit(linear)(h, layer.w_gate), jax.jit(linear)(h, layer.w_up)
     act = f(jax.jit(lambda g, u: jax.nn.silu(g) * u)(gate, up))
     g = f(gate)
