@@ -254,12 +254,20 @@ PALLAS_FAMILIES = ("xla-dot", "xla-reduce", "xla-u4-magic", "xla-u32-word", "cur
 
 
 def pallas_gemv_lines(runs: list[dict]) -> list[str]:
-    """The tuned Pallas int4 GEMV sweep (``python -m model_impl pallas-sweep``): per Llama-3.2-1B
-    linear shape the best of each family against XLA's bf16 GEMV of the same run, the step's
-    linears summed over the shapes' counts, and whether the tuned kernel beats the in-graph forms."""
-    if not runs:
-        return []
-    run = runs[-1]
+    """The tuned Pallas int4 GEMV sweep (``python -m model_impl pallas-sweep``), each machine's
+    newest run (:func:`_pallas_run_lines`)."""
+    newest = {}
+    for run in runs:
+        gpu = run["environment"]["machine"].get("gpu")
+        if gpu not in newest or run["environment"]["date"] > newest[gpu]["environment"]["date"]:
+            newest[gpu] = run
+    return [line for run in newest.values() for line in _pallas_run_lines(run)]
+
+
+def _pallas_run_lines(run: dict) -> list[str]:
+    """One sweep: per Llama-3.2-1B linear shape the best of each family against XLA's bf16 GEMV
+    of the same run, the step's linears summed over the shapes' counts, and whether the tuned
+    kernel beats the in-graph forms."""
     bw = run["memory_bandwidth"]
     invalid = sum(1 for r in run["rows"] if r.get("invalid"))
     wrong = sum(1 for r in run["rows"] if not (r.get("check") or {}).get("ok", True))

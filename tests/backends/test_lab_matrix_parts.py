@@ -129,13 +129,20 @@ def test_the_pallas_sweep_lines_say_whether_the_tuned_kernel_beats_the_in_graph_
 
     from model_impl.report import results, vs_bf16_section
 
-    run = results.load(results.RESULTS_DIR, "pallas-gemv-*.json")[-1]
-    fams = run["step_estimate"]["families"]
-    text = "\n".join(vs_bf16_section.pallas_gemv_lines([run]))
-    assert "0 wrong against the host dequant" in text and "| 8192x2048 |" in text
-    # the committed H100 run: the tuned kernel beats XLA's in-graph int4 forms but not 1.5x
-    assert fams["pallas-best"]["speedup_vs_xla_bf16"] > fams["xla-u4-magic"]["speedup_vs_xla_bf16"]
-    assert "The tuned Pallas GEMV beats the best in-graph int4 form" in text and "misses the 1.5x" in text
+    runs = results.load(results.RESULTS_DIR, "pallas-gemv-*.json")
+    both = "\n".join(vs_bf16_section.pallas_gemv_lines(runs))
+    assert {r["environment"]["machine"]["gpu"] for r in runs} == {"NVIDIA H100 80GB HBM3", "NVIDIA H200"}
+    assert both.count("Pallas int4 GEMV sweep against XLA") == 2  # each machine's run, none hidden
+    for run in runs:
+        fams = run["step_estimate"]["families"]
+        text = "\n".join(vs_bf16_section.pallas_gemv_lines([run]))
+        assert "0 wrong against the host dequant" in text and "| 8192x2048 |" in text
+        # the committed H100 and H200 runs: the tuned kernel beats XLA's in-graph int4 forms but not 1.5x
+        assert fams["pallas-best"]["speedup_vs_xla_bf16"] > fams["xla-u4-magic"]["speedup_vs_xla_bf16"]
+        assert "The tuned Pallas GEMV beats the best in-graph int4 form" in text and "misses the 1.5x" in text
+    older = {**runs[-1], "environment": {**runs[-1]["environment"], "date": "2000-01-01"}}
+    assert "\n".join(vs_bf16_section.pallas_gemv_lines([runs[-1], older])).count("sweep against XLA") == 1
+    run = runs[-1]
     slow = copy.deepcopy(run)
     slow["step_estimate"]["families"]["pallas-best"]["speedup_vs_xla_bf16"] = 0.5
     assert "does not beat the best in-graph int4 form" in "\n".join(vs_bf16_section.pallas_gemv_lines([slow]))
