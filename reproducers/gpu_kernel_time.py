@@ -1,6 +1,8 @@
 """Device time of one call of a jitted function on a GPU, read from JAX's own profiler (CUPTI):
 the kernels one call launches, summed, the host's dispatch left out. Shared by the XLA
-performance reproducers beside this file; needs jax and numpy only.
+performance reproducers beside this file, with the two bf16 GEMVs XLA offers (the faster is each
+reproducer's baseline) and their command line; needs jax and numpy only, so it repeats on purpose
+what ``model_impl/lab/profile.py`` does for the suite (a compiler engineer copies two files).
 
 Each timed call reads its weights from HBM, as a decode step does: the calls rotate over copies
 of the weights whose bytes together are many times the L2 cache (50 MB on the H100 and H200).
@@ -8,6 +10,7 @@ of the weights whose bytes together are many times the L2 cache (50 MB on the H1
 
 from __future__ import annotations
 
+import argparse
 import collections
 import json
 import statistics
@@ -16,9 +19,28 @@ import tempfile
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 
 FOOTPRINT = 512 << 20  # bytes of weight copies rotated over: ~10x the L2 cache
 CALLS = 64  # timed calls (each kernel's median over them is taken)
+
+
+def bf16_dot(x, w):
+    """``x @ w.T`` with ``w`` ``[out, in]``, accumulated in float32, in ``x``'s dtype."""
+    return jnp.einsum("ti,oi->to", x, w, preferred_element_type=jnp.float32).astype(x.dtype)
+
+
+def bf16_reduce(x, w):
+    """The same as multiply + reduce in float32 (XLA's other GEMV: one reduction kernel)."""
+    return jnp.sum(x.astype(jnp.float32)[:, None, :] * w.astype(jnp.float32)[None], axis=-1).astype(x.dtype)
+
+
+BF16_FORMS = ("bf16-dot", "bf16-reduce")
+
+
+def faster_bf16(cases: dict) -> str:
+    """The bf16 form of ``cases`` that took least time."""
+    return min(BF16_FORMS, key=lambda k: cases[k]["seconds"])
 
 
 def device():
@@ -91,3 +113,12 @@ def emit(record: dict, out: str | None) -> None:
     if out:
         Path(out).write_text(text + "\n")
     sys.stdout.write(text + "\n")
+
+
+def main(run, doc: str, argv=None) -> int:
+    """A reproducer's command line: ``run()``'s record printed, and written to ``--out``."""
+    p = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    p.add_argument("--out", help="also write the JSON record here")
+    args = p.parse_args(argv)
+    emit(run(), args.out)
+    return 0

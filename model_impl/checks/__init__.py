@@ -92,7 +92,8 @@ def xla_cpu_half_rounding(dtype: str) -> str:
         np_dtype = np.dtype(jax.numpy.dtype(dtype))
         rng = np.random.default_rng(0)
         a, b, c, d = (rng.standard_normal(4096).astype(np_dtype) for _ in range(4))
-        got = np.asarray(jax.jit(lambda a, b, c, d: a * b + c * d, backend="cpu")(a, b, c, d)).astype(np.float64)
+        args = jax.device_put((a, b, c, d), jax.devices("cpu")[0])  # XLA-CPU, whatever the default device
+        got = np.asarray(jax.jit(lambda a, b, c, d: a * b + c * d)(*args)).astype(np.float64)
         exact = lambda x, y: x.astype(np.float64) * y.astype(np.float64)  # noqa: E731  (half products are exact)
         rd = lambda v: v.astype(np_dtype).astype(np.float64)  # noqa: E731  (one rounding from the exact value)
         models = {PER_OP: rd(rd(exact(a, b)) + rd(exact(c, d))), FMA: rd(exact(a, b) + rd(exact(c, d)))}

@@ -162,7 +162,10 @@ def _python(version: str) -> str:
     override = os.environ.get(f"MODEL_IMPL_PYTHON{version.replace('.', '')}")
     if override:
         return override
-    root = subprocess.run(["pyenv", "root"], capture_output=True, text=True).stdout.strip()
+    try:
+        root = subprocess.run(["pyenv", "root"], capture_output=True, text=True).stdout.strip()
+    except FileNotFoundError:  # no pyenv: only the override can name it
+        root = ""
     found = sorted(Path(root, "versions").glob(f"{version}.*/bin/python{version}")) if root else []
     if not found:
         raise SystemExit(f"error: no Python {version} interpreter (set MODEL_IMPL_PYTHON{version.replace('.', '')})")

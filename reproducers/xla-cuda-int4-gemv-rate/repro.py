@@ -18,7 +18,6 @@ same rate (ratio near 1, int4 ~3.5x faster); XLA's int4 kernel is bound by instr
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -31,15 +30,8 @@ import gpu_kernel_time  # noqa: E402
 
 SHAPE = (8192, 2048)  # Llama-3.2-1B's gate and up projections: [out, in]
 GROUP = 64
-F32 = jnp.float32
 
-
-def bf16_dot(x, w):
-    return jnp.einsum("ti,oi->to", x, w, preferred_element_type=F32).astype(x.dtype)
-
-
-def bf16_reduce(x, w):
-    return jnp.sum(x.astype(F32)[:, None, :] * w.astype(F32)[None], axis=-1).astype(x.dtype)
+bf16_dot, bf16_reduce = gpu_kernel_time.bf16_dot, gpu_kernel_time.bf16_reduce
 
 
 def dequant(q, s, b):
@@ -84,7 +76,7 @@ def run(shape=SHAPE, rows: int = 1) -> dict:
     record = {"reproducer": "xla-cuda-int4-gemv-rate", **gpu_kernel_time.environment(), "shape": list(shape)}
     record |= {"rows": rows, "cases": cases}
     if all(c["seconds"] for c in cases.values()):
-        best = min(("bf16-dot", "bf16-reduce"), key=lambda k: cases[k]["seconds"])
+        best = gpu_kernel_time.faster_bf16(cases)
         record |= {
             "best_bf16": best,
             "ratio": cases["int4-reduce"]["bytes_per_s"] / cases[best]["bytes_per_s"],
@@ -93,13 +85,5 @@ def run(shape=SHAPE, rows: int = 1) -> dict:
     return record
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--out", help="also write the JSON record here")
-    args = p.parse_args(argv)
-    gpu_kernel_time.emit(run(), args.out)
-    return 0
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(gpu_kernel_time.main(run, __doc__))

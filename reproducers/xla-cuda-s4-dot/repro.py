@@ -18,7 +18,6 @@ int4 dot up to ~4x faster than bf16 here (4x fewer weight bytes).
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -33,13 +32,7 @@ SHAPE = (8192, 2048)  # [out, in]
 ROWS = (1, 2, 16)
 F32 = jnp.float32
 
-
-def bf16_dot(x, w):
-    return jnp.einsum("ti,oi->to", x, w, preferred_element_type=F32).astype(x.dtype)
-
-
-def bf16_reduce(x, w):
-    return jnp.sum(x.astype(F32)[:, None, :] * w.astype(F32)[None], axis=-1).astype(x.dtype)
+bf16_dot, bf16_reduce = gpu_kernel_time.bf16_dot, gpu_kernel_time.bf16_reduce
 
 
 def s4_dot(x, q, c):
@@ -72,19 +65,11 @@ def run(shape=SHAPE, rows=ROWS) -> dict:
         }
         row = {"cases": cases}
         if all(c["seconds"] for c in cases.values()):
-            best = min(("bf16-dot", "bf16-reduce"), key=lambda k: cases[k]["seconds"])
+            best = gpu_kernel_time.faster_bf16(cases)
             row |= {"best_bf16": best, "speedup": cases[best]["seconds"] / cases["s4-dot"]["seconds"]}
         record["rows"][str(t)] = row
     return record
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--out", help="also write the JSON record here")
-    args = p.parse_args(argv)
-    gpu_kernel_time.emit(run(), args.out)
-    return 0
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(gpu_kernel_time.main(run, __doc__))

@@ -24,6 +24,17 @@ def pytest_runtest_logreport(report):
 
 
 @pytest.fixture(scope="session")
+def gpu():
+    """The first CUDA device JAX sees (the suite makes the CPU JAX's default: place arrays on it)."""
+    import jax
+
+    try:
+        return jax.devices("cuda")[0]
+    except RuntimeError as e:
+        pytest.skip(f"cuda: no CUDA device usable by JAX ({e})")
+
+
+@pytest.fixture(scope="session")
 def cuda_record():
     """Figures the CUDA tests measured, written to MODEL_IMPL_RESULTS_OUT at session end."""
     record = {"figures": {}, "lowering": {}, "loop_vs_per_step": {}, "reproducers": {}}

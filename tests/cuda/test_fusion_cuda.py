@@ -27,14 +27,6 @@ pytestmark = pytest.mark.cuda
 PALLAS_VS_HOST_ATOL = 1e-5
 
 
-@pytest.fixture(scope="module")
-def gpu():
-    try:
-        return jax.devices("cuda")[0]
-    except RuntimeError as e:
-        pytest.skip(f"cuda: no CUDA device usable by JAX ({e})")
-
-
 def test_fusion_pallas_gemv_on_xla_cuda_matches_host_dequant(gpu, cuda_record):
     rng = np.random.default_rng(0)
     out, n_in = linear_chain.LINEAR_SHAPE

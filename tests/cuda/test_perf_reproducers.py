@@ -22,14 +22,6 @@ pytestmark = pytest.mark.cuda
 MOVED = 0.15  # a figure this far (relative) from the recorded one has moved: above the H200's run-to-run spread
 
 
-@pytest.fixture(scope="module")
-def gpu():
-    try:
-        return jax.devices("cuda")[0]
-    except RuntimeError as e:
-        pytest.skip(f"cuda: no CUDA device usable by JAX ({e})")
-
-
 def moved(case: str, figures: dict, device: str) -> str:
     """One line: the figures against those ``expect.json`` records for ``device``."""
     recorded = json.loads((ROOT / case / "expect.json").read_text()).get("measured", {}).get(device)
