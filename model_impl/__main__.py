@@ -44,12 +44,18 @@ def cmd_generate(args) -> int:
 
             host_devices(args.tp)
         generate.require_device(args.backend)  # before anything is loaded or built
-        cfg, weights = checkpoint.load(args.model, args.quant, args.dtype)
         if args.representation:
             from .llama import representations
 
             if args.quant != "int4":
                 raise ValueError("--representation applies to --quant int4 weights")
+            if args.representation == representations.PALLAS and args.backend != "xla-cuda":
+                raise ValueError(
+                    f"--representation {args.representation} is a Pallas (Triton) kernel: it runs on xla-cuda only "
+                    f"(IREE cannot compile its custom_call; on the CPU only Pallas' interpreter runs it, for tests)"
+                )
+        cfg, weights = checkpoint.load(args.model, args.quant, args.dtype)
+        if args.representation:
             weights = representations.convert(weights, args.representation)
         tokenizer = None
         if args.token_ids is not None:
@@ -172,6 +178,12 @@ def cmd_verdict(args) -> int:
         return _fail(f"--shapes: unknown {args.shapes!r}; known: {', '.join(verdict.SHAPES)}")
     if args.steps < 1:
         return _fail(f"--steps must be at least 1, got {args.steps}")
+    forms = None
+    if args.forms:
+        try:
+            forms = verdict.parse_forms(args.forms)
+        except ValueError as e:
+            return _fail(f"--forms: {e}")
     if args.resume:
         resume = Path(args.resume)
         try:
@@ -185,7 +197,7 @@ def cmd_verdict(args) -> int:
         bad = [b for b in backends if b not in BACKENDS]
         if bad:
             return _fail(f"--backend: unknown {', '.join(bad)}; known: {', '.join(BACKENDS)}")
-        plan = verdict.Plan(args.shapes, args.dtype, args.steps, args.parity_model, args.quick, parts)
+        plan = verdict.Plan(args.shapes, args.dtype, args.steps, args.parity_model, args.quick, parts, forms=forms)
         data = verdict.run(
             backends, Path(args.out) if args.out else None, plan, Path(args.resume) if args.resume else None
         )
@@ -343,6 +355,11 @@ def main(argv=None) -> int:
         "--parts", default="bandwidth,dense,int4,anchors,profile,generate", help="what to measure, comma-separated"
     )
     v.add_argument("--quick", action="store_true", help="batch 1 only, three int4 forms (about 2 minutes on a GPU)")
+    v.add_argument(
+        "--forms",
+        help="only these int4 candidates: representation[:layout[:head]],... (default: every candidate; "
+        "layout default or stacked, head dot, reduce or int4)",
+    )
     v.add_argument(
         "--shapes",
         default="llama-3.2-1b",

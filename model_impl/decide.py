@@ -95,6 +95,20 @@ def qualifies(check: dict | None) -> bool:
     return not why_not(check)
 
 
+# What a custom kernel (the other route) cannot meet by construction: it is a custom_call and
+# its dequant is in the kernel, not fused by the compiler.
+BY_CONSTRUCTION = ("custom_call", "dequant ")
+
+
+def exact_custom_kernel(check: dict | None) -> bool:
+    """A custom-kernel form that computes what the route must: a ``custom_call`` whose only
+    reasons not to qualify are being one (no compiler fusion to analyze), with its logits
+    within the bound of the host dequant and the baseline's tokens (or a near-tie)."""
+    if not check or not check.get("custom_call"):
+        return False
+    return all(r.startswith(BY_CONSTRUCTION) for r in why_not(check))
+
+
 # --- the references --------------------------------------------------------------------------
 
 
@@ -285,7 +299,7 @@ def anchor_rows(run: dict, backend: str, batches: list[int]) -> list[dict]:
     (a ``custom_call``: never qualifying) against the best bf16 step serving the batch; torch's
     tinygemm against torch's cuBLAS bf16 (the step's linears alone, the same run)."""
     out = []
-    customs = {form_key(c) for c in _of(run, "check", backend) if c.get("custom_call")}
+    customs = {form_key(c) for c in _of(run, "check", backend) if exact_custom_kernel(c)}
     for b in batches:
         dense = best_dense(run, backend, b)
         for r in _of(run, "step", backend):

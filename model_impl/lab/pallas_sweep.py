@@ -100,21 +100,18 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.experimental import pallas as pl
-from jax.experimental.pallas import triton as pltriton
 
 from .. import env, quant
 from ..analyzers import xla_hlo
+from ..llama import pallas_int4
 from ..llama.linears import DenseReduceLinear, QuantizedLinear, linear, quantized_linear_spec, tensor_bytes
-from ..llama.representations import MAGIC, convert_linear, magic_codes
+from ..llama.pallas_int4 import GROUP, Variant
+from ..llama.representations import convert_linear
 from ..llama.shapes import llama32_config
 from . import roofline
 from .anchors import step_shapes
 
-GROUP = 64  # codes per quantization group
-WPG = GROUP // 8  # uint32 words per group
 F32, BF16 = jnp.float32, jnp.bfloat16
-_, MAGIC_F32, OFFSET_F32 = MAGIC[np.dtype(np.float32)]  # q | exponent of 2^23, as float32: 2^23 + q
 
 # Checks: max |y - ref| / rms(ref), ref = x @ dequant(W).T in float64 on the host. The output is
 # bf16 (relative rounding 2^-9 of each element, elements up to ~4x the rms: ~2^-7 rms); float32
@@ -122,7 +119,7 @@ _, MAGIC_F32, OFFSET_F32 = MAGIC[np.dtype(np.float32)]  # q | exponent of 2^23, 
 # reads one nibble of eight wrong errs by ~0.3 rms. fac16 rounds each product and each 8-term
 # per-word sum to bf16 (~2^-8 of a word's dot, amplified ~1.6x by the bias cancelling the codes'
 # mean): 2^-4.
-TOL = {"fac32": 2.0**-5, "deq32": 2.0**-5, "deq16": 2.0**-5, "fac16": 2.0**-4, "xla": 2.0**-5}
+TOL = {"fac32": 2.0**-5, "deq32": 2.0**-5, "deq16": 2.0**-5, "fac16": 2.0**-4, "xla": 2.0**-5, "mosaic": 2.0**-5}
 
 # Llama-3.2-1B: every linear of one decode step, [out, in] -> count (the head last, bf16).
 STEP = collections.Counter(step_shapes(llama32_config()))
@@ -170,167 +167,49 @@ MODES = [  # stage 3: departures from stage 1's fac32 / magic2 / 3d / bf16 scale
 ]
 
 
-@dataclasses.dataclass(frozen=True)
-class Variant:
-    """One Pallas int4 GEMV kernel configuration (see the module docstring)."""
-
-    rows: int
-    step_words: int
-    split: int = 1
-    warps: int = 4
-    stages: int = 3
-    mode: str = "fac32"
-    cvt: str = "magic2"
-    acc: str = "3d"
-    scales: str = "bf16"
-    atomic: bool = False
-    xload: str = "strided"  # x of code e: a stride-8 load per e, or one load split in 8 (jnp.split)
-
-    @property
-    def name(self) -> str:
-        s = f"r{self.rows}-k{self.step_words}-s{self.split}{'a' if self.atomic else ''}"
-        s = f"{s}-w{self.warps}-st{self.stages}-{self.mode}-{self.cvt}-{self.acc}-s{self.scales}"
-        return s + ("-xsplit" if self.xload == "split" else "")
-
-    @property
-    def tile(self) -> tuple[int, int, int]:
-        return (self.rows, self.step_words, self.split)
-
-    def invalid(self, out: int, n_in: int) -> str | None:
-        """Why this variant cannot run at ``[out, n_in]`` (None if it can)."""
-        words, groups, gb = n_in // 8, n_in // GROUP, self.step_words // WPG
-        pow2 = lambda n: n > 0 and n & (n - 1) == 0
-        if not (pow2(self.rows) and pow2(gb) and self.step_words % WPG == 0):
-            return "rows and step_words / 8 must be powers of two (Triton block sizes)"
-        if out % self.rows or groups % self.split or (groups // self.split) % gb:
-            return f"tile {self.tile} does not divide [{out}, {n_in}] ({words} words, {groups} groups per row)"
-        if self.atomic and self.split == 1:
-            return "atomic needs split > 1"
-        if self.cvt == "magic2" and self.mode != "fac32":
-            return "magic2 (codes scaled by 16^e) needs the factored float32 form"
-        return None
-
-
-def _codes(w, e: int, dtype, cvt: str):
-    """Nibble ``e`` of every word as an exact float of ``dtype``."""
-    n = (w >> jnp.uint32(4 * e)) & jnp.uint32(15) if e else w & jnp.uint32(15)
-    return n.astype(dtype) if cvt == "cvt" else magic_codes(n, dtype)
-
-
-def _codes_noshift(w):
-    """(code floats, exponent k) per nibble with code e read in place as ``q * 2^k`` (exact while
-    the nibble sits below float32's 23 mantissa bits): nibbles 0-4 of ``w``, 5-7 of ``w >> 12``."""
-    hi = w >> jnp.uint32(12)
-    out = []
-    for e in range(8):
-        src, k = (w, 4 * e) if e < 5 else (hi, 4 * (e - 3))
-        m = (src & jnp.uint32(15 << k)) | jnp.uint32(MAGIC_F32)
-        out.append((jax.lax.bitcast_convert_type(m, F32) - F32(OFFSET_F32), k))
-    return out
-
-
-def _word_terms(w, xs, s, b, v: Variant):
-    """Each word's share of the output, float32 ``[rows, gb, 8]``: w ``[rows, gb, 8]`` uint32,
-    xs 8 x ``[gb, 8]`` bf16 (x of code e of each word), s and b ``[rows, gb]``."""
-    if v.mode == "deq16":
-        s16, b16 = s.astype(BF16)[:, :, None], b.astype(BF16)[:, :, None]
-        terms = [(_codes(w, e, BF16, v.cvt) * s16 + b16).astype(F32) * xs[e].astype(F32)[None] for e in range(8)]
-        return sum(terms[1:], terms[0])
-    s32, b32 = s.astype(F32)[:, :, None], b.astype(F32)[:, :, None]
-    x32 = [xe.astype(F32) for xe in xs]
-    if v.mode == "deq32":
-        terms = [(_codes(w, e, F32, v.cvt) * s32 + b32) * x32[e][None] for e in range(8)]
-        return sum(terms[1:], terms[0])
-    xw = sum(x32[1:], x32[0])  # [gb, 8]: the word's 8 activations summed (the bias's factor)
-    if v.mode == "fac16":
-        dot16 = _codes(w, 0, BF16, v.cvt) * xs[0][None]
-        for e in range(1, 8):
-            dot16 = dot16 + _codes(w, e, BF16, v.cvt) * xs[e][None]
-        dot = dot16.astype(F32)
-    elif v.cvt == "magic2":
-        parts = [q * (x32[e] * F32(2.0**-k))[None] for e, (q, k) in enumerate(_codes_noshift(w))]
-        dot = sum(parts[1:], parts[0])
-    else:
-        parts = [_codes(w, e, F32, v.cvt) * x32[e][None] for e in range(8)]
-        dot = sum(parts[1:], parts[0])
-    return dot * s32 + b32 * xw[None]
-
-
-def _kernel(*refs, v: Variant, steps: int):
-    # x_ref [groups, 8, 8] bf16 (x[64 g + 8 j + e]); w_ref [out, groups, 8] uint32 (MLX words);
-    # s_ref, b_ref [out, groups]; o_ref [out] (bf16, or float32 when atomic) or [split, out] f32.
-    x_ref, w_ref, s_ref, b_ref, o_ref = *refs[:4], refs[-1]
-    gb = v.step_words // WPG
-    rows = pl.ds(pl.multiple_of(pl.program_id(0) * v.rows, v.rows), v.rows)
-    part = pl.program_id(1) if v.split > 1 else 0
-
-    def step(t, acc):
-        g0 = (part * steps + t) * gb  # a Python int when whole-K without split
-        groups = pl.ds(g0 if isinstance(g0, int) else pl.multiple_of(g0, gb), gb)
-        w = w_ref[rows, groups, :]
-        if v.xload == "split":  # one [gb, 8, 8] load, split along the code axis
-            xs = [p.reshape(gb, WPG) for p in jnp.split(x_ref[groups, :, :], 8, axis=2)]
-        else:  # stride-8 loads: code e of each word
-            xs = [x_ref[groups, :, e] for e in range(8)]
-        terms = _word_terms(w, xs, s_ref[rows, groups], b_ref[rows, groups], v)
-        return acc + (terms.sum(axis=(1, 2)) if v.acc == "1d" else terms)
-
-    acc = jnp.zeros((v.rows,) if v.acc == "1d" else (v.rows, gb, 8), F32)
-    acc = step(0, acc) if steps == 1 else jax.lax.fori_loop(0, steps, step, acc)
-    y = acc if v.acc == "1d" else acc.sum(axis=(1, 2))
-    if v.split == 1:
-        o_ref[rows] = y.astype(o_ref.dtype)
-    elif v.atomic:
-        pltriton.atomic_add(o_ref, rows, y)
-    else:
-        o_ref[part, rows] = y
-
-
 def pallas_gemv(v: Variant, interpret: bool):
-    """``(x [in] bf16, w: QuantizedLinear) -> y [out] bf16`` through variant ``v``."""
+    """``(x [B, in], w: QuantizedLinear) -> y [B, out]`` through the package's kernel in ``v``."""
 
     def gemv(x, w: QuantizedLinear):
-        words, s, b = w.packed, w.scales, w.biases
-        out, n_words = words.shape
-        groups = n_words // WPG
-        steps = groups // v.split // (v.step_words // WPG)
-        args = [x.reshape(groups, WPG, 8), words.reshape(out, groups, WPG), s, b]
-        grid = (out // v.rows,) if v.split == 1 else (out // v.rows, v.split)
-        if v.split == 1:
-            out_shape, aliases = jax.ShapeDtypeStruct((out,), x.dtype), {}
-        elif v.atomic:
-            out_shape, aliases = jax.ShapeDtypeStruct((out,), F32), {4: 0}
-            args.append(jnp.zeros((out,), F32))
-        else:
-            out_shape, aliases = jax.ShapeDtypeStruct((v.split, out), F32), {}
-        y = pl.pallas_call(
-            functools.partial(_kernel, v=v, steps=steps),
-            out_shape=out_shape,
-            grid=grid,
-            input_output_aliases=aliases,
-            compiler_params=pltriton.CompilerParams(num_warps=v.warps, num_stages=v.stages),
-            interpret=interpret,
-            name="int4_gemv",
-        )(*args)
-        if v.split > 1 and not v.atomic:
-            y = y.sum(axis=0)
-        return y.astype(x.dtype)
+        return pallas_int4.gemv(x, w.packed, w.scales, w.biases, v, interpret)
 
     return gemv
 
 
+def mosaic_gemv(c):
+    """The same through the Mosaic GPU variant (:mod:`model_impl.llama.pallas_int4_mgpu`)."""
+    from ..llama import pallas_int4_mgpu
+
+    def gemv(x, w: QuantizedLinear):
+        return pallas_int4_mgpu.gemv(x, w.packed, w.scales, w.biases, config=c)
+
+    return gemv
+
+
+def mosaic_configs(out: int, n_in: int, batch: int) -> list:
+    """The Mosaic GPU variant's configurations tried at one shape: its default and neighbours
+    (row block, step, stages, split-K), those it supports."""
+    from ..llama import pallas_int4_mgpu as M
+
+    base = M.default_config(out, n_in, batch)
+    cands = [base] + [
+        dataclasses.replace(base, **d)
+        for d in (dict(block_rows=32), dict(step_words=128), dict(stages=2), dict(split_k=base.split_k * 2))
+    ]
+    return [c for c in dict.fromkeys(cands) if M.supported(out, n_in, batch, c) is None]
+
+
 # --- the baselines, through the suite's own forms ---------------------------------------------
 def form_gemv(x, w):
-    """``x [in] @ W.T -> [out]`` through the suite's :func:`linears.linear` for any weight form
-    (a float array is XLA's dot)."""
-    return linear(x[None], w)[0]
+    """``x [B, in] @ W.T -> [B, out]`` through the suite's :func:`linears.linear` for any weight
+    form (a float array is XLA's dot)."""
+    return linear(x, w)
 
 
 BASELINES = {  # name -> (weight format: "dense", "dense-reduce" or a representation; reference dtype)
     "xla-dot": ("dense", "dense"),
     "xla-dot-chained": ("dense", "dense"),  # chain="data": the barrier chain's cross-check
     "xla-reduce": ("dense-reduce", "dense"),
-    "current-pallas": ("pallas-u32", "float32"),  # pallas_int4: float32 math and scales
     "xla-u32-word": ("u32-word", "float32"),
     "xla-u4-magic": ("u4-magic", "bfloat16"),  # the dequant in x's dtype
 }
@@ -355,8 +234,8 @@ class Weights:
     ``mlx-f32``: the Pallas variants'), and any representation of those words. The MLX copies
     stay on the host too, for the conversions and the reference."""
 
-    def __init__(self, out: int, n_in: int, footprint: int, max_copies: int, seed: int):
-        self.out, self.n_in = out, n_in
+    def __init__(self, out: int, n_in: int, footprint: int, max_copies: int, seed: int, batch: int = 1):
+        self.out, self.n_in, self.batch = out, n_in, batch
         int4_bytes = tensor_bytes(quantized_linear_spec((out, n_in), GROUP, 4, BF16))
         self.copies = {
             "int4": max(1, min(max_copies, math.ceil(footprint / int4_bytes))),
@@ -392,19 +271,19 @@ class Weights:
 
     def nbytes(self, fmt: str) -> int:
         """Bytes one GEMV reads: its weight (4-bit codes at half a byte) + x + y (bf16)."""
-        return tensor_bytes(self.get(fmt)[0]) + 2 * (self.n_in + self.out)
+        return tensor_bytes(self.get(fmt)[0]) + 2 * self.batch * (self.n_in + self.out)
 
     @functools.cached_property
     def x(self):
-        return jax.random.normal(jax.random.fold_in(self.key, 3), (self.n_in,), BF16)
+        return jax.random.normal(jax.random.fold_in(self.key, 3), (self.batch, self.n_in), BF16)
 
     @functools.cache  # noqa: B019 (one Weights per shape, alive for the whole run)
     def reference(self, kind: str) -> np.ndarray:
-        """float64 ``x @ W.T`` of the last copy: ``dense``, or the host dequant in ``kind``."""
+        """float64 ``x @ W.T`` ``[B, out]`` of the last copy: ``dense``, or the host dequant in ``kind``."""
         x = np.asarray(self.x).astype(np.float64)
         if kind == "dense":
-            return np.asarray(self.get("dense")[-1]).astype(np.float64) @ x
-        return self.host_mlx[-1].dequantize(kind).astype(np.float64) @ x
+            return x @ np.asarray(self.get("dense")[-1]).astype(np.float64).T
+        return x @ self.host_mlx[-1].dequantize(kind).astype(np.float64).T
 
 
 # --- compile, check, time ---------------------------------------------------------------------
@@ -442,7 +321,7 @@ def looped(gemv, copies: int, outer: int, chain: str = "barrier"):
             def body(_, carry):
                 x, acc, y = carry
                 for w in ws:
-                    y = one(x + (acc[0] * 0).astype(x.dtype), w)  # float * 0 is not folded (NaN)
+                    y = one(x + (acc.ravel()[0] * 0).astype(x.dtype), w)  # float * 0 is not folded (NaN)
                     acc = acc + y.astype(F32)
                 return x, acc, y
 
@@ -497,7 +376,7 @@ def select_best(rows: list[dict], shapes) -> dict:
     for s in shapes:
         for r in [r for r in rows if tuple(r["shape"]) == tuple(s) and valid(r)]:
             t = row_seconds(r)
-            fam = r["name"] if r["family"] != "pallas" else "pallas-best"
+            fam = r["name"] if r["family"] == "xla" else f"{r['family']}-best"
             if fam not in best[s] or t < best[s][fam]["seconds"]:
                 best[s][fam] = {"name": r["name"], "seconds": t, "gb_per_s": r["bytes"] / t / 1e9}
     for fams in best.values():
@@ -515,7 +394,7 @@ class OverBudget(Exception):
 @dataclasses.dataclass
 class Job:
     shape: tuple[int, int]
-    family: str  # xla | current | pallas
+    family: str  # xla | pallas (the Triton kernel's variants) | mosaic (the Mosaic GPU variant's)
     name: str
     stage: str
     gemv: object
@@ -541,6 +420,7 @@ class Sweep:
             "environment": env.environment("cpu" if args.interpret else "cuda", **self._jax_env()),
             "config": {
                 "interpret": args.interpret,
+                "batch": args.batch,
                 "footprint_mb": args.footprint_mb,
                 "min_gemvs_per_call": args.min_gemvs,
                 "queued_calls": args.queue,
@@ -591,7 +471,9 @@ class Sweep:
 
     def w(self, shape) -> Weights:
         if shape not in self.weights:
-            self.weights[shape] = Weights(*shape, self.a.footprint_mb << 20, self.a.max_copies, self.a.seed)
+            self.weights[shape] = Weights(
+                *shape, self.a.footprint_mb << 20, self.a.max_copies, self.a.seed, self.a.batch
+            )
         return self.weights[shape]
 
     def save(self):
@@ -605,9 +487,7 @@ class Sweep:
         for name, (fmt, ref) in BASELINES.items():
             if shape == HEAD and (fmt not in DENSE_FORMATS or name == "xla-dot-chained"):
                 continue  # the head stays bf16
-            if fmt == "pallas-u32" and shape[1] % (8 * GROUP):
-                continue  # its planar layout needs in % 512 == 0
-            family = "current" if name == "current-pallas" else "xla"
+            family = "xla"
             chain = "data" if name == "xla-dot-chained" else "barrier"
             jobs.append(Job(shape, family, name, "baseline", form_gemv, fmt, ref, TOL["xla"], chain=chain))
         return jobs
@@ -619,6 +499,15 @@ class Sweep:
         ref = "bfloat16" if v.mode == "deq16" else "float32"
         fmt = "mlx-f32" if v.scales == "f32" else "mlx"
         return Job(shape, "pallas", v.name, stage, pallas_gemv(v, self.a.interpret), fmt, ref, TOL[v.mode], v)
+
+    def base(self, tile) -> Variant:
+        """Stage 1's variant of a tile: the 3-d accumulator (a register file per activation row)
+        at one or two rows, the 1-d one above (as :func:`pallas_int4.config_for` picks)."""
+        return Variant(*tile, acc="3d" if self.a.batch <= 2 else "1d")
+
+    def mosaic_job(self, shape, c) -> Job:
+        name = f"mgpu-r{c.block_rows}-k{c.step_words}-st{c.stages}-s{c.split_k}"
+        return Job(shape, "mosaic", name, "mosaic", mosaic_gemv(c), "mlx", "float32", TOL["mosaic"])
 
     def prepare(self, job: Job):
         """Compile (on a worker thread): the looped function for this job's copies."""
@@ -785,7 +674,7 @@ class Sweep:
     def run(self, all_shapes):
         self.run_jobs([j for s in all_shapes for j in self.baseline_jobs(s)])
         shapes = [s for s in all_shapes if s != HEAD]  # the head stays bf16: XLA's baselines only
-        stage1 = [self.pallas_job(s, Variant(*t), "tiles") for s in shapes for t in self.tiles(s)]
+        stage1 = [self.pallas_job(s, self.base(t), "tiles") for s in shapes for t in self.tiles(s)]
         if self.a.small:  # the interpreter check: every dequant path once, on each shape's first tiles
             stage1 += [
                 self.pallas_job(s, dataclasses.replace(Variant(*t), **d), "modes")
@@ -800,6 +689,8 @@ class Sweep:
             self.final(all_shapes)
             return
         self.run_jobs(stage1)
+        if self.a.mosaic:
+            self.run_jobs([self.mosaic_job(s, c) for s in shapes for c in mosaic_configs(*s, self.a.batch)])
         stage2 = []
         for s in shapes:
             for v in self.best_variants(s, 2, key=lambda v: v.tile):
@@ -857,7 +748,7 @@ def step_estimate(best: dict, rows: list[dict]) -> dict:
     head = {f: best.get(HEAD, {}).get(f, {}).get("seconds") for f in ("xla-dot", "xla-reduce")}
     head_s = min((t for t in head.values() if t), default=None)
     out = {"counts": {"x".join(map(str, s)): n for s, n in STEP.items()}, "head_bf16_s": head, "families": {}}
-    fams = ("xla-dot", "xla-reduce", "xla-dot-chained", "xla-u32-word", "xla-u4-magic", "current-pallas", "pallas-best")
+    fams = ("xla-dot", "xla-reduce", "xla-dot-chained", "xla-u32-word", "xla-u4-magic", "pallas-best", "mosaic-best")
     for fam in fams:
         if not have(fam):
             continue
@@ -905,7 +796,7 @@ def lower_only(args, shapes) -> int:
             if v.invalid(*shape):
                 continue
             w = quantized_linear_spec(shape, GROUP, 4, F32 if v.scales == "f32" else BF16)
-            spec = (jax.ShapeDtypeStruct((shape[1],), BF16), w)
+            spec = (jax.ShapeDtypeStruct((args.batch, shape[1]), BF16), w)
             row = {"shape": list(shape), "name": v.name}
             t = time.perf_counter()
             try:
@@ -932,9 +823,9 @@ def self_test() -> int:
     it out."""
     ok = True
     out, n_in, copies, outer = 256, 512, 3, 2
-    x = jax.random.normal(jax.random.PRNGKey(0), (n_in,), BF16)
+    x = jax.random.normal(jax.random.PRNGKey(0), (1, n_in), BF16)
     dense = tuple(jax.random.normal(jax.random.PRNGKey(i + 1), (out, n_in), BF16) for i in range(copies))
-    ref = np.asarray(dense[-1], np.float64) @ np.asarray(x, np.float64)
+    ref = np.asarray(x, np.float64) @ np.asarray(dense[-1], np.float64).T
     for name in ("xla-dot", "xla-reduce", "xla-dot-chained"):
         fmt, chain = BASELINES[name][0], "data" if name == "xla-dot-chained" else "barrier"
         ws = dense if fmt == "dense" else tuple(DenseReduceLinear(w) for w in dense)
@@ -1002,6 +893,10 @@ def run(args) -> int:
         for out, n_in in shapes or ():
             if n_in % GROUP:
                 raise ValueError(f"--shapes: {out}x{n_in}: the input size must be a multiple of the group, {GROUP}")
+        if not 1 <= args.batch <= pallas_int4.MAX_ROWS:
+            raise ValueError(f"--batch must be 1 to {pallas_int4.MAX_ROWS} (the kernel's rows), got {args.batch}")
+        if args.mosaic and args.interpret:
+            raise ValueError("--mosaic runs on a GPU only: the Mosaic GPU variant has no interpreter here")
         for flag in ("footprint_mb", "max_copies", "min_gemvs", "head_gemvs", "queue", "rounds", "jobs", "bw_mb"):
             if getattr(args, flag) < 1:
                 raise ValueError(f"--{flag.replace('_', '-')} must be at least 1, got {getattr(args, flag)}")
@@ -1048,6 +943,10 @@ def add_parser(sub) -> None:
         "--mode-tiles", type=int, default=2, help="--small: every dequant mode on this many first tiles of each shape"
     )
     p.add_argument("--no-head", action="store_true", help="skip the 128256x2048 bf16 head")
+    p.add_argument("--batch", type=int, default=1, help="activation rows per GEMV (the kernel takes 1-16)")
+    p.add_argument(
+        "--mosaic", action="store_true", help="also the Mosaic GPU variant (GPU only; jax >= 0.11's Mosaic GPU API)"
+    )
     p.add_argument("--footprint-mb", type=int, default=100, help="weight bytes per timed loop (> L2)")
     p.add_argument("--max-copies", type=int, default=256)
     p.add_argument("--min-gemvs", type=int, default=64, help="GEMVs per timed call, at least")

@@ -56,7 +56,8 @@ PREFILL_TOKENS = 64
 DENSE_FORMS = (("dot", "default"), ("reduce", "default"), ("dot", STACKED), ("reduce", STACKED))
 OTHER_DTYPES = ("float16", "float32")  # columns beside the compute dtype: the dot at one row
 # (representation, layout, head): the baseline (MLX's words), the forms XLA-CUDA fuses fastest,
-# the stacked layout, the word form; the Pallas kernel (a custom_call: the other route).
+# the stacked layout, the word form; our Pallas kernel, plain and stacked (a custom_call: the
+# other route; stacked, the k/v GEMVs join q's and gate joins up: fewer, larger launches).
 CANDIDATES = (
     (BASELINE, "default", "dot"),
     ("u4-magic", "default", "reduce"),
@@ -65,8 +66,29 @@ CANDIDATES = (
     ("u32-word-split", "default", "reduce"),
     ("s4-grouped", "default", "dot"),
     (PALLAS, "default", "dot"),
+    (PALLAS, STACKED, "dot"),
 )
 QUICK_CANDIDATES = CANDIDATES[:3]
+
+
+def parse_forms(text: str) -> tuple[tuple[str, str, str], ...]:
+    """``representation[:layout[:head]],...`` -> candidate triples (layout ``default``, head
+    ``dot`` when left out); a ValueError names the item it cannot read."""
+    from ..llama.representations import HEAD_FORMS, REPRESENTATIONS
+
+    out = []
+    for item in (t.strip() for t in text.split(",") if t.strip()):
+        rep, lay, head, *extra = [*item.split(":"), "", ""][:3] + item.split(":")[3:]
+        lay, head = lay or "default", head or "dot"
+        if extra or rep not in REPRESENTATIONS or lay not in ("default", STACKED) or head not in HEAD_FORMS:
+            raise ValueError(
+                f"{item!r} is not representation[:layout[:head]] of {', '.join(REPRESENTATIONS)}; layout default or "
+                f"{STACKED}; head {', '.join(HEAD_FORMS)}"
+            )
+        out.append((rep, lay, head))
+    if not out:
+        raise ValueError("no form given")
+    return tuple(out)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -259,8 +281,10 @@ def measure_int4(run: Run, proto, plan: Plan, setup) -> None:
             c = check_record(cell)
             verdict_ = "qualifies" if decide.qualifies(c) else "; ".join(decide.why_not(c))
             run.add(c, f"{backend} check {decide.form_name(c)}: {verdict_}")
-        # a form that does not qualify is timed at one row only: the fastest of all, for context
-        ok = decide.qualifies(next(r for r in run.data["records"] if run.key(r) == run.key(key)))
+        # a form that does not qualify is timed at one row only (the fastest of all, for context),
+        # except a custom kernel that computes the right thing: the other route, at every batch
+        c = next(r for r in run.data["records"] if run.key(r) == run.key(key))
+        ok = decide.qualifies(c) or decide.exact_custom_kernel(c)
         weights = convert(layout(setup.quantized(head), lay), representation, head)
         size = nbytes(weights)
         for rows in plan.int4_rows if ok else (1,):

@@ -1,15 +1,42 @@
-"""The other route, as a yardstick: a hand-written int4 GEMV in Pallas (Triton on the GPU).
+"""The custom-kernel route, as a yardstick: one int4 GEMV kernel of our own, in Pallas (Triton).
 
 Not the product: its StableHLO carries a ``custom_call`` that only XLA-CUDA can run (IREE
-cannot compile it; on the CPU it runs in Pallas' interpreter, for correctness tests only).
-Its decode speed is the bar that the fused dequant-in-graph representations are held to.
+cannot compile it, GSPMD cannot shard it; on the CPU it runs in Pallas' interpreter, for
+correctness tests only). It answers "what does one kernel of our own buy over the in-graph forms"
+(issue 27); the representation is named by its kernel, :data:`FORM`.
 
-Layout (converted at load time from MLX's words; same codes, scales and biases): with
-``P = in / 8`` words per row, nibble ``k`` of word ``j`` holds the code of input
-``k * P + j`` ("planar"), so one loaded block of words serves 8 contiguous input slices and
-each 64-word slice of a plane lies in one quantization group. This needs ``P`` to be a
-multiple of the group size (``in`` a multiple of 512 at group 64): true for every
-Llama-3.2-1B linear.
+Weights: MLX's affine int4 as stored (no conversion at load): ``words [out, in/8]`` uint32 with
+code ``k`` of a row in nibble ``k % 8`` of word ``k // 8``; ``scales``/``biases`` ``[out, in/64]``
+in the checkpoint's dtype; ``w = q * s + b``. Activations ``x [B, in]`` (B = 1 to
+:data:`MAX_ROWS` rows; more rows, a prefill, take the in-graph dequant and XLA's dot).
+
+The kernel views the words as ``[out, groups, 8]`` (a free reshape) and x as ``[B, groups, 8
+words, 8 codes]``. A program owns ``rows`` output rows and walks its share of the groups in steps
+of ``step_words`` words (``split`` parts of the groups on a second grid axis: split-K). Per step it
+loads the words once, turns each nibble into a float once (shared by the B activation rows), and
+for each activation row multiplies the codes into the activations of their inputs (a stride-8
+load of x per nibble) and keeps the per-word partial sums. Modes (how the dequant is computed):
+
+* ``fac32``: factored, float32: per word ``s * sum_e(q_e x_e) + b * sum_e(x_e)`` (one FMA per
+  code and row, scale and bias once per word); not the host's rounding of ``q*s+b``: closer to
+  exact, within the parity bound of the compute dtype.
+* ``deq32``: ``w = q*s + b`` per code in float32 (shared by the rows), then ``w * x``.
+* ``deq16``: ``w = q*s + b`` per code in bf16 (the host's bf16 dequant), ``w * x`` in float32.
+* ``fac16``: the factored form with the per-word dot ``sum_e(q_e x_e)`` in bf16 (cheap, lossy).
+
+Code to float (``cvt``): ``cvt`` (integer-to-float convert), ``magic`` (nibble or-ed under a
+fixed exponent, bitcast, minus the exponent's value: exact), ``magic2`` (``fac32`` only: nibbles
+0-4 masked in place, no shift, giving ``q * 16^e`` exactly, with x pre-scaled by ``16^-e``;
+nibbles 5-7 from one ``w >> 12`` per word: 3 instructions per code instead of 4).
+
+Split-K (``split`` > 1): partial sums ``[split, B, out]`` float32 summed by XLA (one small extra
+kernel), or ``atomic``: ``atomic_add`` into a zeroed float32 output. ``acc``: ``3d`` keeps
+``[rows, gb, 8]`` partial sums per activation row across steps (summed once at the end), ``1d``
+sums each step's terms to ``[rows]``.
+
+The configuration per shape and batch (:func:`config_for`) comes from the GEMV sweep
+(:mod:`model_impl.lab.pallas_sweep`) on the GPU named with it; a shape the sweep did not tune
+takes :data:`DEFAULT` scaled to its size.
 """
 
 from __future__ import annotations
@@ -25,106 +52,268 @@ from jax.experimental import pallas as pl
 from .. import quant as quant_mod
 from .linears import PRECISION, Int4Form, QuantizedLinear
 
-PLANES = 8  # 4-bit codes per uint32 word
-BLOCK_OUT = 16  # output rows per program: 128 programs for a 2048-row linear
+FORM = "pallas-triton"  # the representation's name: the kernel it runs
+GROUP = 64  # codes per quantization group (the kernel's only group size)
+WPG = GROUP // 8  # uint32 words per group
+MAX_ROWS = 16  # activation rows the kernel takes (decode batches); more go through XLA's dot
+F32, BF16 = jnp.float32, jnp.bfloat16
+MAGIC_F32, OFFSET_F32 = 0x4B000000, 2.0**23  # q | exponent of 2^23, as float32: 2^23 + q
 
 
-def to_planar(codes: np.ndarray) -> np.ndarray:
-    """uint8 codes ``[out, in]`` -> planar uint32 words ``[out, in / 8]``."""
-    out, n_in = codes.shape
-    planes = codes.reshape(out, PLANES, n_in // PLANES).astype(np.uint32)
-    shifts = (np.arange(PLANES, dtype=np.uint32) * np.uint32(4))[None, :, None]
-    return np.bitwise_or.reduce(planes << shifts, axis=1)
+@dataclasses.dataclass(frozen=True)
+class Variant:
+    """One configuration of the kernel (see the module docstring)."""
+
+    rows: int
+    step_words: int
+    split: int = 1
+    warps: int = 4
+    stages: int = 3
+    mode: str = "fac32"
+    cvt: str = "magic2"
+    acc: str = "3d"
+    scales: str = "bf16"  # the scales' dtype the sweep feeds it ("f32": converted to float32)
+    atomic: bool = False
+    xload: str = "strided"  # x of code e: a stride-8 load per e, or one load split in 8 (jnp.split)
+
+    @property
+    def name(self) -> str:
+        s = f"r{self.rows}-k{self.step_words}-s{self.split}{'a' if self.atomic else ''}"
+        s = f"{s}-w{self.warps}-st{self.stages}-{self.mode}-{self.cvt}-{self.acc}-s{self.scales}"
+        return s + ("-xsplit" if self.xload == "split" else "")
+
+    @property
+    def tile(self) -> tuple[int, int, int]:
+        return (self.rows, self.step_words, self.split)
+
+    def invalid(self, out: int, n_in: int) -> str | None:
+        """Why this variant cannot run at ``[out, n_in]`` (None if it can)."""
+        words, groups, gb = n_in // 8, n_in // GROUP, self.step_words // WPG
+        pow2 = lambda n: n > 0 and n & (n - 1) == 0
+        if n_in % GROUP:
+            return f"the input size {n_in} is not a multiple of the group, {GROUP}"
+        if not (pow2(self.rows) and pow2(gb) and self.step_words % WPG == 0):
+            return "rows and step_words / 8 must be powers of two (Triton block sizes)"
+        if out % self.rows or groups % self.split or (groups // self.split) % gb:
+            return f"tile {self.tile} does not divide [{out}, {n_in}] ({words} words, {groups} groups per row)"
+        if self.atomic and self.split == 1:
+            return "atomic needs split > 1"
+        if self.cvt == "magic2" and self.mode != "fac32":
+            return "magic2 (codes scaled by 16^e) needs the factored float32 form"
+        return None
 
 
-def _check_planar(out: int, n_in: int, group_size: int, where: str = "") -> None:
-    if n_in % (PLANES * group_size):
+def _magic(n, dtype):
+    """Codes in [0, 16) as exact floats by bit manipulation (float32 or bfloat16)."""
+    if dtype == F32:
+        return jax.lax.bitcast_convert_type(n | jnp.uint32(MAGIC_F32), F32) - F32(OFFSET_F32)
+    m = (n.astype(jnp.uint16) | jnp.uint16(0x4300)).astype(jnp.uint16)  # 2^7 + q as bf16
+    return jax.lax.bitcast_convert_type(m, BF16) - BF16(2.0**7)
+
+
+def _codes(w, e: int, dtype, cvt: str):
+    """Nibble ``e`` of every word as an exact float of ``dtype``."""
+    n = (w >> jnp.uint32(4 * e)) & jnp.uint32(15) if e else w & jnp.uint32(15)
+    return n.astype(dtype) if cvt == "cvt" else _magic(n, dtype)
+
+
+def _codes_noshift(w):
+    """(code floats, exponent k) per nibble with code e read in place as ``q * 2^k`` (exact while
+    the nibble sits below float32's 23 mantissa bits): nibbles 0-4 of ``w``, 5-7 of ``w >> 12``."""
+    hi = w >> jnp.uint32(12)
+    out = []
+    for e in range(8):
+        src, k = (w, 4 * e) if e < 5 else (hi, 4 * (e - 3))
+        m = (src & jnp.uint32(15 << k)) | jnp.uint32(MAGIC_F32)
+        out.append((jax.lax.bitcast_convert_type(m, F32) - F32(OFFSET_F32), k))
+    return out
+
+
+def _shared(w, s, b, v: Variant):
+    """What every activation row of a step shares: per nibble, the code floats (factored modes:
+    ``(q, k)`` with the codes scaled by ``2^k``) or the dequantized weights (``deq`` modes)."""
+    if v.mode == "deq16":
+        s16, b16 = s.astype(BF16)[:, :, None], b.astype(BF16)[:, :, None]
+        return [((_codes(w, e, BF16, v.cvt) * s16 + b16).astype(F32), 0) for e in range(8)]
+    if v.mode == "deq32":
+        s32, b32 = s.astype(F32)[:, :, None], b.astype(F32)[:, :, None]
+        return [(_codes(w, e, F32, v.cvt) * s32 + b32, 0) for e in range(8)]
+    if v.mode == "fac16":
+        return [(_codes(w, e, BF16, v.cvt), 0) for e in range(8)]
+    if v.cvt == "magic2":
+        return _codes_noshift(w)
+    return [(_codes(w, e, F32, v.cvt), 0) for e in range(8)]
+
+
+def _row_terms(parts, xs, s, b, v: Variant):
+    """One activation row's share of the output per word, float32 ``[rows, gb, 8]``: ``parts``
+    from :func:`_shared`, xs 8 x ``[gb, 8]`` (x of code e of each word), s and b ``[rows, gb]``."""
+    if v.mode in ("deq16", "deq32"):
+        terms = [w * xs[e].astype(F32)[None] for e, (w, _) in enumerate(parts)]
+        return sum(terms[1:], terms[0])
+    x32 = [xe.astype(F32) for xe in xs]
+    xw = sum(x32[1:], x32[0])  # [gb, 8]: the word's 8 activations summed (the bias's factor)
+    if v.mode == "fac16":
+        dot16 = parts[0][0] * xs[0].astype(BF16)[None]
+        for e in range(1, 8):
+            dot16 = dot16 + parts[e][0] * xs[e].astype(BF16)[None]
+        dot = dot16.astype(F32)
+    else:
+        terms = [q * ((x32[e] * F32(2.0**-k)) if k else x32[e])[None] for e, (q, k) in enumerate(parts)]
+        dot = sum(terms[1:], terms[0])
+    return dot * s.astype(F32)[:, :, None] + b.astype(F32)[:, :, None] * xw[None]
+
+
+def _kernel(*refs, v: Variant, steps: int, batch: int):
+    # x_ref [B, groups, 8, 8] (x[b, 64 g + 8 j + e]); w_ref [out, groups, 8] uint32 (MLX words);
+    # s_ref, b_ref [out, groups]; o_ref [B, out] (x's dtype, or float32 when atomic) or
+    # [split, B, out] float32.
+    x_ref, w_ref, s_ref, b_ref, o_ref = *refs[:4], refs[-1]
+    gb = v.step_words // WPG
+    rows = pl.ds(pl.multiple_of(pl.program_id(0) * v.rows, v.rows), v.rows)
+    part = pl.program_id(1) if v.split > 1 else 0
+
+    def step(t, accs):
+        g0 = (part * steps + t) * gb  # a Python int when whole-K without split
+        groups = pl.ds(g0 if isinstance(g0, int) else pl.multiple_of(g0, gb), gb)
+        s, b = s_ref[rows, groups], b_ref[rows, groups]
+        parts = _shared(w_ref[rows, groups, :], s, b, v)
+        new = []
+        for r in range(batch):
+            if v.xload == "split":  # one [gb, 8, 8] load, split along the code axis
+                xs = [p.reshape(gb, WPG) for p in jnp.split(x_ref[r, groups, :, :], 8, axis=2)]
+            else:  # stride-8 loads: code e of each word
+                xs = [x_ref[r, groups, :, e] for e in range(8)]
+            terms = _row_terms(parts, xs, s, b, v)
+            new.append(accs[r] + (terms.sum(axis=(1, 2)) if v.acc == "1d" else terms))
+        return tuple(new)
+
+    zero = jnp.zeros((v.rows,) if v.acc == "1d" else (v.rows, gb, 8), F32)
+    accs = (zero,) * batch
+    accs = step(0, accs) if steps == 1 else jax.lax.fori_loop(0, steps, step, accs)
+    for r in range(batch):
+        y = accs[r] if v.acc == "1d" else accs[r].sum(axis=(1, 2))
+        if v.split == 1:
+            o_ref[r, rows] = y.astype(o_ref.dtype)
+        elif v.atomic:
+            from jax.experimental.pallas import triton as pltriton
+
+            pltriton.atomic_add(o_ref, (jnp.int32(r), rows), y)
+        else:
+            o_ref[part, r, rows] = y
+
+
+def gemv(x, words, scales, biases, v: Variant, interpret: bool | None = None):
+    """``x [B, in] @ dequant(W).T -> [B, out]`` in x's dtype, in one kernel (and a sum of the
+    split-K parts); ``interpret`` defaults to "not on a GPU" (Pallas' interpreter)."""
+    out, n_words = words.shape
+    batch, groups = x.shape[0], n_words // WPG
+    if interpret is None:
+        interpret = jax.default_backend() != "gpu"
+    steps = groups // v.split // (v.step_words // WPG)
+    args = [x.reshape(batch, groups, WPG, 8), words.reshape(out, groups, WPG), scales, biases]
+    grid = (out // v.rows,) if v.split == 1 else (out // v.rows, v.split)
+    kw = {}
+    if not interpret:
+        from jax.experimental.pallas import triton as pltriton
+
+        kw["compiler_params"] = pltriton.CompilerParams(num_warps=v.warps, num_stages=v.stages)
+    if v.split == 1:
+        out_shape, aliases = jax.ShapeDtypeStruct((batch, out), x.dtype), {}
+    elif v.atomic:
+        out_shape, aliases = jax.ShapeDtypeStruct((batch, out), F32), {4: 0}
+        args.append(jnp.zeros((batch, out), F32))
+    else:
+        out_shape, aliases = jax.ShapeDtypeStruct((v.split, batch, out), F32), {}
+    y = pl.pallas_call(
+        functools.partial(_kernel, v=v, steps=steps, batch=batch),
+        out_shape=out_shape,
+        grid=grid,
+        input_output_aliases=aliases,
+        interpret=interpret,
+        name="int4_gemv",
+        **kw,
+    )(*args)
+    if v.split > 1 and not v.atomic:
+        y = y.sum(axis=0)
+    return y.astype(x.dtype)
+
+
+# The tuned configuration per (out, in) at one row, from the H200 sweep
+# (results/pallas-gemv-h200.json, 2026-12-04): each shape's fastest variant.
+TUNED = {
+    (8192, 2048): Variant(8, 256, 1, cvt="cvt"),
+    (2048, 8192): Variant(8, 256, 4, cvt="cvt"),
+    (2048, 2048): Variant(8, 256, 1, cvt="magic2"),
+    (512, 2048): Variant(8, 128, 1, cvt="magic"),
+}
+DEFAULT = Variant(8, 256, 1)
+
+
+def config_for(out: int, n_in: int, batch: int = 1) -> Variant:
+    """The kernel's configuration for one linear: the tuned one of its shape, else the default
+    with the largest whole-group step and row block that divide the shape; the 3-d accumulator
+    (a register file per activation row) only at one or two rows."""
+    v = TUNED.get((out, n_in), DEFAULT)
+    if v.invalid(out, n_in):
+        groups = n_in // GROUP
+        gb = max(g for g in (1, 2, 4, 8, 16, 32, 64) if groups % g == 0 and g * WPG <= DEFAULT.step_words)
+        rows = max(r for r in (1, 2, 4, 8) if out % r == 0)
+        v = dataclasses.replace(DEFAULT, rows=rows, step_words=gb * WPG)
+    if batch > 2:
+        v = dataclasses.replace(v, acc="1d")
+    return v
+
+
+def check_shape(out: int, n_in: int, group_size: int, bits: int, where: str = "") -> None:
+    if bits != 4 or group_size != GROUP:
         raise quant_mod.QuantizationError(
-            f"{where}the Pallas int4 kernel needs the input dimension to be a multiple of "
-            f"{PLANES * group_size} (8 planes x group {group_size}); got [{out}, {n_in}]"
+            f"{where}the Pallas int4 kernel needs 4-bit codes in groups of {GROUP}; got {bits}-bit, group {group_size}"
+        )
+    if n_in % GROUP:
+        raise quant_mod.QuantizationError(
+            f"{where}the Pallas int4 kernel needs the input dimension to be a multiple of {GROUP}; got [{out}, {n_in}]"
         )
 
 
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
 class PallasInt4Linear(Int4Form):
-    words: jax.Array  # [out, in / 8] uint32, planar
-    scales: jax.Array  # [out, groups] float32
-    biases: jax.Array  # [out, groups] float32
-    group_size: int = dataclasses.field(metadata=dict(static=True), default=64)
+    """MLX's words, scales and biases as stored; the GEMV through :func:`gemv`."""
+
+    words: jax.Array  # [out, in / 8] uint32 (MLX's)
+    scales: jax.Array  # [out, groups], as stored
+    biases: jax.Array  # [out, groups], as stored
+    group_size: int = dataclasses.field(metadata=dict(static=True), default=GROUP)
 
     @staticmethod
     def from_mlx(w: QuantizedLinear) -> PallasInt4Linear:
-        if w.bits != 4:
-            raise quant_mod.QuantizationError(f"the Pallas int4 kernel needs 4-bit codes, got {w.bits}")
-        out, n_in = w.shape
-        _check_planar(out, n_in, w.group_size)
-        codes = quant_mod.unpack(np.asarray(w.packed), 4)
-        return PallasInt4Linear(
-            to_planar(codes),
-            np.asarray(w.scales).astype(np.float32),
-            np.asarray(w.biases).astype(np.float32),
-            w.group_size,
-        )
+        check_shape(*w.shape, w.group_size, w.bits)
+        return PallasInt4Linear(w.packed, w.scales, w.biases, w.group_size)
 
-    @staticmethod
-    def spec_from(w: QuantizedLinear) -> PallasInt4Linear:
-        out, n_in = w.shape
-        _check_planar(out, n_in, w.group_size)
-        groups = jax.ShapeDtypeStruct((out, n_in // w.group_size), jnp.float32)
-        return PallasInt4Linear(jax.ShapeDtypeStruct((out, n_in // PLANES), jnp.uint32), groups, groups, w.group_size)
+    spec_from = from_mlx  # a spec's fields are specs: the same fields
+
+    def mlx_words(self) -> QuantizedLinear:
+        return QuantizedLinear(self.words, self.scales, self.biases, self.group_size, 4)
 
     def dequantize(self) -> jax.Array:
-        """In-graph dequant (used for prompts, t > 1, where the kernel does not apply)."""
-        out, words = self.words.shape
-        shifts = jnp.arange(PLANES, dtype=jnp.uint32) * jnp.uint32(4)
-        codes = (self.words[:, None, :] >> shifts[None, :, None]) & jnp.uint32(15)  # [out, 8, P]
-        codes = codes.astype(jnp.float32).reshape(out, -1, self.group_size)
-        return (codes * self.scales[:, :, None] + self.biases[:, :, None]).reshape(out, words * PLANES)
+        """In-graph float32 dequant (prompts longer than :data:`MAX_ROWS`)."""
+        out, n_words = self.words.shape
+        shifts = jnp.arange(8, dtype=jnp.uint32) * jnp.uint32(4)
+        codes = ((self.words[:, :, None] >> shifts) & jnp.uint32(15)).astype(F32)  # [out, words, 8]
+        codes = codes.reshape(out, -1, self.group_size)
+        s, b = self.scales.astype(F32)[:, :, None], self.biases.astype(F32)[:, :, None]
+        return (codes * s + b).reshape(out, n_words * 8)
 
     def matmul(self, x: jax.Array, out_dtype=None) -> jax.Array:
-        """The kernel computes in float32 whatever ``x``'s dtype; the result is rounded to it."""
-        x32 = x.astype(jnp.float32)
-        if x.shape[0] != 1:
-            return jnp.einsum("ti,oi->to", x32, self.dequantize(), precision=PRECISION).astype(out_dtype or x.dtype)
-        return gemv(x32[0], self.words, self.scales, self.biases, self.group_size)[None].astype(out_dtype or x.dtype)
+        od = out_dtype or x.dtype
+        if x.shape[0] > MAX_ROWS:
+            return jnp.einsum("ti,oi->to", x.astype(F32), self.dequantize(), precision=PRECISION).astype(od)
+        out, n_words = self.words.shape
+        v = config_for(out, n_words * 8, x.shape[0])
+        return gemv(x, self.words, self.scales, self.biases, v).astype(od)
 
 
-def _kernel(x_ref, w_ref, s_ref, b_ref, o_ref, *, group_size: int, words: int):
-    slices = words // group_size  # group-sized slices per plane
-
-    def body(j, acc):
-        w = w_ref[:, pl.ds(j * group_size, group_size)]  # [BLOCK_OUT, group] uint32
-        for k in range(PLANES):
-            xs = x_ref[k, pl.ds(j * group_size, group_size)]  # [group]
-            q = ((w >> jnp.uint32(4 * k)) & jnp.uint32(15)).astype(jnp.float32)
-            column = k * slices + j  # quantization group of this slice
-            s = s_ref[:, pl.ds(column, 1)][:, 0]
-            b = b_ref[:, pl.ds(column, 1)][:, 0]
-            acc = acc + s * jnp.sum(q * xs[None, :], axis=1) + b * jnp.sum(xs)
-        return acc
-
-    acc = jax.lax.fori_loop(0, slices, body, jnp.zeros((w_ref.shape[0],), jnp.float32))
-    o_ref[...] = acc
-
-
-@functools.partial(jax.jit, static_argnames=("group_size",))
-def gemv(x, words, scales, biases, group_size: int):
-    """``x [in] @ dequant(W).T -> [out]`` in one kernel; interpreted off the GPU."""
-    out, n_words = words.shape
-    groups = scales.shape[1]
-    interpret = jax.default_backend() != "gpu"
-    kernel = functools.partial(_kernel, group_size=group_size, words=n_words)
-    return pl.pallas_call(
-        kernel,
-        out_shape=jax.ShapeDtypeStruct((out,), jnp.float32),
-        grid=(out // BLOCK_OUT,),
-        in_specs=[
-            pl.BlockSpec((PLANES, n_words), lambda i: (0, 0)),
-            pl.BlockSpec((BLOCK_OUT, n_words), lambda i: (i, 0)),
-            pl.BlockSpec((BLOCK_OUT, groups), lambda i: (i, 0)),
-            pl.BlockSpec((BLOCK_OUT, groups), lambda i: (i, 0)),
-        ],
-        out_specs=pl.BlockSpec((BLOCK_OUT,), lambda i: (i,)),
-        interpret=interpret,
-    )(x.reshape(PLANES, n_words), words, scales, biases)
+def reference(x: np.ndarray, w: QuantizedLinear) -> np.ndarray:
+    """float64 ``x @ dequant(W).T`` on the host (the kernel's exactness reference)."""
+    return np.asarray(x, np.float64) @ np.asarray(w.dequantize("float32"), np.float64).T

@@ -24,7 +24,7 @@ is produced from it at load time by :func:`convert` and changes only how ``linea
                    to the host dequant, within the dtype's parity bound)
 ``u32-magic``      MLX's own uint32 words (no conversion at load), shift + mask + magic, reduce
 ``u32-planar``     uint32 words with nibble ``e`` of word ``j`` holding input ``e * in/8 + j``
-                   (the Pallas kernel's layout), shift + mask + magic, reduce
+                   (a layout an earlier Pallas kernel used), shift + mask + magic, reduce
 ``u32-word``       MLX's words; each reduced element is one word: its 8 codes (magic floats)
                    times 8 activations summed in straight-line code, then ``* s + b * sum(x)``
                    over those 8 activations (scale and bias per word, reassociated); the
@@ -33,8 +33,9 @@ is produced from it at load time by :func:`convert` and changes only how ``linea
 ``u32-word-split`` ``u32-word`` with each row's reduction split in ``S`` parts (partial sums,
                    then a sum of ``S``) so that ``out * S`` rows keep the GPU busy where ``out``
                    is small (the 2048-row and 512-row linears)
-``pallas-u32``     the other route, for comparison: a hand-written Pallas GEMV over uint32
-                   words (a ``custom_call`` in the graph; see :mod:`model_impl.pallas_int4`)
+``pallas-triton``  the other route, for comparison: our own int4 GEMV kernel in Pallas (Triton)
+                   over MLX's words as stored (a ``custom_call`` in the graph; see
+                   :mod:`model_impl.llama.pallas_int4`)
 ``u4-magic+word-mlp`` a mix (:data:`MIXES`): gate/up (stacked or not) as ``u32-word``, every
                    other linear as ``u4-magic``
 =================  ==========================================================================
@@ -63,6 +64,8 @@ from .linears import (
     reduce_matmul,
     unpack_codes,
 )
+from .pallas_int4 import FORM as PALLAS_FORM
+from .pallas_int4 import PallasInt4Linear
 from .weights import Weights, linear_fields, map_linears
 
 BASELINE = "u32-affine"
@@ -73,7 +76,7 @@ WORD_FORMS = {"u32-word": 1, "u32-group": 8, "u32-word-split": 1}  # form -> wor
 # ``u32-word-split``: rows of the split reduction a linear is given at least (out * S); 8192 is
 # the gate/up projections' own row count, the linears XLA already runs fastest per byte.
 SPLIT_ROWS = 8192
-PALLAS = "pallas-u32"
+PALLAS = PALLAS_FORM
 # Mixes: each linear in the form that streams its shape fastest (``None``: every other linear,
 # and a quantized head). The GEMV sweep on the H100 (results/pallas-gemv-h100.json and the
 # stacked shapes' run) put u32-word ahead of u4-magic at the gate/up shapes ([8192, 2048]:
@@ -254,12 +257,19 @@ def split_parts(out: int, n: int) -> int:
     return parts
 
 
+def to_planar(codes: np.ndarray) -> np.ndarray:
+    """uint8 codes ``[out, in]`` -> ``u32-planar`` words ``[out, in / 8]``: nibble ``e`` of word
+    ``j`` holds the code of input ``e * in/8 + j``."""
+    out, n_in = codes.shape
+    planes = codes.reshape(out, 8, n_in // 8).astype(np.uint32)
+    shifts = (np.arange(8, dtype=np.uint32) * np.uint32(4))[None, :, None]
+    return np.bitwise_or.reduce(planes << shifts, axis=1)
+
+
 def _reduce(w: QuantizedLinear, form: str) -> ReduceInt4Linear:
     if form == "u32-magic":
         codes = np.asarray(w.packed)
     elif form == "u32-planar":
-        from .pallas_int4 import to_planar
-
         codes = to_planar(quant_mod.unpack(np.asarray(w.packed), 4))
     else:
         codes = quant_mod.unpack(np.asarray(w.packed), 4).astype(jnp.uint4)
@@ -331,9 +341,7 @@ def convert_linear(w, representation: str):
         words, split = WORD_FORMS[representation], representation == "u32-word-split"
         return WordInt4Linear(w.packed, w.scales, w.biases, w.group_size, words, split)
     if representation == PALLAS:
-        from .pallas_int4 import PallasInt4Linear
-
-        return PallasInt4Linear.spec_from(w) if is_spec else PallasInt4Linear.from_mlx(w)
+        return PallasInt4Linear.from_mlx(w)
     raise ValueError(f"unknown representation {representation!r}; known: {REPRESENTATIONS}")
 
 

@@ -43,12 +43,12 @@ class ShardingError(ValueError):
 def _axes(w) -> dict[str, tuple[int, int]]:
     """``{field: (out axis, in axis)}`` of each array of a weight form ("" for a bare array):
     where its output rows and its input columns (or their groups, or packed words) lie."""
-    from .pallas_int4 import PallasInt4Linear
+    from .pallas_int4 import FORM, PallasInt4Linear
     from .representations import GROUPED_FORMS, NativeInt4Linear, ReduceInt4Linear, WordInt4Linear
 
     if isinstance(w, PallasInt4Linear):
         raise ShardingError(
-            "the Pallas form (pallas-u32) cannot be sharded by GSPMD: its kernel is a custom_call, "
+            f"the Pallas form ({FORM}) cannot be sharded by GSPMD: its kernel is a custom_call, "
             "whose operands the partitioner replicates"
         )
     if isinstance(w, ReduceInt4Linear) and w.form == "u32-planar":

@@ -250,15 +250,19 @@ def iree_cuda_lines(runs: list[dict], top: int = 12) -> list[str]:
     return lines
 
 
-PALLAS_FAMILIES = ("xla-dot", "xla-reduce", "xla-u4-magic", "xla-u32-word", "current-pallas", "pallas-best")
+# current-pallas: the planar-layout kernel that the Triton kernel replaced (runs before 2026-12-05);
+# pallas-best: the Triton kernel's best variant; mosaic-best: the Mosaic GPU variant's
+PALLAS_FAMILIES = (
+    "xla-dot", "xla-reduce", "xla-u4-magic", "xla-u32-word", "current-pallas", "pallas-best", "mosaic-best"
+)  # fmt: skip
 
 
 def pallas_gemv_lines(runs: list[dict]) -> list[str]:
     """The tuned Pallas int4 GEMV sweep (``python -m model_impl pallas-sweep``), each machine's
-    newest run (:func:`_pallas_run_lines`)."""
+    newest run per batch (:func:`_pallas_run_lines`)."""
     newest = {}
     for run in runs:
-        gpu = run["environment"]["machine"].get("gpu")
+        gpu = (run["environment"]["machine"].get("gpu"), run["config"].get("batch", 1))
         if gpu not in newest or run["environment"]["date"] > newest[gpu]["environment"]["date"]:
             newest[gpu] = run
     return [line for run in newest.values() for line in _pallas_run_lines(run)]
@@ -275,7 +279,8 @@ def _pallas_run_lines(run: dict) -> list[str]:
         "",
         f"Pallas int4 GEMV sweep against XLA ({results.where(run)}; every GEMV of a timed loop consumed, weights "
         f"from HBM; {len(run['rows'])} rows, {wrong} wrong against the host dequant, {invalid} faster than the "
-        f"run's own bandwidth ({bw['copy_gb_per_s']:.0f} GB/s copy) and left out). Per GEMV, us (vs XLA bf16 dot):",
+        f"run's own bandwidth ({bw['copy_gb_per_s']:.0f} GB/s copy) and left out). Per GEMV at "
+        f"{run['config'].get('batch', 1)} activation row(s), us (vs XLA bf16 dot):",
         "",
         "| shape [out, in] | " + " | ".join(PALLAS_FAMILIES) + " | best Pallas variant |",
         "|---|" + "---|" * (len(PALLAS_FAMILIES) + 1),

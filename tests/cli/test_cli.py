@@ -12,6 +12,7 @@ import pytest
 from model_impl.__main__ import main
 from model_impl.checks import FP32_REORDERING_ATOL
 from model_impl.llama import model
+from model_impl.llama.representations import PALLAS
 
 LOGITS_PROMPT = [1, 504, 3458, 314, 260]
 LOGITS_TOKENS = 6
@@ -35,10 +36,12 @@ def test_generate_rejects_a_representation_of_float_weights(capsys):
     assert "--representation applies to --quant int4" in capsys.readouterr().err
 
 
-def test_generate_names_the_tensor_a_representation_cannot_hold(capsys):
-    # SmolLM2's hidden size 576 is not a multiple of 512: the Pallas layout cannot plane it.
-    assert main(["generate", "--token-ids", "1", "--quant", "int4", "--representation", "pallas-u32"]) == 2
-    assert "layers.0.wq: the Pallas int4 kernel needs" in capsys.readouterr().err
+@pytest.mark.parametrize("backend", ["xla-cpu", "iree-cpu"])
+def test_generate_refuses_the_pallas_kernel_off_xla_cuda_before_loading(backend, capsys):
+    argv = ["generate", "--token-ids", "1", "--quant", "int4", "--representation", PALLAS, "--backend", backend]
+    assert main(argv) == 2
+    (line,) = _error_lines(capsys)
+    assert line.startswith(f"error: --representation {PALLAS} is a Pallas (Triton) kernel: it runs on xla-cuda only")
 
 
 def check_logits_out_rows(backend, real_model, tmp_path, capsys):

@@ -15,7 +15,6 @@ from model_impl import quant
 from model_impl.checks import FP32_REORDERING_ATOL
 from model_impl.llama import model, representations
 from model_impl.llama.linears import DenseIOLinear, DenseReduceLinear, QuantizedLinear, linear
-from model_impl.llama.pallas_int4 import PLANES, PallasInt4Linear, to_planar
 from model_impl.llama.representations import (
     BASELINE,
     DENSE_IO,
@@ -24,6 +23,7 @@ from model_impl.llama.representations import (
     convert,
     convert_dense,
     convert_linear,
+    to_planar,
 )
 from model_impl.llama.shapes import shrunk_llama32_config
 from model_impl.llama.weights import linear_fields, quantize_weights, synthetic
@@ -81,31 +81,15 @@ def test_each_representation_computes_the_host_dequant_linear(form):
 def test_planar_words_hold_input_k_times_p_plus_j_in_nibble_k():
     codes = np.random.default_rng(0).integers(0, 16, (4, 1024)).astype(np.uint8)
     words = to_planar(codes)
-    p = 1024 // PLANES
-    for k in range(PLANES):
+    p = 1024 // 8
+    for k in range(8):
         np.testing.assert_array_equal((words >> np.uint32(4 * k)) & 15, codes[:, k * p : (k + 1) * p])
-
-
-@pytest.mark.parametrize("rows", [1, 3])
-def test_pallas_gemv_computes_the_host_dequant_linear_in_the_interpreter(rows):
-    """M=1 runs the kernel (interpreted off the GPU); M>1 the in-graph planar dequant."""
-    rng = np.random.default_rng(1)
-    q = _quantized(rng, 32, 1024)
-    x = rng.standard_normal((rows, 1024), dtype=np.float32)
-    got = np.asarray(PallasInt4Linear.from_mlx(q).matmul(jnp.asarray(x)))
-    np.testing.assert_allclose(got, x @ q.dequantize().T, atol=LINEAR_ATOL, rtol=0)
-
-
-def test_pallas_layout_rejects_an_input_width_it_cannot_plane():
-    q = _quantized(np.random.default_rng(0), 16, 576)  # SmolLM2's hidden size
-    with pytest.raises(quant.QuantizationError, match=r"multiple of 512.*\[16, 576\]"):
-        PallasInt4Linear.from_mlx(q)
 
 
 def test_convert_names_the_tensor_it_cannot_convert():
     cfg = shrunk_llama32_config(layers=1)
-    weights = quantize_weights(synthetic(cfg, 0))  # hidden 256: not a multiple of 512
-    with pytest.raises(quant.QuantizationError, match=r"^layers\.0\.wq: .*multiple of 512"):
+    weights = quantize_weights(synthetic(cfg, 0), group_size=32)  # the kernel takes groups of 64
+    with pytest.raises(quant.QuantizationError, match=r"^layers\.0\.wq: .*groups of 64; got 4-bit, group 32"):
         convert(weights, representations.PALLAS)
     with pytest.raises(ValueError, match="unknown representation 'int3'"):
         convert(weights, "int3")
@@ -132,7 +116,7 @@ def _reduce_codes(r) -> np.ndarray:
     if c.dtype == jnp.uint4:
         return c.astype(np.uint8)
     if getattr(r, "form", None) == "u32-planar":  # nibble k of word j: input k * p + j
-        return np.concatenate([(c >> np.uint32(4 * k)) & 15 for k in range(PLANES)], axis=1).astype(np.uint8)
+        return np.concatenate([(c >> np.uint32(4 * k)) & 15 for k in range(8)], axis=1).astype(np.uint8)
     return quant.unpack(c, 4)
 
 
