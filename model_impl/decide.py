@@ -272,6 +272,7 @@ def decide_backend(run: dict, backend: str) -> dict:
         "not_qualifying": {form_name(c): why_not(c) for c in checks_ if not qualifies(c)},
         "target": target(one),
         "anchors": anchors,
+        "routes": routes(run, backend, [r["batch"] for r in rows]),
         "generate": generate_path(run, backend, bandwidth),
     }
 
@@ -323,6 +324,60 @@ def anchor_rows(run: dict, backend: str, batches: list[int]) -> list[dict]:
                                 "route": "custom kernel (torch)", "seconds": tiny["step_linears_seconds"],
                                 "ratio": bf16["step_linears_seconds"] / tiny["step_linears_seconds"],
                                 "versus": "torch cuBLAS bf16, the step's linears alone"})  # fmt: skip
+    return out
+
+
+def routes(run: dict, backend: str, batches: list[int]) -> list[dict]:
+    """Per batch, the routes side by side (issue 27): the best bf16 step serving it, the best
+    qualifying in-graph int4 step, the fastest exact custom-kernel step of our own (a
+    ``custom_call``: :func:`exact_custom_kernel`), torch's tinygemm against torch's cuBLAS bf16
+    (the step's linears alone), and the floor: the bytes of that int4 step (the custom kernel's,
+    else the in-graph form's) at the kernel-class copy bandwidth; each ratio against the best bf16
+    step of the same batch (tinygemm's against torch's bf16)."""
+    bandwidth = roofline_bandwidth(run, backend)
+    customs = {form_key(c) for c in _of(run, "check", backend) if exact_custom_kernel(c)}
+    out = []
+    for b in batches:
+        dense, in_graph = best_dense(run, backend, b), best_int4(run, backend, b)
+        custom = min(
+            (
+                r
+                for r in _of(run, "step", backend)
+                if r["weights"] == "int4" and r["phase"] == "decode" and r["rows"] == b and r.get("seconds")
+                and form_key(r) in customs
+            ),
+            key=lambda r: r["seconds"],
+            default=None,
+        )  # fmt: skip
+        ratio = lambda r: dense["seconds"] / r["seconds"] if dense and r else None  # noqa: E731
+        tiny = None
+        for a in _of(run, "anchor", backend):
+            row = (a.get("batches") or {}).get(str(b)) or {}
+            for lay in ("", "-stacked"):
+                bf16, t = row.get(f"torch-bf16{lay}"), row.get(f"torch-int4-tinygemm{lay}")
+                if bf16 and t and (tiny is None or t["step_linears_seconds"] < tiny["seconds"]):
+                    tiny = {"name": f"tinygemm{' (stacked)' if lay else ''}", "seconds": t["step_linears_seconds"],
+                            "ratio": bf16["step_linears_seconds"] / t["step_linears_seconds"]}  # fmt: skip
+        int4 = custom or in_graph
+        floor = None
+        if int4 and int4.get("bytes_per_step") and bandwidth:
+            seconds = int4["bytes_per_step"] / bandwidth["bytes_per_s"]
+            floor = {"seconds": seconds, "ratio": ratio({"seconds": seconds}), "of": form_name(int4)}
+        out.append(
+            {
+                "batch": b,
+                "best_dense": _brief(dense),
+                "in_graph": in_graph and {**_brief(in_graph), "ratio": ratio(in_graph)},
+                "custom": custom
+                and {
+                    **_brief(custom),
+                    "ratio": ratio(custom),
+                    "roofline": roofline_fraction(custom, bandwidth),
+                },  # fmt: skip
+                "tinygemm": tiny,
+                "floor": floor,
+            }
+        )
     return out
 
 

@@ -28,7 +28,7 @@ Modes (how the dequant is computed):
 * ``fac32``: factored, float32: per word ``s * sum_e(q_e x_e) + b * sum_e(x_e)`` (one FMA per
   code, scale and bias once per word); not the host's rounding of ``q*s+b``, closer to exact.
 * ``deq32``: ``w = q*s + b`` per code in float32, then ``w * x`` (two FMAs per code).
-* ``deq16``: ``w = q*s + b`` per code in bf16 (the host's bf16 dequant), ``w * x`` in float32.
+* ``deqx``: ``w = q*s + b`` per code in x's dtype, bf16 here (the host's bf16 dequant), ``w * x`` in float32.
 * ``fac16``: the factored form with the per-word dot ``sum_e(q_e x_e)`` in bf16 (cheap, lossy).
 
 Code to float (``cvt``): ``cvt`` (integer-to-float convert), ``magic`` (nibble or-ed under a
@@ -119,7 +119,7 @@ F32, BF16 = jnp.float32, jnp.bfloat16
 # reads one nibble of eight wrong errs by ~0.3 rms. fac16 rounds each product and each 8-term
 # per-word sum to bf16 (~2^-8 of a word's dot, amplified ~1.6x by the bias cancelling the codes'
 # mean): 2^-4.
-TOL = {"fac32": 2.0**-5, "deq32": 2.0**-5, "deq16": 2.0**-5, "fac16": 2.0**-4, "xla": 2.0**-5, "mosaic": 2.0**-5}
+TOL = {"fac32": 2.0**-5, "deq32": 2.0**-5, "deqx": 2.0**-5, "fac16": 2.0**-4, "xla": 2.0**-5, "mosaic": 2.0**-5}
 
 # Llama-3.2-1B: every linear of one decode step, [out, in] -> count (the head last, bf16).
 STEP = collections.Counter(step_shapes(llama32_config()))
@@ -157,8 +157,8 @@ MODES = [  # stage 3: departures from stage 1's fac32 / magic2 / 3d / bf16 scale
     dict(cvt="magic"),
     dict(cvt="cvt"),
     dict(mode="deq32", cvt="magic"),
-    dict(mode="deq16", cvt="magic"),
-    dict(mode="deq16", cvt="cvt"),
+    dict(mode="deqx", cvt="magic"),
+    dict(mode="deqx", cvt="cvt"),
     dict(mode="fac16", cvt="magic"),
     dict(acc="1d"),
     dict(scales="f32"),
@@ -496,7 +496,7 @@ class Sweep:
         why = v.invalid(*shape)
         if why:
             return None
-        ref = "bfloat16" if v.mode == "deq16" else "float32"
+        ref = "bfloat16" if v.mode == "deqx" else "float32"  # x is bf16 here
         fmt = "mlx-f32" if v.scales == "f32" else "mlx"
         return Job(shape, "pallas", v.name, stage, pallas_gemv(v, self.a.interpret), fmt, ref, TOL[v.mode], v)
 

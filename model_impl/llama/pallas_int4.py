@@ -19,9 +19,11 @@ load of x per nibble) and keeps the per-word partial sums. Modes (how the dequan
 
 * ``fac32``: factored, float32: per word ``s * sum_e(q_e x_e) + b * sum_e(x_e)`` (one FMA per
   code and row, scale and bias once per word); not the host's rounding of ``q*s+b``: closer to
-  exact, within the parity bound of the compute dtype.
+  exact; the form's mode in float32.
 * ``deq32``: ``w = q*s + b`` per code in float32 (shared by the rows), then ``w * x``.
-* ``deq16``: ``w = q*s + b`` per code in bf16 (the host's bf16 dequant), ``w * x`` in float32.
+* ``deqx``: ``w = q*s + b`` per code in x's dtype, one rounding per op (the host dequant of that
+  dtype, which the parity rule holds a half-precision model to), ``w * x`` in float32; in float32
+  it is ``deq32``. The form's mode in bf16 and float16 (:func:`config_for`).
 * ``fac16``: the factored form with the per-word dot ``sum_e(q_e x_e)`` in bf16 (cheap, lossy).
 
 Code to float (``cvt``): ``cvt`` (integer-to-float convert), ``magic`` (nibble or-ed under a
@@ -50,14 +52,17 @@ import numpy as np
 from jax.experimental import pallas as pl
 
 from .. import quant as quant_mod
-from .linears import PRECISION, Int4Form, QuantizedLinear
+from .linears import PRECISION, Int4Form, QuantizedLinear, magic_codes
 
 FORM = "pallas-triton"  # the representation's name: the kernel it runs
 GROUP = 64  # codes per quantization group (the kernel's only group size)
 WPG = GROUP // 8  # uint32 words per group
 MAX_ROWS = 16  # activation rows the kernel takes (decode batches); more go through XLA's dot
 F32, BF16 = jnp.float32, jnp.bfloat16
-MAGIC_F32, OFFSET_F32 = 0x4B000000, 2.0**23  # q | exponent of 2^23, as float32: 2^23 + q
+MAGIC_F32, OFFSET_F32 = 0x4B000000, 2.0**23  # q | exponent of 2^23, as float32: 2^23 + q (magic2)
+
+
+MODES = ("fac32", "deq32", "deqx", "fac16")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,23 +103,17 @@ class Variant:
             return f"tile {self.tile} does not divide [{out}, {n_in}] ({words} words, {groups} groups per row)"
         if self.atomic and self.split == 1:
             return "atomic needs split > 1"
+        if self.mode not in MODES:
+            return f"unknown mode {self.mode!r}; known: {', '.join(MODES)}"
         if self.cvt == "magic2" and self.mode != "fac32":
             return "magic2 (codes scaled by 16^e) needs the factored float32 form"
         return None
 
 
-def _magic(n, dtype):
-    """Codes in [0, 16) as exact floats by bit manipulation (float32 or bfloat16)."""
-    if dtype == F32:
-        return jax.lax.bitcast_convert_type(n | jnp.uint32(MAGIC_F32), F32) - F32(OFFSET_F32)
-    m = (n.astype(jnp.uint16) | jnp.uint16(0x4300)).astype(jnp.uint16)  # 2^7 + q as bf16
-    return jax.lax.bitcast_convert_type(m, BF16) - BF16(2.0**7)
-
-
 def _codes(w, e: int, dtype, cvt: str):
     """Nibble ``e`` of every word as an exact float of ``dtype``."""
     n = (w >> jnp.uint32(4 * e)) & jnp.uint32(15) if e else w & jnp.uint32(15)
-    return n.astype(dtype) if cvt == "cvt" else _magic(n, dtype)
+    return n.astype(dtype) if cvt == "cvt" else magic_codes(n, dtype)
 
 
 def _codes_noshift(w):
@@ -129,13 +128,13 @@ def _codes_noshift(w):
     return out
 
 
-def _shared(w, s, b, v: Variant):
+def _shared(w, s, b, v: Variant, dtype):
     """What every activation row of a step shares: per nibble, the code floats (factored modes:
     ``(q, k)`` with the codes scaled by ``2^k``) or the dequantized weights (``deq`` modes)."""
-    if v.mode == "deq16":
-        s16, b16 = s.astype(BF16)[:, :, None], b.astype(BF16)[:, :, None]
-        return [((_codes(w, e, BF16, v.cvt) * s16 + b16).astype(F32), 0) for e in range(8)]
-    if v.mode == "deq32":
+    if v.mode == "deqx" and dtype != F32:
+        sx, bx = s.astype(dtype)[:, :, None], b.astype(dtype)[:, :, None]
+        return [((_codes(w, e, dtype, v.cvt) * sx + bx).astype(F32), 0) for e in range(8)]
+    if v.mode in ("deq32", "deqx"):
         s32, b32 = s.astype(F32)[:, :, None], b.astype(F32)[:, :, None]
         return [(_codes(w, e, F32, v.cvt) * s32 + b32, 0) for e in range(8)]
     if v.mode == "fac16":
@@ -148,7 +147,7 @@ def _shared(w, s, b, v: Variant):
 def _row_terms(parts, xs, s, b, v: Variant):
     """One activation row's share of the output per word, float32 ``[rows, gb, 8]``: ``parts``
     from :func:`_shared`, xs 8 x ``[gb, 8]`` (x of code e of each word), s and b ``[rows, gb]``."""
-    if v.mode in ("deq16", "deq32"):
+    if v.mode in ("deqx", "deq32"):
         terms = [w * xs[e].astype(F32)[None] for e, (w, _) in enumerate(parts)]
         return sum(terms[1:], terms[0])
     x32 = [xe.astype(F32) for xe in xs]
@@ -177,7 +176,7 @@ def _kernel(*refs, v: Variant, steps: int, batch: int):
         g0 = (part * steps + t) * gb  # a Python int when whole-K without split
         groups = pl.ds(g0 if isinstance(g0, int) else pl.multiple_of(g0, gb), gb)
         s, b = s_ref[rows, groups], b_ref[rows, groups]
-        parts = _shared(w_ref[rows, groups, :], s, b, v)
+        parts = _shared(w_ref[rows, groups, :], s, b, v, x_ref.dtype)
         new = []
         for r in range(batch):
             if v.xload == "split":  # one [gb, 8, 8] load, split along the code axis
@@ -250,10 +249,11 @@ TUNED = {
 DEFAULT = Variant(8, 256, 1)
 
 
-def config_for(out: int, n_in: int, batch: int = 1) -> Variant:
-    """The kernel's configuration for one linear: the tuned one of its shape, else the default
+def config_for(out: int, n_in: int, batch: int = 1, dtype=F32) -> Variant:
+    """The kernel's configuration for one linear: the tuned tile of its shape, else the default
     with the largest whole-group step and row block that divide the shape; the 3-d accumulator
-    (a register file per activation row) only at one or two rows."""
+    (a register file per activation row) only at one or two rows; in half precision the dequant
+    in x's dtype (``deqx``: the rounding the parity rule holds the model to), else ``fac32``."""
     v = TUNED.get((out, n_in), DEFAULT)
     if v.invalid(out, n_in):
         groups = n_in // GROUP
@@ -262,6 +262,8 @@ def config_for(out: int, n_in: int, batch: int = 1) -> Variant:
         v = dataclasses.replace(DEFAULT, rows=rows, step_words=gb * WPG)
     if batch > 2:
         v = dataclasses.replace(v, acc="1d")
+    if np.dtype(dtype) != np.dtype(np.float32):
+        v = dataclasses.replace(v, mode="deqx", cvt="magic" if v.cvt == "magic2" else v.cvt)
     return v
 
 
@@ -310,7 +312,7 @@ class PallasInt4Linear(Int4Form):
         if x.shape[0] > MAX_ROWS:
             return jnp.einsum("ti,oi->to", x.astype(F32), self.dequantize(), precision=PRECISION).astype(od)
         out, n_words = self.words.shape
-        v = config_for(out, n_words * 8, x.shape[0])
+        v = config_for(out, n_words * 8, x.shape[0], x.dtype)
         return gemv(x, self.words, self.scales, self.biases, v).astype(od)
 
 

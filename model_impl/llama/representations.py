@@ -53,7 +53,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from .. import quant as quant_mod
-from .linears import (
+from .linears import (  # noqa: F401 (MAGIC, magic_codes: their home is linears)
+    MAGIC,
     REDUCE_SCOPE,
     DenseIOLinear,
     DenseReduceLinear,
@@ -61,6 +62,7 @@ from .linears import (
     LinearForm,
     QuantizedLinear,
     contract,
+    magic_codes,
     reduce_matmul,
     unpack_codes,
 )
@@ -83,16 +85,6 @@ PALLAS = PALLAS_FORM
 # 9.7 against 11.3 us; stacked [16384, 2048]: 15.6 against 20.2) and behind it at every other.
 MIXES = {"u4-magic+word-mlp": {"w_gate": "u32-word", "w_up": "u32-word", "w_gate_up": "u32-word", None: "u4-magic"}}
 REPRESENTATIONS = (BASELINE, *NATIVE_FORMS, *REDUCE_FORMS, *WORD_FORMS, PALLAS, *MIXES)
-
-# A 4-bit code q placed in the low mantissa bits under a fixed exponent reads as ``2^m + q``
-# exactly (m = mantissa bits: the unit in the last place is 1 there); subtracting ``2^m`` is
-# exact too. dtype -> (unsigned type of its width, the exponent's bits, 2^m). The trick fused int4
-# kernels use in place of an integer-to-float convert (a quarter-rate instruction on GPUs).
-MAGIC = {
-    np.dtype(np.float32): (jnp.uint32, 0x4B000000, 2.0**23),
-    np.dtype(jnp.bfloat16): (jnp.uint16, 0x4300, 2.0**7),
-    np.dtype(np.float16): (jnp.uint16, 0x6400, 2.0**10),
-}
 
 
 @jax.tree_util.register_dataclass
@@ -142,14 +134,6 @@ class NativeInt4Linear(Int4Form):
             bias_term = contract("tG,oG->to", x_sums, self.biases.astype(f32))
             return (contract("ti,oi->to", x, w) + bias_term).astype(od)
         raise ValueError(f"unknown native int4 form {self.form!r}; known: {NATIVE_FORMS}")
-
-
-def magic_codes(codes: jax.Array, dtype) -> jax.Array:
-    """Integer codes in ``[0, 16)`` as exact floats of ``dtype``, by bit manipulation: or-ed into
-    the mantissa under the exponent of :data:`MAGIC`, bitcast, minus that exponent's value."""
-    utype, bits, offset = MAGIC[np.dtype(dtype)]
-    v = jax.lax.bitcast_convert_type(codes.astype(utype) | utype(bits), dtype)
-    return v - jnp.asarray(offset, dtype)
 
 
 @jax.tree_util.register_dataclass

@@ -157,6 +157,7 @@ def render_run(run: dict) -> list[str]:
                 f"\n{p['tokens']}-token prefill: bf16 {p['best_dense']['form']} {_ms(p['best_dense']['seconds'])} ms, "
                 f"int4 {p['best_int4']['form']} {_ms(p['best_int4']['seconds'])} ms: {p['ratio']:.2f}x"
             )
+        lines += routes_lines(d["routes"])
         if d["anchors"]:
             lines += ["", "Other routes, same run (never qualifying: another format or a custom kernel):", "",
                       "| batch | route | form | ms | ratio | against |", "|---|---|---|---|---|---|"]  # fmt: skip
@@ -180,6 +181,35 @@ def render_run(run: dict) -> list[str]:
                 for k in prof["kernels"][:5]
             )
             lines.append(f"\nProfile, {prof['of']} ({prof['form']}), per step: {top}")
+    return lines
+
+
+def routes_lines(routes: list[dict]) -> list[str]:
+    """The routes side by side per batch (:func:`decide.routes`): ms and the ratio to the best
+    bf16 step of the batch; tinygemm's ratio against torch's bf16 on the step's linears alone."""
+    if not any(r["custom"] or r["tinygemm"] for r in routes):
+        return []
+
+    def cell(x: dict | None, name: bool = True) -> str:
+        if not x:
+            return "—"
+        ratio = f" = **{x['ratio']:.2f}x**" if x.get("ratio") else ""
+        return (f"{x['form']}: " if name and x.get("form") else "") + f"{_ms(x['seconds'])} ms{ratio}"
+
+    lines = [
+        "",
+        "Routes side by side, same run (ratios against the best bf16 step of the batch; tinygemm against "
+        "torch's cuBLAS bf16 on the step's linears alone; the floor: the int4 step's bytes at the roofline's copy):",
+        "",
+        "| batch | best bf16 | in-graph int4 (qualifying) | our kernel (custom_call) | tinygemm (torch) | int4 floor |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in routes:
+        floor = r["floor"] and {**r["floor"], "form": None}
+        lines.append(
+            f"| {r['batch']} | {cell(r['best_dense'])} | {cell(r['in_graph'])} | {cell(r['custom'])} | "
+            f"{cell(r['tinygemm'] and {**r['tinygemm'], 'form': r['tinygemm']['name']})} | {cell(floor)} |"
+        )
     return lines
 
 

@@ -520,6 +520,18 @@ FULL_DECISION = {
         {"batch": 1, "name": "torch tinygemm", "route": "custom kernel (torch)", "seconds": 0.4e-3, "ratio": 1.5,
          "versus": "torch cuBLAS bf16, the step's linears alone"},
     ],
+    "routes": [  # ratios against the best bf16 step of the batch; the floor: the int4 step's bytes at 4 TB/s
+        {"batch": 1, "best_dense": brief("dot", 1, 1.0e-3, 2000),
+         "in_graph": {**brief(MAGIC, 1, 0.9e-3, 500), "ratio": 1.0 / 0.9},
+         "custom": {**brief("pallas-u32 (head reduce)", 1, 0.7e-3, 500), "ratio": 1.0 / 0.7,
+                    "roofline": 3e8 / 4e12 / 0.7e-3},
+         "tinygemm": {"name": "tinygemm", "seconds": 0.4e-3, "ratio": 0.6 / 0.4},
+         "floor": {"seconds": 3e8 / 4e12, "ratio": 1.0e-3 / (3e8 / 4e12), "of": "pallas-u32 (head reduce)"}},
+        {"batch": 2, "best_dense": brief("dot", 2, 1.2e-3, 2000),
+         "in_graph": {**brief(MAGIC, 2, 1.6e-3, 500), "ratio": 1.2 / 1.6},
+         "custom": None, "tinygemm": None,  # the custom kernel timed at one row only here; torch at one
+         "floor": {"seconds": 3e8 / 4e12, "ratio": 1.2e-3 / (3e8 / 4e12), "of": MAGIC}},
+    ],
     "generate": {
         "dense": {"form": "dot", "seconds": 1.1e-3},
         "int4": {"form": "u4-magic", "seconds": 1.0e-3},
@@ -621,3 +633,68 @@ def test_what_stops_says_each_case_in_its_own_words():
     ]
     assert ws(profiles=prof) == "below the 1.5x target: int4's kernels move 1.50 TB/s of their bytes, bf16's 2.50"
     assert ws(profiles=prof[:1]) == "below the 1.5x target"
+
+
+# --- the custom-kernel route beside the verdict (issue 27) -------------------------------------
+
+
+@pytest.mark.parametrize(
+    "failing", [c for n in range(len(FAILURES) + 1) for c in itertools.combinations(FAILURES, n)], ids=str
+)
+def test_a_custom_kernel_is_exact_when_only_its_nature_keeps_it_from_qualifying(failing):
+    """Being a custom_call and having no compiler fusion are what a custom kernel is; parity and
+    tokens are what it must still meet. Every combination: exact iff it is a custom_call and
+    neither parity nor tokens fail."""
+    c = check(custom_call=True, verdict="no-dequant", linears_fused=0)
+    for name in failing:
+        c.update(FAILURES[name])
+    if "custom_call" not in failing:  # the custom_call condition is the kernel's own: test its absence
+        c["custom_call"] = False
+    want = "custom_call" in failing and not {"over the bound", "tokens off a near-tie"} & set(failing)
+    assert decide.exact_custom_kernel(c) is want
+    assert not decide.qualifies(c) or not c["custom_call"]  # a custom kernel never qualifies
+
+
+def test_the_routes_side_by_side_take_each_batch_from_the_same_run():
+    ours, wrong = dict(form="pallas-triton", head="dot"), dict(form="pallas-fast-wrong", head="dot")
+    torch_rows = {
+        "1": {"torch-bf16": {"step_linears_seconds": 1.0e-3}, "torch-int4-tinygemm": {"step_linears_seconds": 0.5e-3},
+              "torch-bf16-stacked": {"step_linears_seconds": 0.8e-3},
+              "torch-int4-tinygemm-stacked": {"step_linears_seconds": 0.45e-3}},
+    }  # fmt: skip
+    r = run(
+        {"kind": "bandwidth", "backend": B, "name": "eager copy_", "kernel_class": True, "bytes_per_s": 4e12},
+        check(),
+        check(custom_call=True, verdict="no-dequant", linears_fused=0, **ours),
+        check(custom_call=True, max_abs_logit_diff_vs_host=3.0, **wrong),  # fastest, over the bound
+        step("dense", 1.0e-3),
+        step("dense", 1.1e-3, rows=4),
+        step("int4", 1.25e-3, form="u4-magic", head="reduce"),
+        step("int4", 2.0e-3, rows=4, form="u4-magic", head="reduce"),
+        step("int4", 0.5e-3, bytes_per_step=4e8, **ours),
+        step("int4", 0.55e-3, rows=4, bytes_per_step=4.1e8, **ours),
+        step("int4", 0.1e-3, **wrong),
+        {"kind": "anchor", "backend": B, "name": "torch", "batches": torch_rows},
+    )
+    got = {x["batch"]: x for x in decide.decide_backend(r, B)["routes"]}
+    assert sorted(got) == [1, 4]
+    one, four = got[1], got[4]
+    assert one["best_dense"]["seconds"] == 1.0e-3 and one["in_graph"]["ratio"] == pytest.approx(0.8)
+    assert one["custom"]["form"] == "pallas-triton" and one["custom"]["ratio"] == pytest.approx(2.0)
+    assert one["custom"]["roofline"] == pytest.approx(4e8 / 4e12 / 0.5e-3)
+    assert one["tinygemm"] == {"name": "tinygemm (stacked)", "seconds": 0.45e-3, "ratio": pytest.approx(0.8 / 0.45)}
+    assert one["floor"]["seconds"] == pytest.approx(1e-4) and one["floor"]["ratio"] == pytest.approx(10.0)
+    assert four["custom"]["ratio"] == pytest.approx(1.1 / 0.55) and four["in_graph"]["ratio"] == pytest.approx(0.55)
+    assert four["tinygemm"] is None and four["floor"]["seconds"] == pytest.approx(4.1e8 / 4e12)
+    # without an exact custom kernel the column is empty and the floor is the in-graph form's bytes
+    plain = run(*[x for x in r["records"] if x.get("form") not in ("pallas-triton",)])
+    p1 = decide.decide_backend(plain, B)["routes"][0]
+    assert p1["custom"] is None and p1["floor"]["of"] == "u4-magic (head reduce)"
+    from model_impl.report import verdict_section
+
+    text = "\n".join(verdict_section.routes_lines(decide.decide_backend(r, B)["routes"]))
+    assert (
+        "| 1 | dot: 1.000 ms | u4-magic (head reduce): 1.250 ms = **0.80x** | pallas-triton: 0.500 ms = **2.00x** |"
+        in text
+    )
+    assert "tinygemm (stacked): 0.450 ms = **1.78x** | 0.100 ms = **10.00x** |" in text

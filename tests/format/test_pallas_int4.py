@@ -32,11 +32,11 @@ SUM_TERMS = lambda n_in: 2 * n_in + 16  # noqa: E731
 # fac16 rounds each code-times-activation product and each 8-term per-word sum to bf16: at most
 # 8 bf16 roundings on a word's dot, each <= u16 of the word's absolute sum, times |s|.
 FAC16_ROUNDINGS = 8
-# deq16 dequantizes ``q*s + b`` in bf16 with one rounding per op, as the host's bf16 dequant; a
-# compiler may fuse the two ops into one rounding (XLA-CPU does on some hosts,
+# deqx dequantizes ``q*s + b`` in x's half dtype with one rounding per op, as the host's dequant
+# of that dtype; a compiler may fuse the two ops into one rounding (XLA-CPU does on some hosts,
 # checks.xla_cpu_half_rounding): the weights may then differ by the product's rounding, and the
-# sum's rounding may land on the other side: at most 2 bf16 roundings of |q s| + |b| per weight.
-DEQ16_ROUNDINGS = 2
+# sum's rounding may land on the other side: at most 2 roundings (u of the dtype) of |q s| + |b|.
+DEQX_ROUNDINGS = 2
 
 VARIANTS = [  # every path of the kernel: dequant modes, code conversions, split-K, accumulators
     P.Variant(8, 16),
@@ -45,7 +45,7 @@ VARIANTS = [  # every path of the kernel: dequant modes, code conversions, split
     P.Variant(16, 16, 2),
     P.Variant(8, 8, 2, atomic=True, cvt="magic"),
     P.Variant(8, 16, mode="deq32", cvt="magic"),
-    P.Variant(8, 16, mode="deq16", cvt="magic"),
+    P.Variant(8, 16, mode="deqx", cvt="magic"),
     P.Variant(8, 16, mode="fac16", cvt="cvt", xload="split"),
 ]
 
@@ -59,10 +59,11 @@ def _random_mlx(rng, out: int, n_in: int) -> QuantizedLinear:
 
 
 def _bounds(w: QuantizedLinear, x64: np.ndarray, v: P.Variant, out_dtype) -> tuple[np.ndarray, np.ndarray]:
-    """(reference, bound) per output element: the host dequant linear in float64 (the bf16
-    dequant for deq16, which rounds ``q*s+b`` to bf16 as the host's bf16 dequant does) and the
-    kernel's rounding bound in float32, plus bf16 products in fac16 and the output's rounding."""
-    ref = x64 @ w.dequantize("bfloat16" if v.mode == "deq16" else "float32").astype(np.float64).T
+    """(reference, bound) per output element: the host dequant linear in float64 (deqx: the
+    host's dequant in x's dtype, ``q*s+b`` rounded per op) and the kernel's rounding bound in
+    float32, plus bf16 products in fac16, the half dequant's roundings and the output's rounding."""
+    half = np.dtype(out_dtype).name if np.dtype(out_dtype) != np.dtype(np.float32) else None
+    ref = x64 @ w.dequantize(half if v.mode == "deqx" and half else "float32").astype(np.float64).T
     codes = quant.unpack(np.asarray(w.packed), 4).astype(np.float64)
     s = np.repeat(np.asarray(w.scales, np.float64), P.GROUP, axis=1)
     b = np.repeat(np.asarray(w.biases, np.float64), P.GROUP, axis=1)
@@ -70,10 +71,10 @@ def _bounds(w: QuantizedLinear, x64: np.ndarray, v: P.Variant, out_dtype) -> tup
     bound = SUM_TERMS(n_in) * U32 * (np.abs(x64) @ (np.abs(codes * s) + np.abs(b)).T)
     if v.mode == "fac16":
         bound += FAC16_ROUNDINGS * U16 * (np.abs(x64) @ np.abs(codes * s).T)
-    if v.mode == "deq16":
-        bound += DEQ16_ROUNDINGS * U16 * (np.abs(x64) @ (np.abs(codes * s) + np.abs(b)).T)
-    if out_dtype == jnp.bfloat16:
-        bound += U16 * np.abs(ref)
+    if v.mode == "deqx" and half:
+        bound += DEQX_ROUNDINGS * checks.UNIT_ROUNDOFF[half] * (np.abs(x64) @ (np.abs(codes * s) + np.abs(b)).T)
+    if half:
+        bound += checks.UNIT_ROUNDOFF[half] * np.abs(ref)
     return ref, bound
 
 
@@ -87,7 +88,7 @@ def _gemv(x, w: QuantizedLinear, v: P.Variant):
     blocks=st.integers(1, 3),
     groups=st.sampled_from([4, 8, 12]),
     batch=st.sampled_from([1, 2, 4, 16]),
-    dtype=st.sampled_from([jnp.float32, jnp.bfloat16]),
+    dtype=st.sampled_from([jnp.float32, jnp.bfloat16, jnp.float16]),
     seed=st.integers(0, 2**16),
 )
 def test_every_kernel_variant_computes_the_host_dequant_linear_within_its_rounding_bound(
@@ -129,6 +130,7 @@ def test_every_linear_shape_gets_a_configuration_that_divides_it(out, n_in, batc
     if (out, n_in) in P.TUNED:
         assert v.tile == P.TUNED[(out, n_in)].tile
     assert v.acc == ("3d" if batch <= 2 else "1d")
+    assert v.mode == "fac32" and P.config_for(out, n_in, batch, jnp.bfloat16).mode == "deqx"
 
 
 def test_the_form_holds_mlx_words_as_stored_and_takes_the_kernel_up_to_max_rows():

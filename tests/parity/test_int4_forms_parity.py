@@ -14,7 +14,7 @@ from model_impl import checks
 from model_impl.backends import generate
 from model_impl.lab.fusion import greedy_by_decode, parity_prompt
 from model_impl.llama import model
-from model_impl.llama.representations import NATIVE_FORMS, REDUCE_FORMS, WORD_FORMS, convert
+from model_impl.llama.representations import NATIVE_FORMS, PALLAS, REDUCE_FORMS, WORD_FORMS, convert
 from model_impl.llama.shapes import shrunk_llama32_config
 from model_impl.llama.weights import dequantize_weights, quantize_weights, synthetic
 
@@ -33,8 +33,9 @@ GEMV_FORMS = (*REDUCE_FORMS, *WORD_FORMS)
 
 
 @pytest.mark.parametrize(
-    "backend,form", [("xla-cpu", f) for f in (*NATIVE_FORMS, *GEMV_FORMS)] + [("iree-cpu", "s4-grouped")]
-)
+    "backend,form",
+    [("xla-cpu", f) for f in (*NATIVE_FORMS, *GEMV_FORMS, PALLAS)] + [("iree-cpu", "s4-grouped")],
+)  # PALLAS: our kernel, in Pallas' interpreter (its float32 mode, fac32)
 def test_representation_matches_host_dequant_and_baseline_tokens(shrunk_model, backend, form):
     cfg, int4, prompt, host, baseline = shrunk_model
     run = greedy_by_decode(generate.make_runner(cfg, convert(int4, form), backend), prompt, checks.GREEDY_TOKENS)
@@ -66,8 +67,8 @@ def shrunk_bf16_model():
 
 
 @pytest.mark.parametrize(
-    "form,head", [(f, "reduce") for f in GEMV_FORMS] + [(f, "int4") for f in WORD_FORMS]
-)  # an int4 head in the form needs its row gather: the word forms hold MLX's words
+    "form,head", [(f, "reduce") for f in GEMV_FORMS] + [(f, "int4") for f in (*WORD_FORMS, PALLAS)]
+)  # an int4 head in the form needs its row gather: the word forms and our kernel hold MLX's words
 def test_gemv_forms_in_bf16_stay_within_the_half_precision_bound_of_host_dequant(shrunk_bf16_model, form, head):
     """bf16 compute, the tied embedding quantized too (``head="int4"`` runs the head in the form;
     ``"reduce"``: the head dequantized whole, as a QuantizedLinear): the logits within the bf16
