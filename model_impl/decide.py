@@ -349,7 +349,7 @@ def routes(run: dict, backend: str, batches: list[int]) -> list[dict]:
             key=lambda r: r["seconds"],
             default=None,
         )  # fmt: skip
-        ratio = lambda r: dense["seconds"] / r["seconds"] if dense and r else None  # noqa: E731
+        ratio = lambda r, dense=dense: dense["seconds"] / r["seconds"] if dense and r else None  # noqa: E731
         tiny = None
         for a in _of(run, "anchor", backend):
             row = (a.get("batches") or {}).get(str(b)) or {}
