@@ -10,6 +10,7 @@ from ..analyzers import FUSED, MATERIALIZED
 from ..backends.spec import BACKENDS
 from ..backends.spec import backend as backend_spec
 from ..lab.roofline import decode_bytes_read
+from ..llama.representations import PALLAS
 from ..llama.shapes import llama32_config
 from ..llama.weights import specs as weight_specs
 from . import results
@@ -235,27 +236,35 @@ def _xla_cuda_details(data) -> list[str]:
         f"fp32 runs at {b32 / fp32 / 1e12:.2f} TB/s.",
     ]
     for (r, o), c in sorted(cells.items(), key=lambda kv: kv[1]["decode_seconds"] or 1e9):
-        if c.get("decode_seconds") and r != "pallas-u32":
+        if c.get("decode_seconds") and r not in CUSTOM_KERNELS:
             lines.append(
                 f"- `{r}` ({o}): {c['decode_seconds'] * 1e3:.2f} ms/step = {b4 / c['decode_seconds'] / 1e12:.2f} "
                 f"TB/s effective; fused in {c.get('fused_kernels')}."
             )
-    pallas = cells.get(("pallas-u32", "default"))
+    name = next((n for n in CUSTOM_KERNELS if (n, "default") in cells), None)
+    pallas = cells.get((name, "default"))
     best = goal(data)["best"]
     if pallas and pallas.get("decode_speedup") and best:
         lines.append(
-            f"- Reference route `pallas-u32` (a hand-written Pallas/Triton GEMV; a custom_call, prompts "
+            f"- Reference route `{name}` ({CUSTOM_KERNELS[name]}; a custom_call, prompts "
             f"dequantized in-graph): {pallas['decode_seconds'] * 1e3:.2f} ms/step, "
             f"{pallas['decode_speedup']:.2f}x fp32. The best fused in-graph configuration reaches "
             f"{best[2]:.2f}x: fusion recovers {100 * (best[2] - 1) / max(pallas['decode_speedup'] - 1, 1e-9):.0f}% "
             f"of the kernel's win"
             if pallas["decode_speedup"] > 1
-            else f"- Reference route `pallas-u32` (a hand-written Pallas/Triton GEMV, untuned: 16 rows per "
-            f"program, one group-sized slice per step): {pallas['decode_seconds'] * 1e3:.2f} ms/step, "
+            else f"- Reference route `{name}` ({CUSTOM_KERNELS[name]}): {pallas['decode_seconds'] * 1e3:.2f} ms/step, "
             f"{pallas['decode_speedup']:.2f}x fp32, slower than fp32 and than every fused in-graph cell; "
             f"this kernel sets no bar above what XLA's own fusion already reaches ({best[2]:.2f}x)."
         )
     return lines
+
+
+# The custom-kernel rows a matrix file may hold: ours, and the one it replaced (older files).
+CUSTOM_KERNELS = {
+    PALLAS: "our int4 GEMV kernel in Pallas (Triton), the sweep's configuration per shape",
+    "pallas-u32": "the planar-layout Pallas/Triton GEMV this suite had until 2026-12-04, untuned: 16 rows per "
+    "program, one group-sized slice per step",
+}
 
 
 def _iree_details(data) -> list[str]:
