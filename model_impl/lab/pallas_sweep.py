@@ -119,7 +119,15 @@ F32, BF16 = jnp.float32, jnp.bfloat16
 # reads one nibble of eight wrong errs by ~0.3 rms. fac16 rounds each product and each 8-term
 # per-word sum to bf16 (~2^-8 of a word's dot, amplified ~1.6x by the bias cancelling the codes'
 # mean): 2^-4.
-TOL = {"fac32": 2.0**-5, "deq32": 2.0**-5, "deqx": 2.0**-5, "fac16": 2.0**-4, "xla": 2.0**-5, "mosaic": 2.0**-5}
+TOL = {
+    "fac32": 2.0**-5,
+    "deq32": 2.0**-5,
+    "deqx": 2.0**-5,
+    "dot": 2.0**-5,
+    "fac16": 2.0**-4,
+    "xla": 2.0**-5,
+    "mosaic": 2.0**-5,
+}
 
 # Llama-3.2-1B: every linear of one decode step, [out, in] -> count (the head last, bf16).
 STEP = collections.Counter(step_shapes(llama32_config()))
@@ -152,6 +160,9 @@ SMALL_TILES = {
     (256, 512): [(16, 64, 1), (16, 16, 1), (32, 32, 2), (8, 8, 4), (128, 16, 1)],
     (128, 1024): [(16, 32, 2), (8, 128, 1), (32, 64, 1)],
 }
+# Tensor-core tiles (mode dot, x padded to 16 rows), tried at stage 1 beside the FMA tiles at
+# every batch: (rows, step_words, split).
+DOT_TILES = [(16, 64, 1), (32, 64, 1), (16, 128, 1), (32, 128, 1), (64, 64, 1), (16, 64, 2), (16, 64, 4)]
 WARPS_STAGES = [(2, 3), (4, 1), (4, 2), (4, 4), (8, 1), (8, 2), (8, 3)]
 MODES = [  # stage 3: departures from stage 1's fac32 / magic2 / 3d / bf16 scales / strided x
     dict(cvt="magic"),
@@ -164,6 +175,7 @@ MODES = [  # stage 3: departures from stage 1's fac32 / magic2 / 3d / bf16 scale
     dict(scales="f32"),
     dict(xload="split"),
     dict(atomic=True),  # split > 1 only
+    dict(mode="dot", cvt="magic"),  # rows >= 16 only
 ]
 
 
@@ -496,7 +508,7 @@ class Sweep:
         why = v.invalid(*shape)
         if why:
             return None
-        ref = "bfloat16" if v.mode == "deqx" else "float32"  # x is bf16 here
+        ref = "bfloat16" if v.mode in ("deqx", "dot") else "float32"  # x is bf16 here
         fmt = "mlx-f32" if v.scales == "f32" else "mlx"
         return Job(shape, "pallas", v.name, stage, pallas_gemv(v, self.a.interpret), fmt, ref, TOL[v.mode], v)
 
@@ -675,6 +687,10 @@ class Sweep:
         self.run_jobs([j for s in all_shapes for j in self.baseline_jobs(s)])
         shapes = [s for s in all_shapes if s != HEAD]  # the head stays bf16: XLA's baselines only
         stage1 = [self.pallas_job(s, self.base(t), "tiles") for s in shapes for t in self.tiles(s)]
+        if not self.a.small:
+            stage1 += [
+                self.pallas_job(s, Variant(*t, mode="dot", cvt="magic"), "tiles") for s in shapes for t in DOT_TILES
+            ]
         if self.a.small:  # the interpreter check: every dequant path once, on each shape's first tiles
             stage1 += [
                 self.pallas_job(s, dataclasses.replace(Variant(*t), **d), "modes")

@@ -25,6 +25,11 @@ load of x per nibble) and keeps the per-word partial sums. Modes (how the dequan
   dtype, which the parity rule holds a half-precision model to), ``w * x`` in float32; in float32
   it is ``deq32``. The form's mode in bf16 and float16 (:func:`config_for`).
 * ``fac16``: the factored form with the per-word dot ``sum_e(q_e x_e)`` in bf16 (cheap, lossy).
+* ``dot``: tensor cores. x padded to :data:`DOT_ROWS` rows and laid ``[rows, 8, in/8]`` outside
+  the kernel (x of nibble e of every word contiguous); per step and nibble, the words' codes
+  dequantized in x's half dtype (as ``deqx``) into ``[rows, step_words]`` and one ``dot`` of the
+  activations of that nibble with them, accumulated in float32: 8 tensor-core dots per step,
+  whatever the batch (the FMA modes do one multiply per code and activation row).
 
 Code to float (``cvt``): ``cvt`` (integer-to-float convert), ``magic`` (nibble or-ed under a
 fixed exponent, bitcast, minus the exponent's value: exact), ``magic2`` (``fac32`` only: nibbles
@@ -62,7 +67,8 @@ F32, BF16 = jnp.float32, jnp.bfloat16
 MAGIC_F32, OFFSET_F32 = 0x4B000000, 2.0**23  # q | exponent of 2^23, as float32: 2^23 + q (magic2)
 
 
-MODES = ("fac32", "deq32", "deqx", "fac16")
+MODES = ("fac32", "deq32", "deqx", "fac16", "dot")
+DOT_ROWS = 16  # the smallest M of a Triton dot: x is padded to it
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,6 +111,8 @@ class Variant:
             return "atomic needs split > 1"
         if self.mode not in MODES:
             return f"unknown mode {self.mode!r}; known: {', '.join(MODES)}"
+        if self.mode == "dot" and (self.rows < 16 or self.step_words < 16 or self.atomic or self.xload != "strided"):
+            return "the dot mode needs rows and step_words of at least 16 (a Triton dot's sizes), no atomic, strided x"
         if self.cvt == "magic2" and self.mode != "fac32":
             return "magic2 (codes scaled by 16^e) needs the factored float32 form"
         return None
@@ -202,6 +210,36 @@ def _kernel(*refs, v: Variant, steps: int, batch: int):
             o_ref[part, r, rows] = y
 
 
+def _dot_kernel(x_ref, w_ref, s_ref, b_ref, o_ref, *, v: Variant, steps: int):
+    # x_ref [DOT_ROWS, 8, words] (x[b, 8 j + e] at [b, e, j]); w_ref [out, words] uint32 (MLX's);
+    # s_ref, b_ref [out, groups]; o_ref [DOT_ROWS, out] or [split, DOT_ROWS, out] float32.
+    gb = v.step_words // WPG
+    rows = pl.ds(pl.multiple_of(pl.program_id(0) * v.rows, v.rows), v.rows)
+    part = pl.program_id(1) if v.split > 1 else 0
+    dt = x_ref.dtype
+
+    def step(t, acc):
+        k = part * steps + t
+        words = pl.ds(pl.multiple_of(k * v.step_words, v.step_words), v.step_words)
+        groups = pl.ds(pl.multiple_of(k * gb, gb), gb)
+        w = w_ref[rows, words]  # [rows, step_words]
+        per_word = lambda a: jnp.broadcast_to(a.astype(dt)[:, :, None], (v.rows, gb, WPG)).reshape(  # noqa: E731
+            v.rows, v.step_words
+        )
+        s, b = per_word(s_ref[rows, groups]), per_word(b_ref[rows, groups])
+        for e in range(8):
+            we = _codes(w, e, dt, v.cvt) * s + b  # [rows, step_words]: nibble e of every word, dequantized
+            acc = acc + pl.dot(x_ref[:, e, words], we, trans_b=True)
+        return acc
+
+    acc = jnp.zeros((DOT_ROWS, v.rows), F32)
+    acc = step(0, acc) if steps == 1 else jax.lax.fori_loop(0, steps, step, acc)
+    if v.split == 1:
+        o_ref[:, rows] = acc.astype(o_ref.dtype)
+    else:
+        o_ref[part, :, rows] = acc
+
+
 def gemv(x, words, scales, biases, v: Variant, interpret: bool | None = None):
     """``x [B, in] @ dequant(W).T -> [B, out]`` in x's dtype, in one kernel (and a sum of the
     split-K parts); ``interpret`` defaults to "not on a GPU" (Pallas' interpreter)."""
@@ -210,7 +248,18 @@ def gemv(x, words, scales, biases, v: Variant, interpret: bool | None = None):
     if interpret is None:
         interpret = jax.default_backend() != "gpu"
     steps = groups // v.split // (v.step_words // WPG)
-    args = [x.reshape(batch, groups, WPG, 8), words.reshape(out, groups, WPG), scales, biases]
+    if v.mode == "dot":
+        if x.dtype == F32 or batch > DOT_ROWS:
+            raise ValueError(f"the dot mode takes half-precision x of at most {DOT_ROWS} rows, got {x.dtype} {x.shape}")
+        xt = jnp.zeros((DOT_ROWS, n_words * 8), x.dtype).at[:batch].set(x)
+        args, batch_k, kernel = (
+            [xt.reshape(DOT_ROWS, n_words, 8).transpose(0, 2, 1), words, scales, biases],
+            DOT_ROWS,
+            _dot_kernel,
+        )
+    else:
+        args = [x.reshape(batch, groups, WPG, 8), words.reshape(out, groups, WPG), scales, biases]
+        batch_k, kernel = batch, functools.partial(_kernel, batch=batch)
     grid = (out // v.rows,) if v.split == 1 else (out // v.rows, v.split)
     kw = {}
     if not interpret:
@@ -218,14 +267,14 @@ def gemv(x, words, scales, biases, v: Variant, interpret: bool | None = None):
 
         kw["compiler_params"] = pltriton.CompilerParams(num_warps=v.warps, num_stages=v.stages)
     if v.split == 1:
-        out_shape, aliases = jax.ShapeDtypeStruct((batch, out), x.dtype), {}
+        out_shape, aliases = jax.ShapeDtypeStruct((batch_k, out), x.dtype), {}
     elif v.atomic:
-        out_shape, aliases = jax.ShapeDtypeStruct((batch, out), F32), {4: 0}
-        args.append(jnp.zeros((batch, out), F32))
+        out_shape, aliases = jax.ShapeDtypeStruct((batch_k, out), F32), {4: 0}
+        args.append(jnp.zeros((batch_k, out), F32))
     else:
-        out_shape, aliases = jax.ShapeDtypeStruct((v.split, batch, out), F32), {}
+        out_shape, aliases = jax.ShapeDtypeStruct((v.split, batch_k, out), F32), {}
     y = pl.pallas_call(
-        functools.partial(_kernel, v=v, steps=steps, batch=batch),
+        functools.partial(kernel, v=v, steps=steps),
         out_shape=out_shape,
         grid=grid,
         input_output_aliases=aliases,
@@ -235,7 +284,7 @@ def gemv(x, words, scales, biases, v: Variant, interpret: bool | None = None):
     )(*args)
     if v.split > 1 and not v.atomic:
         y = y.sum(axis=0)
-    return y.astype(x.dtype)
+    return y[:batch].astype(x.dtype)
 
 
 # The tuned configuration per (out, in) at one row, from the H200 sweep

@@ -18,6 +18,7 @@ from model_impl.llama.weights import specs
 
 pytestmark = pytest.mark.cuda
 
+
 def test_fusion_pallas_decode_graph_on_xla_cuda_carries_custom_call(gpu, cuda_record):
     cfg = load_hf_config(LLAMA32_CONFIG_PATH)
     with jax.default_device(gpu):

@@ -47,7 +47,10 @@ VARIANTS = [  # every path of the kernel: dequant modes, code conversions, split
     P.Variant(8, 16, mode="deq32", cvt="magic"),
     P.Variant(8, 16, mode="deqx", cvt="magic"),
     P.Variant(8, 16, mode="fac16", cvt="cvt", xload="split"),
+    P.Variant(16, 16, mode="dot", cvt="magic"),
+    P.Variant(16, 16, 2, mode="dot", cvt="cvt"),
 ]
+HALF_ONLY = ("dot",)  # tensor-core dots of half-precision operands
 
 
 def _random_mlx(rng, out: int, n_in: int) -> QuantizedLinear:
@@ -63,7 +66,8 @@ def _bounds(w: QuantizedLinear, x64: np.ndarray, v: P.Variant, out_dtype) -> tup
     host's dequant in x's dtype, ``q*s+b`` rounded per op) and the kernel's rounding bound in
     float32, plus bf16 products in fac16, the half dequant's roundings and the output's rounding."""
     half = np.dtype(out_dtype).name if np.dtype(out_dtype) != np.dtype(np.float32) else None
-    ref = x64 @ w.dequantize(half if v.mode == "deqx" and half else "float32").astype(np.float64).T
+    deq_half = v.mode in ("deqx", "dot") and half
+    ref = x64 @ w.dequantize(half if deq_half else "float32").astype(np.float64).T
     codes = quant.unpack(np.asarray(w.packed), 4).astype(np.float64)
     s = np.repeat(np.asarray(w.scales, np.float64), P.GROUP, axis=1)
     b = np.repeat(np.asarray(w.biases, np.float64), P.GROUP, axis=1)
@@ -71,7 +75,7 @@ def _bounds(w: QuantizedLinear, x64: np.ndarray, v: P.Variant, out_dtype) -> tup
     bound = SUM_TERMS(n_in) * U32 * (np.abs(x64) @ (np.abs(codes * s) + np.abs(b)).T)
     if v.mode == "fac16":
         bound += FAC16_ROUNDINGS * U16 * (np.abs(x64) @ np.abs(codes * s).T)
-    if v.mode == "deqx" and half:
+    if deq_half:
         bound += DEQX_ROUNDINGS * checks.UNIT_ROUNDOFF[half] * (np.abs(x64) @ (np.abs(codes * s) + np.abs(b)).T)
     if half:
         bound += checks.UNIT_ROUNDOFF[half] * np.abs(ref)
@@ -82,9 +86,9 @@ def _gemv(x, w: QuantizedLinear, v: P.Variant):
     return np.asarray(P.gemv(jnp.asarray(x), w.packed, w.scales, w.biases, v, interpret=True)).astype(np.float64)
 
 
-@settings(max_examples=12, deadline=None)
+@pytest.mark.parametrize("variant", VARIANTS, ids=lambda v: v.name)
+@settings(max_examples=3, deadline=None)
 @given(
-    variant=st.sampled_from(VARIANTS),
     blocks=st.integers(1, 3),
     groups=st.sampled_from([4, 8, 12]),
     batch=st.sampled_from([1, 2, 4, 16]),
@@ -94,6 +98,8 @@ def _gemv(x, w: QuantizedLinear, v: P.Variant):
 def test_every_kernel_variant_computes_the_host_dequant_linear_within_its_rounding_bound(
     variant, blocks, groups, batch, dtype, seed
 ):
+    if variant.mode in HALF_ONLY and dtype == jnp.float32:
+        dtype = jnp.bfloat16
     out, n_in = variant.rows * blocks * 2, groups * P.GROUP
     if variant.invalid(out, n_in):
         groups = 8  # 8 groups divide into every variant's steps and parts
@@ -142,6 +148,15 @@ def test_the_form_holds_mlx_words_as_stored_and_takes_the_kernel_up_to_max_rows(
         x = rng.standard_normal((rows, 576), dtype=np.float32)
         ref, bound = _bounds(w, x.astype(np.float64), P.config_for(32, 576, rows), jnp.float32)
         assert np.all(np.abs(np.asarray(form.matmul(jnp.asarray(x)), np.float64) - ref) <= bound), rows
+
+
+def test_the_dot_mode_refuses_float32_and_more_rows_than_it_pads_to():
+    w = _random_mlx(np.random.default_rng(5), 16, 256)
+    v = P.Variant(16, 16, mode="dot", cvt="magic")
+    for x in (jnp.zeros((1, 256), jnp.float32), jnp.zeros((P.DOT_ROWS + 1, 256), jnp.bfloat16)):
+        with pytest.raises(ValueError, match="the dot mode takes half-precision x of at most 16 rows"):
+            P.gemv(x, w.packed, w.scales, w.biases, v, interpret=True)
+    assert "at least 16" in P.Variant(8, 16, mode="dot").invalid(16, 256)
 
 
 def test_the_kernel_refuses_a_group_it_was_not_written_for():
