@@ -16,6 +16,13 @@
 #   device run: carry .gpu-bundle/fusion, command: bash scripts/gpu_run.sh fusion iree-cuda
 #   (each writes fusion-h100-<backend>.json; then the cuda-marked fusion tests run)
 #
+# Our int4 GEMV kernel (issue 27), two runs back to back, nothing carried (each under 10 minutes):
+#   device run: command: bash scripts/gpu_run.sh kernel sweep     (the GPU tests of both variants,
+#               the sweep at batch 1 with Mosaic GPU, then at batches 4 and 16)
+#   device run: command: bash scripts/gpu_run.sh kernel verdict   (the verdict with our kernel, plain
+#               and stacked, beside the best in-graph form, every dense form and tinygemm)
+#   here: copy pallas-gemv-*.json, pytest-cuda-pallas-*.json and verdict-*.json to results/
+#
 # Stage 2 writes cuda-results.json and the pytest log into $OUT (or ./gpu-out).
 set -euo pipefail
 stage=${1:?stage 1, 2 or 3}
@@ -47,6 +54,28 @@ if [ "$stage" = fusion ]; then
   if [ "$part" != matrix ]; then
     python3 -m pytest tests/cuda -m cuda -k "fusion and ${backend//-/_}" -p no:cacheprovider -ra 2>&1 | tee "$out/pytest-fusion.log"
   fi
+  exit
+fi
+if [ "$stage" = kernel ]; then
+  export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
+  gpu=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | grep -oE '[A-Z]+[0-9]+' | head -1 | tr A-Z a-z)
+  nvidia-smi --query-gpu=name,driver_version,compute_cap --format=csv | tee "$out/log.txt"
+  set -o pipefail
+  if [ "${2:?kernel sweep or kernel verdict}" = sweep ]; then
+    MODEL_IMPL_RESULTS_OUT=$out/pytest-cuda-pallas-$gpu.json timeout 120 \
+      python3 -m pytest -q -p no:cacheprovider -m cuda tests/cuda/test_pallas_int4_cuda.py 2>&1 | tail -25 >> "$out/log.txt" || true
+    timeout 170 python3 -m model_impl pallas-sweep --mosaic --budget-s 100 --out "$out/pallas-gemv-$gpu.json" 2>&1 \
+      | grep -v "Warn" | tail -60 >> "$out/log.txt" || true
+    for b in 4 16; do
+      timeout 120 python3 -m model_impl pallas-sweep --batch $b --no-head --mosaic --budget-s 50 \
+        --out "$out/pallas-gemv-$gpu-b$b.json" 2>&1 | grep -v "Warn" | tail -40 >> "$out/log.txt" || true
+    done
+  else
+    timeout 570 python3 -m model_impl verdict --backend xla-cuda --parts bandwidth,dense,int4,anchors \
+      --forms pallas-triton:stacked,pallas-triton,u4-magic:stacked:reduce \
+      --out "$out/verdict-$gpu-$(date -u +%F).json" 2>&1 | grep -v "Warn" | tail -120 >> "$out/log.txt" || true
+  fi
+  tail -c 11000 "$out/log.txt"
   exit
 fi
 if [ "$stage" = 3 ]; then
