@@ -798,13 +798,13 @@ def step_estimate(best: dict, rows: list[dict]) -> dict:
 
 
 def lower_only(args, shapes) -> int:
-    """Lower every GPU-sweep variant (stage-1 tiles, and every dequant mode on each shape's first
-    tile and first split-K tile) to Triton IR for CUDA, here, without a GPU: Pallas' own lowering
+    """Lower every GPU-sweep variant (stage-1 tiles, the tensor-core tiles, and every dequant mode
+    on each shape's first tile and first split-K tile) to Triton IR for CUDA, here, without a GPU: Pallas' own lowering
     errors show up."""
     rows = []
     for shape in shapes:
         tiles = args.tiles or TILES.get(shape, default_tiles(*shape))
-        vs = [Variant(*t) for t in tiles]
+        vs = [Variant(*t) for t in tiles] + [Variant(*t, mode="dot", cvt="magic") for t in DOT_TILES]
         for t in (tiles[0], next((t for t in tiles if t[2] > 1), None)):
             if t is not None:
                 vs += [dataclasses.replace(Variant(*t), **d) for d in MODES]
