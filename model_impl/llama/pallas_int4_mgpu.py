@@ -39,6 +39,11 @@ Kernel structure (see ``gemv``):
 * Output: with ``split_k == 1`` the result is cast to bf16, staged in SMEM and
   TMA-stored.  With ``split_k > 1`` each CTA TMA-stores its f32 partial sums
   into ``[split_k, B, out]`` and a small XLA reduction sums and casts them.
+
+The rival of the Triton kernel (:mod:`model_impl.llama.pallas_int4`, the form), timed beside it by
+the GEMV sweep (``pallas-sweep --mosaic``); the faster becomes the form. Its dequant is the
+factored float32 one (``fac32``): as a bf16 model's form it would need the dequant in bf16 that
+the parity rule holds half-precision models to (the Triton kernel's ``deqx``).
 """
 
 from __future__ import annotations
@@ -49,7 +54,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-try:  # The CPU-only venv may lack Mosaic GPU; keep `reference` importable.
+try:  # jax without Mosaic GPU (or its absl dependency): supported() says so
     from jax.experimental import pallas as pl
     from jax.experimental.mosaic.gpu import fragmented_array as _fa
     from jax.experimental.pallas import mosaic_gpu as plgpu
@@ -85,13 +90,10 @@ class MgpuConfig:
 
 
 def default_config(out: int, n_in: int, B: int = 1) -> MgpuConfig:
-    """Default for the Llama decode shapes.
-
-    Chosen from one noisy H100 sweep (see the module report): 16-row blocks,
-    64-word steps, 4 stages; 32-row blocks for B >= 16 on tall matrices (it
-    halved the time at [8192, 2048] B=16); split-K when there are few row
-    blocks.
-    """
+    """Default for the Llama decode shapes: 16-row blocks, 64-word steps, 4 stages; 32-row blocks
+    for B >= 16 on tall matrices; split-K when there are few row blocks. From a first trial on an
+    H100 (2026-12-05, by hand, not in results/); the sweep (``pallas-sweep --mosaic``) times it
+    and its neighbours."""
     block_rows = 32 if (B >= 16 and out >= 4096) else 16
     n_blocks = out // block_rows
     split_k = 1
@@ -262,15 +264,3 @@ def gemv(x, words, scales, biases, *, group_size: int = 64, config: MgpuConfig |
     if config.split_k > 1:
         return jnp.sum(part, axis=0).astype(jnp.bfloat16)
     return part[0]
-
-
-def reference(x, words, scales, biases, group_size: int = 64) -> jax.Array:
-    """Pure-jnp reference (f32 math): x @ (q * s + b).T, returned as f32."""
-    out, n_words = words.shape
-    shifts = jnp.arange(8, dtype=jnp.uint32) * 4
-    q = (words.astype(jnp.uint32)[:, :, None] >> shifts) & 0xF  # [out, nw, 8]
-    q = q.reshape(out, n_words * 8).astype(jnp.float32)
-    s = jnp.repeat(scales.astype(jnp.float32), group_size, axis=1)
-    b = jnp.repeat(biases.astype(jnp.float32), group_size, axis=1)
-    w = q * s + b
-    return jnp.dot(x.astype(jnp.float32), w.T, precision=lax.Precision.HIGHEST, preferred_element_type=jnp.float32)
