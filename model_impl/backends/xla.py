@@ -64,7 +64,7 @@ class XlaRunner:
             self.layout = sharding.layout(cfg, weights, tp, self.spec.platform)
             self.cfg = sharding.graph_config(cfg, tp)
             self._at, self._cache_at = self.layout.replicated, self.layout.cache
-            self.weights = jax.device_put(weights, self.layout.weights)
+            self.weights = jax.device_put(self.layout.prepare(weights), self.layout.weights)
         self.cache = None
         self.compile_seconds: dict[str, float] = {}
         self._executables = {}

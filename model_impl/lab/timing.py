@@ -285,6 +285,7 @@ def decode_loop_args(
     else:
         layout = sharding.layout(cfg, weights, tp, platform)
         at, cache_at, weights_at = layout.replicated, layout.cache, layout.weights
+        weights = layout.prepare(weights)
     w = weights if placed else jax.device_put(weights, weights_at)
     return w, jax.device_put(token, at), jax.device_put(np.int32(start_pos), at), jax.device_put(cache, cache_at)
 

@@ -330,12 +330,19 @@ def check_shape(out: int, n_in: int, group_size: int, bits: int, where: str = ""
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
 class PallasInt4Linear(Int4Form):
-    """MLX's words, scales and biases as stored; the GEMV through :func:`gemv`."""
+    """MLX's words, scales and biases as stored; the GEMV through :func:`gemv`.
+
+    Tensor parallel (``tp``, set by :func:`model_impl.llama.sharding.bind`): GSPMD cannot
+    partition the kernel (a ``custom_call``: it would replicate its operands), so the linear runs
+    it in ``shard_map`` over the mesh's axis: column-parallel (``"out"``) on each device's rows,
+    row-parallel (``"in"``) on each device's input columns (whole groups) and a float32
+    all-reduce of the partial products, then rounded to the output dtype."""
 
     words: jax.Array  # [out, in / 8] uint32 (MLX's)
     scales: jax.Array  # [out, groups], as stored
     biases: jax.Array  # [out, groups], as stored
     group_size: int = dataclasses.field(metadata=dict(static=True), default=GROUP)
+    tp: tuple | None = dataclasses.field(metadata=dict(static=True), default=None)  # (mesh, "out" | "in")
 
     @staticmethod
     def from_mlx(w: QuantizedLinear) -> PallasInt4Linear:
@@ -358,11 +365,29 @@ class PallasInt4Linear(Int4Form):
 
     def matmul(self, x: jax.Array, out_dtype=None) -> jax.Array:
         od = out_dtype or x.dtype
+        if self.tp is not None:
+            return self._sharded(x, od)
         if x.shape[0] > MAX_ROWS:
             return jnp.einsum("ti,oi->to", x.astype(F32), self.dequantize(), precision=PRECISION).astype(od)
         out, n_words = self.words.shape
         v = config_for(out, n_words * 8, x.shape[0], x.dtype)
         return gemv(x, self.words, self.scales, self.biases, v).astype(od)
+
+    def _sharded(self, x: jax.Array, od) -> jax.Array:
+        from jax.sharding import PartitionSpec as P
+
+        mesh, by = self.tp  # check_vma off: a pallas_call's outputs carry no varying-axes type
+        axis = mesh.axis_names[0]
+        local = dataclasses.replace(self, tp=None)
+        spec = P(axis, None) if by == "out" else P(None, axis)
+        specs = dataclasses.replace(local, words=spec, scales=spec, biases=spec)
+        if by == "out":
+            run = lambda x, w: w.matmul(x, od)  # noqa: E731
+            return jax.shard_map(run, mesh=mesh, in_specs=(P(), specs), out_specs=P(None, axis), check_vma=False)(
+                x, local
+            )
+        run = lambda x, w: jax.lax.psum(w.matmul(x, F32), axis).astype(od)  # noqa: E731
+        return jax.shard_map(run, mesh=mesh, in_specs=(P(None, axis), specs), out_specs=P(), check_vma=False)(x, local)
 
 
 def reference(x: np.ndarray, w: QuantizedLinear) -> np.ndarray:

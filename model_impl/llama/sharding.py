@@ -43,14 +43,11 @@ class ShardingError(ValueError):
 def _axes(w) -> dict[str, tuple[int, int]]:
     """``{field: (out axis, in axis)}`` of each array of a weight form ("" for a bare array):
     where its output rows and its input columns (or their groups, or packed words) lie."""
-    from .pallas_int4 import FORM, PallasInt4Linear
+    from .pallas_int4 import PallasInt4Linear
     from .representations import GROUPED_FORMS, NativeInt4Linear, ReduceInt4Linear, WordInt4Linear
 
-    if isinstance(w, PallasInt4Linear):
-        raise ShardingError(
-            f"the Pallas form ({FORM}) cannot be sharded by GSPMD: its kernel is a custom_call, "
-            "whose operands the partitioner replicates"
-        )
+    if isinstance(w, PallasInt4Linear):  # placed like MLX's words; run in shard_map (bind)
+        return {"words": (0, 1), "scales": (0, 1), "biases": (0, 1)}
     if isinstance(w, ReduceInt4Linear) and w.form == "u32-planar":
         raise ShardingError(
             "u32-planar cannot be sharded by input columns: each of its words holds codes from the "
@@ -192,15 +189,41 @@ class Layout:
     def replicated(self) -> NamedSharding:
         return NamedSharding(self.mesh, P())
 
+    def prepare(self, weights: Weights) -> Weights:
+        """The weights as :attr:`weights` shards them (custom kernels bound to the mesh)."""
+        return bind(weights, self.mesh)
+
 
 def graph_config(cfg: Config, tp: int) -> Config:
     """``cfg`` as the graphs of ``tp`` devices see it: the embedding in ``tp`` row blocks."""
     return dataclasses.replace(cfg, vocab_shards=tp)
 
 
+def bind(weights: Weights, m: Mesh) -> Weights:
+    """``weights`` with every custom-kernel linear told its mesh and how it is split (column- or
+    row-parallel), so that it runs its kernel in ``shard_map``; every other form as it is (GSPMD
+    partitions them)."""
+    from .pallas_int4 import PallasInt4Linear
+
+    def bound(w, by):
+        return dataclasses.replace(w, tp=(m, by)) if isinstance(w, PallasInt4Linear) else w
+
+    layers = tuple(
+        dataclasses.replace(
+            layer,
+            **{n: bound(getattr(layer, n), "out") for n in COLUMN},
+            **{n: bound(getattr(layer, n), "in") for n in ROW},
+        )
+        for layer in weights.layers
+    )
+    head = None if weights.lm_head is None else bound(weights.lm_head, "out")
+    return Weights(bound(weights.embed, "out"), layers, weights.final_norm, head)
+
+
 def layout(cfg: Config, weights: Weights, tp: int, platform: str) -> Layout:
-    """Check ``weights`` shard over ``tp`` devices of ``platform``, then their shardings."""
+    """Check ``weights`` shard over ``tp`` devices of ``platform``, then their shardings (of the
+    weights as :meth:`Layout.prepare` binds them)."""
     check(cfg, weights, tp)
     m = mesh(tp, platform)
-    specs = weight_specs(weights)
+    specs = weight_specs(bind(weights, m))
     return Layout(m, jax.tree_util.tree_map(lambda s: NamedSharding(m, s), specs, is_leaf=lambda x: isinstance(x, P)))

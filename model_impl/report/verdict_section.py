@@ -210,6 +210,12 @@ def routes_lines(routes: list[dict]) -> list[str]:
             f"| {r['batch']} | {cell(r['best_dense'])} | {cell(r['in_graph'])} | {cell(r['custom'])} | "
             f"{cell(r['tinygemm'] and {**r['tinygemm'], 'form': r['tinygemm']['name']})} | {cell(floor)} |"
         )
+    if any(r["custom"] for r in routes):
+        lines.append(
+            "\nOur kernel under tensor parallelism: GSPMD cannot partition it (a custom_call), so it runs in "
+            "`shard_map` (column-parallel rows; row-parallel columns and a float32 all-reduce), weights staying "
+            "local (`tests/parallel/test_tensor_parallel.py`, the CPU's host devices)."
+        )
     return lines
 
 
