@@ -16,29 +16,13 @@ Weights: MLX affine int4, group 64 (:mod:`model_impl.quant`): ``words [out, in/8
 code ``k`` of a row in nibble ``k % 8`` of word ``k // 8``; ``scales``/``biases`` ``[out, in/64]``
 (bf16 as an MLX bf16 checkpoint stores them, or float32); ``w = q * s + b``. Random uniform codes
 packed by :func:`quant.pack`, as a :class:`QuantizedLinear`; the baselines' int4 forms are the
-suite's own (:func:`representations.convert_linear`). Activations bf16, output bf16 (batch 1, M = 1).
+suite's own (:func:`representations.convert_linear`). Activations bf16 ``[B, in]``, output bf16.
 
-The new kernels read the words as stored (no layout conversion): the words viewed as
-``[out, groups, 8]`` (free reshape), x as ``[groups, 8 words, 8 codes]``. A program owns
-``rows`` output rows and walks its share of the groups in steps of ``step_words`` words; for
-each nibble ``e`` it loads the activations of code ``e`` of every word (a stride-8 load of x),
-multiplies them into that nibble's codes, and keeps per-word partial sums ``[rows, gb, 8]``.
-Modes (how the dequant is computed):
-
-* ``fac32``: factored, float32: per word ``s * sum_e(q_e x_e) + b * sum_e(x_e)`` (one FMA per
-  code, scale and bias once per word); not the host's rounding of ``q*s+b``, closer to exact.
-* ``deq32``: ``w = q*s + b`` per code in float32, then ``w * x`` (two FMAs per code).
-* ``deqx``: ``w = q*s + b`` per code in x's dtype, bf16 here (the host's bf16 dequant), ``w * x`` in float32.
-* ``fac16``: the factored form with the per-word dot ``sum_e(q_e x_e)`` in bf16 (cheap, lossy).
-
-Code to float (``cvt``): ``cvt`` (integer-to-float convert), ``magic`` (nibble or-ed under a
-fixed exponent, bitcast, minus the exponent's value: exact), ``magic2`` (``fac32`` only: nibbles
-0-4 masked in place, no shift, giving ``q * 16^e`` exactly, with x pre-scaled by ``16^-e``;
-nibbles 5-7 from one ``w >> 12`` per word: 3 instructions per code instead of 4).
-
-Split-K (``split`` > 1): a second grid axis over parts of the groups; partial sums ``[split,
-out]`` float32 summed by XLA (one small extra kernel, counted in the time), or ``atomic``:
-``pltriton.atomic_add`` into a zeroed float32 output (then a convert to bf16).
+The kernel and every variant it can take (tiles, dequant modes, code-to-float conversions,
+split-K, accumulators, the tensor-core ``dot`` mode) are the package's: :class:`pallas_int4.Variant`
+in :mod:`model_impl.llama.pallas_int4`, whose docstring describes them; ``--mosaic`` adds the Mosaic
+GPU variant (:mod:`model_impl.llama.pallas_int4_mgpu`) with its own configurations. ``--batch B``
+times every GEMV at B activation rows (one batch per run and file).
 
 Timing: one jitted ``fori_loop`` runs ``N`` GEMVs over ``C`` distinct weight copies (their bytes
 >= ``--footprint-mb``, twice the H100's 50 MB L2, so that each GEMV reads its weights from HBM as
