@@ -1,6 +1,9 @@
 # Two commands do all set-up on a fresh machine: `make test` and `make report`.
 PYTHON ?= python3
-VENV ?= .venv
+# One venv per interpreter (an existing .venv is never reused for another Python): .venv for
+# Python 3.11, the one CI runs; .venv-<version> for another (`make test PYTHON=python3.12`).
+PYVER := $(shell $(PYTHON) -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null)
+VENV ?= $(if $(filter 3.11,$(PYVER)),.venv,.venv-$(PYVER))
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
@@ -9,6 +12,7 @@ export TOKENIZERS_PARALLELISM := false
 .PHONY: test report verdict bench fusion mutants versions clean-cache
 
 $(STAMP): pyproject.toml Makefile
+	@test -n "$(PYVER)" || { echo "error: PYTHON=$(PYTHON) is not a Python interpreter" >&2; exit 2; }
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[test]'
