@@ -249,7 +249,7 @@ def matrix_file():
         "dtype": "bfloat16",
         "baselines": {B: {"bfloat16:dot": {"seconds": 1.2e-3}, "bfloat16:dot+stacked": {"seconds": 1.1e-3},
                           "float16:dot": {"seconds": 0.5e-3}}},
-        "cells": [cell, {**cell, "representation": "pallas-u32", "skipped": "n/a"}],
+        "cells": [cell, {**cell, "representation": "pallas-triton", "skipped": "n/a"}],
         "batched": {B: {"dense:dot": {"decode-4": 1.3e-3, "prefill-64": 2e-3},
                         "u4-magic:default:reduce": {"decode-4": 1.4e-3, "prefill-64": 4e-3, "error": "x"}}},
         "bandwidth_bytes_per_s": 3e12,
@@ -271,11 +271,11 @@ def test_the_other_routes_are_set_beside_the_verdict_and_never_carry_it():
         "1": {"torch-bf16": {"step_linears_seconds": 1.0e-3}, "torch-int4-tinygemm": {"step_linears_seconds": 0.5e-3}}
     }
     r = run(
-        check("pallas-u32", head="dot", custom_call=True),
+        check("pallas-triton", head="dot", custom_call=True),
         check(),
         step("dense", 1.0e-3),
         step("int4", 1.25e-3, form="u4-magic", head="reduce"),
-        step("int4", 0.4e-3, form="pallas-u32"),  # a custom kernel: fastest, and not the verdict's
+        step("int4", 0.4e-3, form="pallas-triton"),  # a custom kernel: fastest, and not the verdict's
         step("anchor", 0.8e-3, form="xla-s4-channel"),
         {"kind": "anchor", "backend": B, "name": "torch", "batches": torch_rows},
     )
@@ -283,7 +283,7 @@ def test_the_other_routes_are_set_beside_the_verdict_and_never_carry_it():
     assert d["batches"][0]["best_int4"]["form"] == "u4-magic (head reduce)" and d["batches"][0]["ratio"] == 0.8
     got = {a["name"]: (a["route"], a["ratio"]) for a in d["anchors"]}
     assert got == {
-        "pallas-u32": ("custom kernel", pytest.approx(2.5)),
+        "pallas-triton": ("custom kernel", pytest.approx(2.5)),
         "xla-s4-channel": ("XLA int4 GEMM", pytest.approx(1.25)),
         "torch tinygemm": ("custom kernel (torch)", pytest.approx(2.0)),
     }
@@ -440,14 +440,14 @@ def full(backend, scale=1.0):
     return [on(r) for r in (
         check("u4-magic"),
         check("u32-word", verdict="materialized", linears_fused=32),
-        check("pallas-u32", head="reduce", custom_call=True),
+        check("pallas-triton", head="reduce", custom_call=True),
         step("dense", 1.0e-3 * scale), step("dense", 1.2e-3 * scale, rows=2),
         step("dense", 8e-3 * scale, **pre),
         step("int4", 0.9e-3 * scale, form="u4-magic", head="reduce"),
         step("int4", 1.6e-3 * scale, form="u4-magic", head="reduce", rows=2),
         step("int4", 12e-3 * scale, form="u4-magic", head="reduce", **pre),
         step("int4", 0.5e-3 * scale, form="u32-word", head="reduce"),
-        step("int4", 0.7e-3 * scale, form="pallas-u32", head="reduce"),
+        step("int4", 0.7e-3 * scale, form="pallas-triton", head="reduce"),
         step("anchor", 0.95e-3 * scale, form="xla-s4-channel"),
         {"kind": "bandwidth", "name": "eager copy_", "kernel_class": True, "bytes_per_s": 4e12 / scale},
         prof("dense", 2.5e9, 1e-3), prof("int4", 1e9, 1e-3),
@@ -509,11 +509,11 @@ FULL_DECISION = {
     "qualifying_forms": [MAGIC],
     "not_qualifying": {
         "u32-word (head reduce)": ["dequant materialized (32/112 linears fused)"],
-        "pallas-u32 (head reduce)": ["custom_call"],
+        "pallas-triton (head reduce)": ["custom_call"],
     },
     "target": {"target": 1.5, "stretch": 2.0, "ratio": 1.0 / 0.9, "met": False, "stretch_met": False},
     "anchors": [
-        {"batch": 1, "name": "pallas-u32 (head reduce)", "route": "custom kernel", "seconds": 0.7e-3,
+        {"batch": 1, "name": "pallas-triton (head reduce)", "route": "custom kernel", "seconds": 0.7e-3,
          "ratio": 1.0 / 0.7, "versus": "best bf16 step"},
         {"batch": 1, "name": "xla-s4-channel", "route": "XLA int4 GEMM", "seconds": 0.95e-3, "ratio": 1.0 / 0.95,
          "versus": "best bf16 step"},
@@ -523,10 +523,10 @@ FULL_DECISION = {
     "routes": [  # ratios against the best bf16 step of the batch; the floor: the int4 step's bytes at 4 TB/s
         {"batch": 1, "best_dense": brief("dot", 1, 1.0e-3, 2000),
          "in_graph": {**brief(MAGIC, 1, 0.9e-3, 500), "ratio": 1.0 / 0.9},
-         "custom": {**brief("pallas-u32 (head reduce)", 1, 0.7e-3, 500), "ratio": 1.0 / 0.7,
+         "custom": {**brief("pallas-triton (head reduce)", 1, 0.7e-3, 500), "ratio": 1.0 / 0.7,
                     "roofline": 3e8 / 4e12 / 0.7e-3},
          "tinygemm": {"name": "tinygemm", "seconds": 0.4e-3, "ratio": 0.6 / 0.4},
-         "floor": {"seconds": 3e8 / 4e12, "ratio": 1.0e-3 / (3e8 / 4e12), "of": "pallas-u32 (head reduce)"}},
+         "floor": {"seconds": 3e8 / 4e12, "ratio": 1.0e-3 / (3e8 / 4e12), "of": "pallas-triton (head reduce)"}},
         {"batch": 2, "best_dense": brief("dot", 2, 1.2e-3, 2000),
          "in_graph": {**brief(MAGIC, 2, 1.6e-3, 500), "ratio": 1.2 / 1.6},
          "custom": None, "tinygemm": None,  # the custom kernel timed at one row only here; torch at one
