@@ -800,7 +800,8 @@ def lower_only(args, shapes) -> int:
             row = {"shape": list(shape), "name": v.name}
             t = time.perf_counter()
             try:
-                text = jax.jit(pallas_gemv(v, False)).trace(*spec).lower(lowering_platforms=("cuda",)).as_text()
+                with pallas_int4.lowering_target():
+                    text = jax.jit(pallas_gemv(v, False)).trace(*spec).lower(lowering_platforms=("cuda",)).as_text()
                 row["triton_calls"] = text.count("__gpu$xla.gpu.triton")
                 row["ok"] = row["triton_calls"] == 1
             except Exception as e:

@@ -229,7 +229,10 @@ def _dot_kernel(x_ref, w_ref, s_ref, b_ref, o_ref, *, v: Variant, steps: int):
         s, b = per_word(s_ref[rows, groups]), per_word(b_ref[rows, groups])
         for e in range(8):
             we = _codes(w, e, dt, v.cvt) * s + b  # [rows, step_words]: nibble e of every word, dequantized
-            acc = acc + pl.dot(x_ref[:, e, words], we, trans_b=True)
+            # x_e @ w_e.T on tensor cores (lax.dot_general: pl.dot is gone from jax 0.12)
+            acc = acc + jax.lax.dot_general(
+                x_ref[:, e, words], we, (((1,), (1,)), ((), ())), preferred_element_type=F32
+            )
         return acc
 
     acc = jnp.zeros((DOT_ROWS, v.rows), F32)
@@ -388,6 +391,19 @@ class PallasInt4Linear(Int4Form):
             )
         run = lambda x, w: jax.lax.psum(w.matmul(x, F32), axis).astype(od)  # noqa: E731
         return jax.shard_map(run, mesh=mesh, in_specs=(P(None, axis), specs), out_specs=P(), check_vma=False)(x, local)
+
+
+def lowering_target(device_kind: str = "NVIDIA H200"):
+    """A context in which the kernel lowers for CUDA on a machine without a GPU: jax from 0.11 on
+    asks Triton's lowering for the GPU it targets (an abstract device: its compute capability);
+    jax 0.10 lowers without one (and has no abstract devices)."""
+    import contextlib
+
+    if not hasattr(jax.sharding, "AbstractDevice"):
+        return contextlib.nullcontext()
+    device = jax.sharding.AbstractDevice(device_kind=device_kind, num_cores=None, platform="gpu")
+    auto = (jax.sharding.AxisType.Auto,)  # no sharding in types: the one-device kernel as it is
+    return jax.sharding.use_abstract_mesh(jax.sharding.AbstractMesh((1,), ("gpu",), auto, abstract_device=device))
 
 
 def reference(x: np.ndarray, w: QuantizedLinear) -> np.ndarray:

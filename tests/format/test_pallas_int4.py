@@ -174,5 +174,6 @@ def test_the_kernel_lowers_for_cuda_to_one_triton_call_at_the_1b_shapes(batch):
         x = jax.ShapeDtypeStruct((batch, n_in), jnp.bfloat16)
         v = P.config_for(out, n_in, batch)
         fn = jax.jit(lambda x, w, v=v: P.gemv(x, w.packed, w.scales, w.biases, v, interpret=False))
-        text = fn.trace(x, w).lower(lowering_platforms=("cuda",)).as_text()
+        with P.lowering_target():
+            text = fn.trace(x, w).lower(lowering_platforms=("cuda",)).as_text()
         assert text.count("__gpu$xla.gpu.triton") == 1, (out, n_in, batch)
