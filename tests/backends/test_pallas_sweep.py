@@ -134,6 +134,9 @@ def test_every_gpu_sweep_variant_lowers_to_one_triton_call(tmp_path):
         (["--shapes", "64x100"], "--shapes: 64x100: the input size must be a multiple of the group"),
         (["--tiles", "16x128"], "--tiles: '16x128' is not ROWSxWORDSxSPLIT"),
         (["--rounds", "0"], "--rounds must be at least 1"),
+        (["--batch", "0"], "--batch must be 1 to 16"),
+        (["--batch", "17"], "--batch must be 1 to 16 (the kernel's rows), got 17"),
+        (["--mosaic"], "--mosaic runs on a GPU only"),
     ],
 )
 def test_a_bad_option_is_one_error_line_naming_the_flag_and_exit_2(argv, says, capsys, tmp_path):

@@ -128,6 +128,10 @@ def test_the_report_renders_the_numbers_the_file_holds(tiny_run):
         (["--parts", "dense,bogus"], "--parts: unknown bogus"),
         (["--shapes", "llama-9"], "--shapes: unknown 'llama-9'"),
         (["--steps", "0"], "--steps must be at least 1"),
+        (["--forms", "u4-magic,int3"], "--forms: 'int3' is not representation[:layout[:head]]"),
+        (["--forms", "u4-magic:sideways"], "--forms: 'u4-magic:sideways' is not"),
+        (["--forms", "u4-magic:stacked:reduce:x"], "--forms: 'u4-magic:stacked:reduce:x' is not"),
+        (["--forms", ","], "--forms: no form given"),
         (["--resume", "/nonexistent.json"], "--resume /nonexistent.json"),
     ],
 )
@@ -136,6 +140,14 @@ def test_bad_input_is_one_error_line_and_exit_2_before_anything_is_built(argv, s
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and says in err[0], err
     assert not (tmp_path / "v.json").exists()
+
+
+def test_forms_name_the_candidates_with_layout_and_head_defaulted():
+    from model_impl.lab import verdict
+
+    got = verdict.parse_forms("pallas-triton, pallas-triton:stacked,u4-magic:stacked:reduce")
+    assert got == (("pallas-triton", "default", "dot"), ("pallas-triton", "stacked", "dot"),
+                   ("u4-magic", "stacked", "reduce"))  # fmt: skip
 
 
 def test_an_existing_results_file_is_not_overwritten_or_resumed_silently(tiny_run, capsys):
