@@ -315,15 +315,25 @@ def anchor_rows(run: dict, backend: str, batches: list[int]) -> list[dict]:
                 ratio = dense["seconds"] / r["seconds"] if dense else None
                 out.append({"batch": b, "name": form_name(r), "route": route, "seconds": r["seconds"],
                             "ratio": ratio, "versus": "best bf16 step"})  # fmt: skip
-        for a in _of(run, "anchor", backend):
-            row = (a.get("batches") or {}).get(str(b)) or {}
-            for layout in ("", "-stacked"):
-                bf16, tiny = row.get(f"torch-bf16{layout}"), row.get(f"torch-int4-tinygemm{layout}")
-                if bf16 and tiny:
-                    out.append({"batch": b, "name": f"torch tinygemm{' (stacked)' if layout else ''}",
-                                "route": "custom kernel (torch)", "seconds": tiny["step_linears_seconds"],
-                                "ratio": bf16["step_linears_seconds"] / tiny["step_linears_seconds"],
-                                "versus": "torch cuBLAS bf16, the step's linears alone"})  # fmt: skip
+        for t in _tinygemm(run, backend, b):
+            out.append({"batch": b, "name": f"torch {t['name']}", "route": "custom kernel (torch)",
+                        "seconds": t["seconds"], "ratio": t["ratio"],
+                        "versus": "torch cuBLAS bf16, the step's linears alone"})  # fmt: skip
+    return out
+
+
+def _tinygemm(run: dict, backend: str, batch: int) -> list[dict]:
+    """torch's tinygemm at ``batch`` (plain and stacked), each against torch's cuBLAS bf16 of the
+    same layout: the step's linears alone, from the run's torch anchor."""
+    out = []
+    for a in _of(run, "anchor", backend):
+        row = (a.get("batches") or {}).get(str(batch)) or {}
+        for layout in ("", "-stacked"):
+            bf16, tiny = row.get(f"torch-bf16{layout}"), row.get(f"torch-int4-tinygemm{layout}")
+            if bf16 and tiny:
+                seconds = tiny["step_linears_seconds"]
+                name = f"tinygemm{' (stacked)' if layout else ''}"
+                out.append({"name": name, "seconds": seconds, "ratio": bf16["step_linears_seconds"] / seconds})
     return out
 
 
@@ -350,14 +360,7 @@ def routes(run: dict, backend: str, batches: list[int]) -> list[dict]:
             default=None,
         )  # fmt: skip
         ratio = lambda r, dense=dense: dense["seconds"] / r["seconds"] if dense and r else None  # noqa: E731
-        tiny = None
-        for a in _of(run, "anchor", backend):
-            row = (a.get("batches") or {}).get(str(b)) or {}
-            for lay in ("", "-stacked"):
-                bf16, t = row.get(f"torch-bf16{lay}"), row.get(f"torch-int4-tinygemm{lay}")
-                if bf16 and t and (tiny is None or t["step_linears_seconds"] < tiny["seconds"]):
-                    tiny = {"name": f"tinygemm{' (stacked)' if lay else ''}", "seconds": t["step_linears_seconds"],
-                            "ratio": bf16["step_linears_seconds"] / t["step_linears_seconds"]}  # fmt: skip
+        tiny = min(_tinygemm(run, backend, b), key=lambda t: t["seconds"], default=None)
         int4 = custom or in_graph
         floor = None
         if int4 and int4.get("bytes_per_step") and bandwidth:

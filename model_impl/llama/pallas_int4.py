@@ -57,14 +57,14 @@ import numpy as np
 from jax.experimental import pallas as pl
 
 from .. import quant as quant_mod
-from .linears import PRECISION, Int4Form, QuantizedLinear, magic_codes
+from .linears import MAGIC, Int4Form, QuantizedLinear, contract, dequantize, magic_codes
 
 FORM = "pallas-triton"  # the representation's name: the kernel it runs
 GROUP = 64  # codes per quantization group (the kernel's only group size)
 WPG = GROUP // 8  # uint32 words per group
 MAX_ROWS = 16  # activation rows the kernel takes (decode batches); more go through XLA's dot
 F32, BF16 = jnp.float32, jnp.bfloat16
-MAGIC_F32, OFFSET_F32 = 0x4B000000, 2.0**23  # q | exponent of 2^23, as float32: 2^23 + q (magic2)
+_, MAGIC_F32, OFFSET_F32 = MAGIC[np.dtype(np.float32)]  # q | exponent of 2^23, as float32: 2^23 + q (magic2)
 
 
 MODES = ("fac32", "deq32", "deqx", "fac16", "dot")
@@ -357,21 +357,13 @@ class PallasInt4Linear(Int4Form):
     def mlx_words(self) -> QuantizedLinear:
         return QuantizedLinear(self.words, self.scales, self.biases, self.group_size, 4)
 
-    def dequantize(self) -> jax.Array:
-        """In-graph float32 dequant (prompts longer than :data:`MAX_ROWS`)."""
-        out, n_words = self.words.shape
-        shifts = jnp.arange(8, dtype=jnp.uint32) * jnp.uint32(4)
-        codes = ((self.words[:, :, None] >> shifts) & jnp.uint32(15)).astype(F32)  # [out, words, 8]
-        codes = codes.reshape(out, -1, self.group_size)
-        s, b = self.scales.astype(F32)[:, :, None], self.biases.astype(F32)[:, :, None]
-        return (codes * s + b).reshape(out, n_words * 8)
-
     def matmul(self, x: jax.Array, out_dtype=None) -> jax.Array:
         od = out_dtype or x.dtype
         if self.tp is not None:
             return self._sharded(x, od)
         if x.shape[0] > MAX_ROWS:
-            return jnp.einsum("ti,oi->to", x.astype(F32), self.dequantize(), precision=PRECISION).astype(od)
+            # a prompt: the in-graph float32 dequant and XLA's dot
+            return contract("ti,oi->to", x.astype(F32), dequantize(self.mlx_words(), F32)).astype(od)
         out, n_words = self.words.shape
         v = config_for(out, n_words * 8, x.shape[0], x.dtype)
         return gemv(x, self.words, self.scales, self.biases, v).astype(od)
@@ -404,8 +396,3 @@ def lowering_target(device_kind: str = "NVIDIA H200"):
     device = jax.sharding.AbstractDevice(device_kind=device_kind, num_cores=None, platform="gpu")
     auto = (jax.sharding.AxisType.Auto,)  # no sharding in types: the one-device kernel as it is
     return jax.sharding.use_abstract_mesh(jax.sharding.AbstractMesh((1,), ("gpu",), auto, abstract_device=device))
-
-
-def reference(x: np.ndarray, w: QuantizedLinear) -> np.ndarray:
-    """float64 ``x @ dequant(W).T`` on the host (the kernel's exactness reference)."""
-    return np.asarray(x, np.float64) @ np.asarray(w.dequantize("float32"), np.float64).T

@@ -52,7 +52,11 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
+
+from .linears import MAGIC
+from .pallas_int4 import GROUP
 
 try:  # jax without Mosaic GPU (or its absl dependency): supported() says so
     from jax.experimental import pallas as pl
@@ -61,10 +65,8 @@ try:  # jax without Mosaic GPU (or its absl dependency): supported() says so
 except Exception:  # pragma: no cover
     pl = plgpu = _fa = None
 
-GROUP = 64
 WORD_NIBBLES = 8
-_MAGIC = 0x4B000000
-_TWO23 = 8388608.0
+_, _MAGIC, _TWO23 = MAGIC[np.dtype(np.float32)]  # q | exponent of 2^23, as float32: 2^23 + q
 
 # Thread tile of the register layout: 16 rows x 8 groups per warpgroup.
 _TILE_ROWS = 16

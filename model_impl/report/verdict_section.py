@@ -190,11 +190,12 @@ def routes_lines(routes: list[dict]) -> list[str]:
     if not any(r["custom"] or r["tinygemm"] for r in routes):
         return []
 
-    def cell(x: dict | None, name: bool = True) -> str:
+    def cell(x: dict | None, name: str | None = None) -> str:
         if not x:
             return "—"
         ratio = f" = **{x['ratio']:.2f}x**" if x.get("ratio") else ""
-        return (f"{x['form']}: " if name and x.get("form") else "") + f"{_ms(x['seconds'])} ms{ratio}"
+        name = name or x.get("form")
+        return (f"{name}: " if name else "") + f"{_ms(x['seconds'])} ms{ratio}"
 
     lines = [
         "",
@@ -204,11 +205,11 @@ def routes_lines(routes: list[dict]) -> list[str]:
         "| batch | best bf16 | in-graph int4 (qualifying) | our kernel (custom_call) | tinygemm (torch) | int4 floor |",
         "|---|---|---|---|---|---|",
     ]
-    for r in routes:
-        floor = r["floor"] and {**r["floor"], "form": None}
+    for r in routes:  # the floor unnamed: it is the int4 step's bytes, not a form
+        tiny = r["tinygemm"]
         lines.append(
             f"| {r['batch']} | {cell(r['best_dense'])} | {cell(r['in_graph'])} | {cell(r['custom'])} | "
-            f"{cell(r['tinygemm'] and {**r['tinygemm'], 'form': r['tinygemm']['name']})} | {cell(floor)} |"
+            f"{cell(tiny, tiny and tiny['name'])} | {cell(r['floor'])} |"
         )
     if any(r["custom"] for r in routes):
         lines.append(
