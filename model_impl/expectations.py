@@ -270,6 +270,10 @@ _HALF_ROUNDINGS = [
           "tests/parity/test_half_reference.py on the AMD EPYC, 2026-12-04"),
     Entry(XLA, ">=0.10.2,<0.11", None, ("xla-cpu", HALF_ROUNDING, "bfloat16"), "rounded per op",
           "tests/parity/test_half_reference.py on the AMD EPYC and the Intel Xeon"),
+    Entry(XLA, ">=0.11,<0.13", WITH_FP16, ("xla-cpu", HALF_ROUNDING, "float16"), "fused multiply-add",
+          "tests/parity/test_half_reference.py, jaxlib 0.11.2 and 0.12.0.1, Intel Xeon (AVX512-FP16), 2026-12-05"),
+    Entry(XLA, ">=0.11,<0.13", WITH_FP16, ("xla-cpu", HALF_ROUNDING, "bfloat16"), "rounded per op",
+          "tests/parity/test_half_reference.py, jaxlib 0.11.2 and 0.12.0.1, Intel Xeon (AVX512-FP16), 2026-12-05"),
 ]  # fmt: skip
 
 

@@ -8,6 +8,7 @@ problem as one :class:`CheckpointError` naming the file and the tensor.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import os
 from pathlib import Path
 
@@ -112,7 +113,10 @@ def _quantize_named(path: Path, weights: Weights, fmt: int) -> Weights:
 
 
 def load_tokenizer(path: str | Path | None = None):
-    """The checkpoint's own tokenizer via transformers (GGUF-embedded or tokenizer files)."""
+    """The checkpoint's own tokenizer via transformers (GGUF-embedded or tokenizer files). Where
+    torch is not installed (transformers' GGUF reader imports it) a GGUF's tokenizer is built by
+    transformers' own GGUF converter from metadata the ``gguf`` package reads
+    (:func:`gguf_tokenizer_without_torch`)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from transformers import AutoTokenizer
 
@@ -120,11 +124,45 @@ def load_tokenizer(path: str | Path | None = None):
     try:
         if path.is_dir():
             return AutoTokenizer.from_pretrained(str(path))
-        return AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+        try:
+            return AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+        except ImportError:
+            if importlib.util.find_spec("torch") is not None:
+                raise
+            return gguf_tokenizer_without_torch(path)
     except ImportError as e:
         raise CheckpointError(
-            f"{path}: transformers needs torch to read a GGUF tokenizer ({e}); "
-            f"install torch==2.13.0 or pass --token-ids"
+            f"{path}: transformers cannot read this GGUF's tokenizer ({e}); pass --token-ids"
         ) from None
     except (OSError, ValueError) as e:
         raise CheckpointError(f"{path}: no usable tokenizer ({e}); pass --token-ids") from None
+
+
+# transformers' GGUF tokenizer: the metadata keys it reads (its GGUF_TOKENIZER_MAPPING) and the
+# special tokens it names from their ids (as its get_gguf_tokenizer does).
+_GGUF_SPECIAL_TOKENS = {"bos_token": "bos_token_id", "eos_token": "eos_token_id", "unk_token": "unknown_token_id",
+                        "pad_token": "padding_token_id"}  # fmt: skip
+
+
+def gguf_tokenizer_without_torch(path: Path):
+    """The tokenizer ``AutoTokenizer.from_pretrained(..., gguf_file=...)`` builds, without torch:
+    the metadata read by the ``gguf`` package, converted by transformers' own GGUF converter
+    (tests/loaders/test_checkpoints.py holds it equal to transformers' where torch is installed)."""
+    from gguf import GGUFReader
+    from transformers import PreTrainedTokenizerFast
+    from transformers.integrations.gguf.gguf_tokenizer_mapping import GGUF_TOKENIZER_MAPPING, convert_gguf_tokenizer
+
+    fields = GGUFReader(str(path)).fields
+    metadata = {k: f.contents() for k, f in fields.items() if k.startswith(("tokenizer.", "general.architecture"))}
+    grouped = {
+        group: {name: metadata[f"tokenizer.{key}"] for key, name in renames.items() if f"tokenizer.{key}" in metadata}
+        for group, renames in GGUF_TOKENIZER_MAPPING.items()
+    }
+    tokenizer, config = grouped["tokenizer"], grouped["tokenizer_config"]
+    if tokenizer.get("tokenizer_type") == "llama":
+        config.setdefault("add_bos_token", True)
+    for name, key in _GGUF_SPECIAL_TOKENS.items():
+        token_id = metadata.get(f"tokenizer.ggml.{key}")
+        config[name] = tokenizer["tokens"][token_id] if token_id is not None else None
+    backend, extra = convert_gguf_tokenizer(metadata["general.architecture"], tokenizer)
+    return PreTrainedTokenizerFast(tokenizer_object=backend, **config, **extra)

@@ -266,10 +266,9 @@ def main(out_dir: str = "reports/", model: str | None = None, plan: Plan | None 
     log("format: our quantizer vs mlx.core.quantize on layer 0")
     findings["format"] = format_section(fp32)
 
-    log("transformers reference (torch fp32)")
-    hf = reference.transformers_model(path)
-    hf_run = reference.greedy(hf, prompt, n)
-    del hf
+    log("transformers reference (torch fp32; its saved outputs where torch is not installed)")
+    hf_reference = reference.run(path, "float32", prompt, n)
+    hf_run = hf_reference.greedy
 
     runs, runners = {}, {}
     live = [

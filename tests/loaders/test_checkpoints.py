@@ -114,9 +114,13 @@ def test_gguf_loader_undoes_the_llamacpp_qk_permutation(tmp_path):
 
 
 @pytest.mark.slow
-def test_gguf_loader_matches_transformers_tensor_for_tensor(real_model, hf_real_model):
+def test_gguf_loader_matches_transformers_tensor_for_tensor(real_model):
+    """Every tensor bit for bit: SHA-256 of its float32 bytes against transformers' state dict
+    (live where torch is installed, its saved digests where not: model_impl/checks/reference.py)."""
+    from model_impl.checks.reference import digest, tensor_digests
+
     cfg, weights = real_model
-    sd = {k: v.numpy() for k, v in hf_real_model.state_dict().items()}
+    sd = tensor_digests()
     hf_names = dict(
         attn_norm="input_layernorm",
         wq="self_attn.q_proj",
@@ -128,12 +132,35 @@ def test_gguf_loader_matches_transformers_tensor_for_tensor(real_model, hf_real_
         w_up="mlp.up_proj",
         w_down="mlp.down_proj",
     )
+    ours = {"model.embed_tokens.weight": weights.embed, "model.norm.weight": weights.final_norm}
     for i, layer in enumerate(weights.layers):
         for field, name in hf_names.items():
-            np.testing.assert_array_equal(getattr(layer, field), sd[f"model.layers.{i}.{name}.weight"])
-    np.testing.assert_array_equal(weights.embed, sd["model.embed_tokens.weight"])
-    np.testing.assert_array_equal(weights.final_norm, sd["model.norm.weight"])
+            ours[f"model.layers.{i}.{name}.weight"] = getattr(layer, field)
+    differ = [name for name, w in ours.items() if digest(w) != sd[name]]
+    assert not differ, f"{len(differ)} tensors differ from transformers', first {differ[:3]}"
     assert weights.lm_head is None and cfg.tie_word_embeddings
+
+
+TOKENIZER_TEXTS = (
+    "The history of the printing press begins",
+    "Hello, world! 123  two spaces\ttab\nnewline é ü 中文 <|im_start|>user",
+    "  leading spaces",
+)
+
+
+def test_the_gguf_tokenizer_without_torch_is_transformers_own(tokenizer):
+    """Where torch is missing, the GGUF's tokenizer is built from the ``gguf`` package's reading
+    of its metadata; it encodes, decodes, names its special tokens and renders the chat template
+    as transformers' (the ``tokenizer`` fixture: transformers where torch is installed)."""
+    ours = checkpoints.gguf_tokenizer_without_torch(checkpoints.default_model_path())
+    for text in TOKENIZER_TEXTS:
+        ids = tokenizer(text).input_ids
+        assert ours(text).input_ids == ids and ours.decode(ids) == tokenizer.decode(ids), text
+    assert (ours.bos_token_id, ours.eos_token_id, ours.pad_token_id, ours.unk_token_id) == (
+        tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id, tokenizer.unk_token_id
+    )  # fmt: skip
+    chat = [{"role": "user", "content": "hi"}]
+    assert ours.apply_chat_template(chat, tokenize=False) == tokenizer.apply_chat_template(chat, tokenize=False)
 
 
 def test_real_gguf_config_is_smollm2_135m(real_model):
