@@ -37,8 +37,12 @@ HOME = ROOT / ".cache" / "versions"
 OUT = ROOT / "results" / "versions-cpu.json"
 # the compiler-facing tests, our kernel's own (Pallas: its interpreter and its Triton lowering), and how
 # XLA-CPU rounds half precision on this host (a table entry per jaxlib)
-SUITE = ("tests/lowering", "tests/backends/test_dtype_errors.py", "tests/format/test_pallas_int4.py",
-         "tests/parity/test_half_reference.py")
+SUITE = (
+    "tests/lowering",
+    "tests/backends/test_dtype_errors.py",
+    "tests/format/test_pallas_int4.py",
+    "tests/parity/test_half_reference.py",
+)
 PACKAGES = ("jax", "jaxlib", "iree-base-compiler", "iree-base-runtime")
 # The project's dependencies a 3.12 base needs (pyproject's, without the test extra's torch, mlx
 # and accelerate, which only the transformers/MLX reference tests use; those are not in SUITE).
