@@ -23,8 +23,8 @@ $(STAMP): pyproject.toml Makefile
 
 # Lint and format check first (seconds), then the CPU suite, plus each benchmark run once with
 # timing disabled (so they never rot). Two workers, a test file each at a time (module fixtures
-# stay in one process; the compile cache is shared through its file locks): 18 min on 2 cores
-# from a fresh clone against 24.5 min in one process.
+# stay in one process; the compile cache is shared through its file locks): 23 min on the 2-core
+# Xeon from a fresh clone (README, CI paragraph).
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
