@@ -235,20 +235,27 @@ def _saved(file: Path, path: Path, dtype: str) -> Run:
 
 
 def check_saved(file: Path, live: Run, head: np.ndarray, dtype: str) -> None:
-    """The saved file still says what transformers says here: the same head, the same tokens, and
-    its rebuilt logits within :func:`checks.logit_atol` of the live ones (transformers on another
-    CPU sums in another order; a stale file parts by a token or by far more)."""
-    from . import logit_atol
+    """The saved file still says what transformers says here: the same head, the same tokens (or
+    parting only at a near-tie of the live run: transformers on another CPU sums in another
+    order), and its rebuilt logits within :func:`checks.logit_atol` of the live ones up to there.
+    A stale file parts by a token that is no near-tie, or by far more than the bound."""
+    from . import greedy_agreement, logit_atol, near_tie_gap
 
     meta, arrays = read_saved(file)
     if meta["head_sha256"] != _sha(head):
         raise AssertionError(f"{file}: the saved reference's head is not the one transformers loads: rerecord")
-    rows = [(arrays["prompt_hidden"], live.prompt_logits)]
+    worst = float(np.max(np.abs(rebuild(arrays["prompt_hidden"], head, dtype) - live.prompt_logits)))
     if live.greedy is not None:
-        if arrays["tokens"].tolist() != live.greedy.tokens:
-            raise AssertionError(f"{file}: saved tokens {arrays['tokens'].tolist()} != live {live.greedy.tokens}")
-        rows.append((arrays["greedy_hidden"], live.greedy.logits))
-    worst = max(float(np.max(np.abs(rebuild(h, head, dtype) - logits))) for h, logits in rows)
+        saved = Generation(
+            live.greedy.prompt_tokens, arrays["tokens"].tolist(), rebuild(arrays["greedy_hidden"], head, dtype)
+        )
+        verdict = greedy_agreement(live.greedy, saved, near_tie_gap(dtype))
+        if not verdict.agrees:
+            raise AssertionError(
+                f"{file}: saved tokens part from live transformers' at step {verdict.comparison.first_divergence} "
+                f"(live top-2 gap {verdict.top2_gap_at_divergence}, no near-tie): rerecord with {RECORD_ENV}=1"
+            )
+        worst = max(worst, verdict.comparison.max_abs_logit_diff or 0.0)
     if worst > logit_atol(dtype):
         raise AssertionError(
             f"{file}: rebuilt logits lie {worst:.3g} from live transformers (bound {logit_atol(dtype):.3g}): "
