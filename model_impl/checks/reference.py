@@ -10,11 +10,12 @@ used. The rebuild's distance from transformers' own logits is measured when the 
 and travels with it (:attr:`Run.rebuild_atol`), so a comparison against a rebuilt reference
 proves what the live one proves: ``|ours - transformers| <= |ours - rebuilt| + rebuild_atol``.
 
-Files live under ``model_impl/data/reference/``, named by a hash of their key (the checkpoint's
+Files live under ``.cache/reference/`` (not committed), named by a hash of their key (the checkpoint's
 bytes, the dtype, the prompt ids, the number of greedy tokens). Where torch is installed every use
 of a saved file is checked against the live run (tokens equal, rebuilt logits within the recorded
 distance), so a file that stops saying what transformers says fails the suite where it can be
-fixed; ``MODEL_IMPL_RECORD_REFERENCE=1`` writes (or rewrites) the files of the runs made.
+fixed. A live run whose file is missing writes it, so the suite's own run on Python 3.11
+(``make reference``) regenerates every file; ``MODEL_IMPL_RECORD_REFERENCE=1`` rewrites them.
 """
 
 from __future__ import annotations
@@ -31,7 +32,11 @@ import numpy as np
 from .. import checkpoints as checkpoint
 from ..backends.generate import Generation
 
-SAVED_DIR = Path(__file__).resolve().parents[1] / "data" / "reference"
+# Written where torch runs (every live run whose file is missing), never committed: `make reference`
+# records them with Python 3.11's .venv for an interpreter without torch.
+SAVED_DIR = Path(
+    os.environ.get("MODEL_IMPL_REFERENCE_DIR", Path(__file__).resolve().parents[2] / ".cache" / "reference")
+)
 RECORD_ENV = "MODEL_IMPL_RECORD_REFERENCE"
 # The files of a checkpoint that make its model (a tokenizer's files do not, and their bytes vary
 # with the tokenizers version).
@@ -159,15 +164,15 @@ def run(path: str | Path | None, dtype: str, ids, tokens: int = 0) -> Run:
     file = saved_path(k)
     if torch_missing() is None:
         live, record = _live(path, dtype, ids, tokens)
-        if os.environ.get(RECORD_ENV):
+        if os.environ.get(RECORD_ENV) or not file.exists():
             _write(file, k, record)
-        elif file.exists():
+        else:
             check_saved(file, live, record["head"], dtype)
         return live
     if not file.exists():
         raise MissingReference(
             f"{path}: no saved transformers reference for dtype {dtype}, {len(k['prompt'])} prompt ids, {tokens} "
-            f"tokens ({file.name}) and {torch_missing()}: record it where torch runs, with {RECORD_ENV}=1"
+            f"tokens ({file}) and {torch_missing()}: record it where torch runs (make reference)"
         )
     return _saved(file, path, dtype)
 
@@ -199,7 +204,7 @@ def _live(path: Path, dtype: str, ids, tokens: int):
 def _write(file: Path, k: dict, record: dict) -> None:
     file.parent.mkdir(parents=True, exist_ok=True)
     meta = {"key": k, **{n: record[n] for n in ("head_sha256", "rebuild_atol", "versions")}}
-    tmp = file.with_name(file.stem + ".tmp.npz")
+    tmp = file.with_name(f"{file.stem}.{os.getpid()}.tmp.npz")  # two workers may write one key
     np.savez_compressed(
         tmp,
         prompt_hidden=record["prompt_hidden"].astype(np.float32),
@@ -271,14 +276,16 @@ def tensor_digests(path: str | Path | None = None) -> dict[str, str]:
     if torch_missing() is None:
         sd = transformers_model(path).state_dict()
         digests = {name: _sha(t.detach().float().numpy()) for name, t in sd.items()}
-        if os.environ.get(RECORD_ENV):
+        if os.environ.get(RECORD_ENV) or not file.exists():
             file.parent.mkdir(parents=True, exist_ok=True)
-            file.write_text(json.dumps(digests, indent=1, sort_keys=True) + "\n")
-        elif file.exists() and json.loads(file.read_text()) != digests:
+            tmp = file.with_name(f"{file.stem}.{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(digests, indent=1, sort_keys=True) + "\n")
+            tmp.replace(file)
+        elif json.loads(file.read_text()) != digests:
             raise AssertionError(f"{file}: saved tensor digests differ from transformers' live state dict: rerecord")
         return digests
     if not file.exists():
-        raise MissingReference(f"{path}: no saved tensor digests ({file.name}) and {torch_missing()}")
+        raise MissingReference(f"{path}: no saved tensor digests ({file}) and {torch_missing()}: make reference")
     return json.loads(file.read_text())
 
 
