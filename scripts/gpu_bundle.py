@@ -36,10 +36,11 @@ from model_impl.llama.shapes import llama32_config  # noqa: E402
 from model_impl.llama.weights import parse_mode_label, specs  # noqa: E402
 
 BUNDLE = ROOT / ".gpu-bundle"
-STAGE1_BYTES = 62 * 2**20  # with the repo itself, under the 64 MiB a run carries
+STAGE1_BYTES = 61 * 2**20  # with the repo itself (2 MiB), under the 64 MiB a run carries
 WHEELS = ("iree-base-runtime==3.13.0", "gguf==0.19.0")
 REFERENCE_PROMPT_TOKENS = 7  # the parity prompt's length with the embedded tokenizer
 BENCH_MAX_SEQ = 512  # benchmarks/test_decode.py MAX_SEQ
+REPRO_VMFB = "iree-cuda-gemv.vmfb"  # the reproducer's module, named by MODEL_IMPL_REPRO_VMFB there
 MODES = ("fp32", "int4", "bf16", "int4-bf16")  # weight modes the CUDA tests and benchmarks run
 # (graph, bucket) the CUDA tests run: the agreement runs' loop (logits kept), its per-step
 # reference, and the prefill (bucket None: the prompt's).
@@ -162,6 +163,10 @@ def main() -> int:
                     print(f"bench {name} {mode} {graph}/{bucket_}: {path.name} ({seconds or 0:.1f} s)")
                     for f in (path, path.with_suffix(".json")):
                         shutil.copy(f, stage3 / f.name)
+    # the IREE-CUDA GEMV reproducer's module (tests/cuda/test_perf_reproducers.py), its own flags
+    repro = ROOT / "reproducers" / "iree-cuda-gemv"
+    repro_flags = json.loads((repro / "expect.json").read_text())["flags"]
+    (stage2 / REPRO_VMFB).write_bytes(iree_compile.compile_mlir((repro / "input.mlir").read_text(), repro_flags))
     manifest = {
         "iree_compiler": iree_compile.compiler_version(),
         "accepted_cuda_targets": list(accepted),

@@ -108,6 +108,7 @@ export MODEL_IMPL_DEFAULT_MODEL=$MODEL_IMPL_DEFAULT_MODEL
 export MODEL_IMPL_IREE_COMPILER=$MODEL_IMPL_IREE_COMPILER
 export MODEL_IMPL_IREE_CUDA_TARGETS=$MODEL_IMPL_IREE_CUDA_TARGETS
 ENV
+export MODEL_IMPL_REPRO_VMFB=$PWD/$b/iree-cuda-gemv.vmfb  # gpu_bundle.py compiled it (no compiler there)
 export MODEL_IMPL_RESULTS_OUT=$out/cuda-results.json
 nvidia-smi --query-gpu=name,driver_version,compute_cap --format=csv | tee "$out/nvidia-smi.txt"
 set -o pipefail

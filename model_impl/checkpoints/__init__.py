@@ -38,6 +38,7 @@ __all__ = [
     "load_hf_dir",
     "load_mlx_dir",
     "load_tokenizer",
+    "tokenizer_cache_key",
     "save_hf_dir",
 ]
 
@@ -112,11 +113,17 @@ def _quantize_named(path: Path, weights: Weights, fmt: int) -> Weights:
     return quantize_weights(weights, DEFAULT_GROUP_SIZE, DEFAULT_BITS)
 
 
-def load_tokenizer(path: str | Path | None = None):
+def load_tokenizer(path: str | Path | None = None, cached: bool = True):
     """The checkpoint's own tokenizer via transformers (GGUF-embedded or tokenizer files). Where
     torch is not installed (transformers' GGUF reader imports it) a GGUF's tokenizer is built by
     transformers' own GGUF converter from metadata the ``gguf`` package reads
-    (:func:`gguf_tokenizer_without_torch`)."""
+    (:func:`gguf_tokenizer_without_torch`).
+
+    A GGUF's tokenizer takes ~8 s to build (its 49k-token vocabulary and merges parsed field by
+    field, twice by transformers) and ~0.2 s to load saved: with ``cached``, the tokenizer built
+    once is kept in the artifact cache (``.cache/tokenizer/``) under the file's SHA-256 and the
+    versions of transformers and tokenizers, its saved files checked by digest on every hit
+    (tests/loaders/test_checkpoints.py holds the cached tokenizer equal to a fresh build)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from transformers import AutoTokenizer
 
@@ -124,18 +131,66 @@ def load_tokenizer(path: str | Path | None = None):
     try:
         if path.is_dir():
             return AutoTokenizer.from_pretrained(str(path))
-        try:
-            return AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
-        except ImportError:
-            if importlib.util.find_spec("torch") is not None:
-                raise
-            return gguf_tokenizer_without_torch(path)
+        return _cached_gguf_tokenizer(path) if cached and path.is_file() else _gguf_tokenizer(path)
     except ImportError as e:
         raise CheckpointError(
             f"{path}: transformers cannot read this GGUF's tokenizer ({e}); pass --token-ids"
         ) from None
     except (OSError, ValueError) as e:
         raise CheckpointError(f"{path}: no usable tokenizer ({e}); pass --token-ids") from None
+
+
+def _gguf_tokenizer(path: Path):
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+    except ImportError:
+        if importlib.util.find_spec("torch") is not None:
+            raise
+        return gguf_tokenizer_without_torch(path)
+
+
+def _cached_gguf_tokenizer(path: Path):
+    """:func:`_gguf_tokenizer`, built once per file content and versions: its ``save_pretrained``
+    files are one cache entry (a JSON of name -> text), loaded back through AutoTokenizer."""
+    import json
+    import tempfile
+
+    from transformers import AutoTokenizer
+
+    from ..backends import cache
+
+    def produce() -> bytes:
+        with tempfile.TemporaryDirectory() as d:
+            _gguf_tokenizer(path).save_pretrained(d)
+            return json.dumps({f.name: f.read_text() for f in sorted(Path(d).iterdir())}).encode()
+
+    entry, _ = cache.cached_file("tokenizer", tokenizer_cache_key(path), ".tokenizer", produce)  # .json: the sidecar
+    with tempfile.TemporaryDirectory() as d:
+        for name, text in json.loads(entry.read_bytes()).items():
+            (Path(d) / name).write_text(text)
+        return AutoTokenizer.from_pretrained(d)
+
+
+def tokenizer_cache_key(path: Path) -> dict:
+    """What a GGUF's cached tokenizer depends on: the file's bytes, the builders' versions."""
+    import hashlib
+    from importlib.metadata import version
+
+    from ..backends import cache
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 24), b""):
+            h.update(block)
+    return {
+        "gguf_sha256": h.hexdigest(),
+        "transformers": version("transformers"),
+        "tokenizers": version("tokenizers"),
+        "builder": "transformers" if importlib.util.find_spec("torch") is not None else "gguf-without-torch",
+        "source": cache.source_digest("checkpoints/__init__.py"),
+    }
 
 
 # transformers' GGUF tokenizer: the metadata keys it reads (its GGUF_TOKENIZER_MAPPING) and the

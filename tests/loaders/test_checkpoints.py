@@ -148,19 +148,45 @@ TOKENIZER_TEXTS = (
 )
 
 
+def assert_same_tokenizer(ours, theirs) -> None:
+    """Same ids and decoded text on every text, same special tokens, same chat template."""
+    for text in TOKENIZER_TEXTS:
+        ids = theirs(text).input_ids
+        assert ours(text).input_ids == ids and ours.decode(ids) == theirs.decode(ids), text
+    assert (ours.bos_token_id, ours.eos_token_id, ours.pad_token_id, ours.unk_token_id) == (
+        theirs.bos_token_id, theirs.eos_token_id, theirs.pad_token_id, theirs.unk_token_id
+    )  # fmt: skip
+    assert len(ours) == len(theirs) and ours.all_special_tokens == theirs.all_special_tokens
+    chat = [{"role": "user", "content": "hi"}]
+    assert ours.apply_chat_template(chat, tokenize=False) == theirs.apply_chat_template(chat, tokenize=False)
+
+
 def test_the_gguf_tokenizer_without_torch_is_transformers_own(tokenizer):
     """Where torch is missing, the GGUF's tokenizer is built from the ``gguf`` package's reading
     of its metadata; it encodes, decodes, names its special tokens and renders the chat template
     as transformers' (the ``tokenizer`` fixture: transformers where torch is installed)."""
-    ours = checkpoints.gguf_tokenizer_without_torch(checkpoints.default_model_path())
-    for text in TOKENIZER_TEXTS:
-        ids = tokenizer(text).input_ids
-        assert ours(text).input_ids == ids and ours.decode(ids) == tokenizer.decode(ids), text
-    assert (ours.bos_token_id, ours.eos_token_id, ours.pad_token_id, ours.unk_token_id) == (
-        tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id, tokenizer.unk_token_id
-    )  # fmt: skip
-    chat = [{"role": "user", "content": "hi"}]
-    assert ours.apply_chat_template(chat, tokenize=False) == tokenizer.apply_chat_template(chat, tokenize=False)
+    assert_same_tokenizer(checkpoints.gguf_tokenizer_without_torch(checkpoints.default_model_path()), tokenizer)
+
+
+def test_the_cached_gguf_tokenizer_is_the_one_built_from_the_file(tokenizer, tmp_path, monkeypatch):
+    """``load_tokenizer`` keeps a GGUF's tokenizer in the artifact cache (the ``tokenizer``
+    fixture is that copy): it is the tokenizer built from the file, and a damaged entry (half of
+    it, as a partial copy leaves it) is rebuilt, not read (on a copy of the entry: other workers
+    read the real one)."""
+    from model_impl.backends import cache
+
+    fresh = checkpoints.load_tokenizer(cached=False)
+    assert_same_tokenizer(tokenizer, fresh)
+    key = checkpoints.tokenizer_cache_key(checkpoints.default_model_path())
+    entry = cache.entry_path("tokenizer", key, ".tokenizer")
+    monkeypatch.setenv("MODEL_IMPL_CACHE", str(tmp_path))
+    copy = cache.entry_path("tokenizer", key, ".tokenizer")
+    copy.parent.mkdir(parents=True)
+    copy.with_suffix(".json").write_bytes(entry.with_suffix(".json").read_bytes())
+    copy.write_bytes(entry.read_bytes()[: entry.stat().st_size // 2])
+    assert not cache.intact(copy)
+    assert_same_tokenizer(checkpoints.load_tokenizer(), fresh)
+    assert cache.intact(copy)
 
 
 def test_real_gguf_config_is_smollm2_135m(real_model):
