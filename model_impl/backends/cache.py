@@ -111,13 +111,18 @@ def intact(path: Path) -> bool:
         recorded = sidecar.get("sha256")
         if not recorded or path.stat().st_size != sidecar.get("bytes"):
             return False
-        h = hashlib.sha256()
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 24), b""):
-                h.update(block)
-        return h.hexdigest() == recorded
+        return file_sha256(path) == recorded
     except (OSError, json.JSONDecodeError):
         return False
+
+
+def file_sha256(path: Path) -> str:
+    """SHA-256 of a file's bytes, read in 16 MiB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 24), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def drop(path: Path) -> None:

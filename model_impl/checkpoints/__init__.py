@@ -120,10 +120,11 @@ def load_tokenizer(path: str | Path | None = None, cached: bool = True):
     (:func:`gguf_tokenizer_without_torch`).
 
     A GGUF's tokenizer takes ~8 s to build (its 49k-token vocabulary and merges parsed field by
-    field, twice by transformers) and ~0.2 s to load saved: with ``cached``, the tokenizer built
-    once is kept in the artifact cache (``.cache/tokenizer/``) under the file's SHA-256 and the
-    versions of transformers and tokenizers, its saved files checked by digest on every hit
-    (tests/loaders/test_checkpoints.py holds the cached tokenizer equal to a fresh build)."""
+    field, twice by transformers) and ~0.6 s to load saved, the file's digest included: with
+    ``cached``, the tokenizer built once is kept in the artifact cache (``.cache/tokenizer/``)
+    under the file's SHA-256 and the versions of transformers and tokenizers, its saved files
+    checked by digest on every hit (tests/loaders/test_checkpoints.py holds the cached tokenizer
+    equal to a fresh build)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from transformers import AutoTokenizer
 
@@ -175,19 +176,13 @@ def _cached_gguf_tokenizer(path: Path):
 
 def tokenizer_cache_key(path: Path) -> dict:
     """What a GGUF's cached tokenizer depends on: the file's bytes, the builders' versions."""
-    import hashlib
-    from importlib.metadata import version
-
+    from .. import env
     from ..backends import cache
 
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 24), b""):
-            h.update(block)
     return {
-        "gguf_sha256": h.hexdigest(),
-        "transformers": version("transformers"),
-        "tokenizers": version("tokenizers"),
+        "gguf_sha256": cache.file_sha256(path),
+        "transformers": env.version("transformers"),
+        "tokenizers": env.version("tokenizers"),
         "builder": "transformers" if importlib.util.find_spec("torch") is not None else "gguf-without-torch",
         "source": cache.source_digest("checkpoints/__init__.py"),
     }
